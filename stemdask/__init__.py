@@ -1,0 +1,22 @@
+"""stemdask: distributed, dask-based 4D-STEM analysis.
+
+The public API; see ``docs/architecture.md`` for the data model.
+"""
+
+from __future__ import annotations
+
+from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor)
+from . import errors, physics
+from .dataset import DIMS, calibrate, describe, from_array, validate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DIMS",
+    "calibrate",
+    "describe",
+    "errors",
+    "from_array",
+    "physics",
+    "validate",
+]

@@ -1,0 +1,72 @@
+"""Codecs for stemdask's zarr v3 stores, and the names ``save(codec=...)`` accepts.
+
+A name resolves to a list of zarr v3 codec objects split by role: an
+array-to-bytes ``serializer`` (e.g. the per-pixel histogram coder, which
+needs the array's structure) or bytes-to-bytes ``compressors`` (zstd,
+blosc, gzip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zarr.codecs
+from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec
+
+from ..errors import bad_type, bad_value
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """The zarr codecs a named codec resolves to."""
+
+    serializer: Any = "auto"
+    compressors: tuple[Any, ...] = field(default_factory=tuple)
+
+
+#: name -> factory of a CodecChoice; codec modules add their own names here
+CODECS: dict[str, Callable[[], CodecChoice]] = {
+    "none": lambda: CodecChoice(compressors=()),
+    "zstd": lambda: CodecChoice(compressors=(zarr.codecs.ZstdCodec(level=3),)),
+    "gzip": lambda: CodecChoice(compressors=(zarr.codecs.GzipCodec(level=6),)),
+    "blosc": lambda: CodecChoice(compressors=(
+        zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle),)),
+}
+
+#: what save() uses when codec=None: a fast general-purpose lossless codec
+DEFAULT_CODEC = "blosc"
+
+
+def resolve_codec(codec: Any) -> CodecChoice:
+    """Turn ``codec`` (a name, a zarr codec object or a list of them) into a CodecChoice.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For an unknown name, listing the known ones.
+    """
+    if codec is None:
+        codec = DEFAULT_CODEC
+    if isinstance(codec, str):
+        try:
+            factory = CODECS[codec]
+        except KeyError:
+            raise bad_value("codec", codec, f"one of {sorted(CODECS)} or a zarr v3 codec object") from None
+        return factory()
+    if isinstance(codec, CodecChoice):
+        return codec
+    items = list(codec) if isinstance(codec, (list, tuple)) else [codec]
+    serializer: Any = "auto"
+    compressors = []
+    for item in items:
+        if isinstance(item, ArrayBytesCodec):
+            if serializer != "auto":
+                raise bad_value("codec", codec, "at most one array-to-bytes codec")
+            serializer = item
+        elif isinstance(item, BytesBytesCodec):
+            compressors.append(item)
+        else:
+            raise bad_type("codec", item, "a codec name or a zarr v3 ArrayBytesCodec/BytesBytesCodec")
+    return CodecChoice(serializer=serializer, compressors=tuple(compressors))

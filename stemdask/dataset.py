@@ -1,0 +1,359 @@
+"""The stemdask 4D-STEM data model: build, check and describe datasets.
+
+A dense dataset is an :class:`xarray.DataArray` with dims
+``("scan_y", "scan_x", "k_y", "k_x")`` whose data is (normally) a dask array
+chunked in whole detector frames and tiles of scan positions.
+
+* ``scan_y``/``scan_x`` coordinates are probe positions in Å (``units="Å"``),
+  or scan pixel indices (``units="px"``) when the scan step is unknown.
+* ``k_y``/``k_x`` coordinates are scattering angles in mrad centred on the
+  unscattered beam (``units="mrad"``), or detector pixels relative to the beam
+  centre (``units="px"``) when the detector calibration is unknown.
+* attrs (present only when known): ``energy_ev``, ``semiangle_mrad``,
+  ``scan_step_A`` ([y, x]), ``detector_pixel_mrad`` ([y, x]),
+  ``beam_center_px`` ([y, x], the beam position on the detector in pixels),
+  ``scan_rotation_deg``, ``dose_e_per_pattern``, ``units`` (of the values)
+  and ``source``.
+
+Unknown calibration is allowed (a real Merlin file carries none) and is
+represented by a missing attribute, never by NaN; operations that need it
+raise :class:`~stemdask.errors.MissingCalibrationError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .errors import (
+    DatasetContractError,
+    InvalidArgumentError,
+    MissingCalibrationError,
+    bad_type,
+    bad_value,
+)
+
+DIMS: tuple[str, str, str, str] = ("scan_y", "scan_x", "k_y", "k_x")
+SCAN_DIMS: tuple[str, str] = DIMS[:2]
+DETECTOR_DIMS: tuple[str, str] = DIMS[2:]
+
+#: calibration attributes that are pairs (y, x)
+PAIR_ATTRS = ("scan_step_A", "detector_pixel_mrad", "beam_center_px")
+#: calibration attributes that are positive scalars
+POSITIVE_ATTRS = ("energy_ev", "semiangle_mrad", "dose_e_per_pattern")
+
+#: target bytes of one default chunk (whole frames, a tile of scan positions)
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+def _positive_scalar(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise bad_type(name, value, "a real number")
+    out = float(value)
+    if not math.isfinite(out) or out < 0 or (out == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise bad_value(name, value, f"a {kind} finite number")
+    return out
+
+
+def _pair(name: str, value: Any, *, positive: bool = True) -> list[float]:
+    """Normalise a scalar or a (y, x) pair to a list of two floats."""
+    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
+        items = list(np.asarray(value, dtype=object).ravel()) if isinstance(value, np.ndarray) else list(value)
+        if len(items) != 2:
+            raise bad_value(name, value, "a number or a (y, x) pair of numbers")
+    else:
+        items = [value, value]
+    if positive:
+        return [_positive_scalar(name, v) for v in items]
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise bad_type(name, value, "a number or a (y, x) pair of numbers")
+        if not math.isfinite(float(v)):
+            raise bad_value(name, value, "finite numbers")
+        out.append(float(v))
+    return out
+
+
+def default_chunks(shape: Sequence[int], itemsize: int,
+                   target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[int, int, int, int]:
+    """Chunks of whole frames and a tile of scan positions of about ``target_bytes``.
+
+    The tile is whole scan rows when a row fits, else a part of one row, so a
+    chunk is contiguous in a C-ordered file.
+    """
+    ny, nx, ky, kx = (int(s) for s in shape)
+    frame = max(ky * kx * itemsize, 1)
+    frames = max(target_bytes // frame, 1)
+    if frames >= nx:
+        return (max(min(ny, frames // max(nx, 1)), 1), nx, ky, kx)
+    return (1, max(frames, 1), ky, kx)
+
+
+def scan_coords(n: int, step_A: float | None, dim: str) -> xr.Variable:
+    """Probe-position coordinate in Å (or scan pixels when the step is unknown)."""
+    if step_A is None:
+        return xr.Variable(dim, np.arange(n, dtype=np.float64), {"units": "px", "long_name": dim})
+    return xr.Variable(dim, np.arange(n, dtype=np.float64) * step_A,
+                       {"units": "Å", "long_name": f"probe position {dim[-1]}"})
+
+
+def detector_coords(n: int, pixel_mrad: float | None, center_px: float, dim: str) -> xr.Variable:
+    """Detector coordinate in mrad centred on the beam (pixels when uncalibrated)."""
+    pixels = np.arange(n, dtype=np.float64) - center_px
+    if pixel_mrad is None:
+        return xr.Variable(dim, pixels, {"units": "px", "long_name": f"detector {dim[-1]} from beam centre"})
+    return xr.Variable(dim, pixels * pixel_mrad,
+                       {"units": "mrad", "long_name": f"scattering angle {dim[-1]}"})
+
+
+def _as_dask(array: Any, chunks: Any) -> da.Array:
+    if isinstance(array, xr.DataArray):
+        array = array.data
+    if isinstance(array, da.Array):
+        arr = array
+    elif hasattr(array, "__array_function__") or isinstance(array, np.ndarray):
+        # asarray=False keeps cupy (or other duck) arrays as chunks
+        arr = da.from_array(array, chunks=-1, asarray=False)
+    else:
+        raise bad_type("array", array, "a numpy, dask or cupy array")
+    if arr.ndim != 4:
+        raise bad_value("array", f"<{arr.ndim}-D array of shape {arr.shape}>",
+                        "a 4-D array ordered (scan_y, scan_x, k_y, k_x)")
+    if arr.dtype.kind not in "uifc":
+        raise bad_value("array", f"<array of dtype {arr.dtype}>", "a numeric dtype")
+    if not arr.dtype.isnative:
+        # numba and CuPy need native byte order; values are unchanged
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if chunks is None:
+        if array is not arr and isinstance(array, da.Array) and arr.chunks[2:] == ((arr.shape[2],), (arr.shape[3],)):
+            return arr
+        chunks = default_chunks(arr.shape, arr.dtype.itemsize)
+    chunks = tuple(chunks) if not isinstance(chunks, (str, int)) else chunks
+    if isinstance(chunks, tuple):
+        if len(chunks) == 2:
+            chunks = (*chunks, -1, -1)
+        if len(chunks) != 4:
+            raise bad_value("chunks", chunks, "(scan_y, scan_x) or (scan_y, scan_x, k_y, k_x) chunk sizes")
+    return arr.rechunk(chunks)
+
+
+def from_array(
+    array: Any,
+    *,
+    energy_ev: float | None = None,
+    semiangle_mrad: float | None = None,
+    scan_step_A: float | Sequence[float] | None = None,
+    detector_pixel_mrad: float | Sequence[float] | None = None,
+    beam_center_px: Sequence[float] | None = None,
+    scan_rotation_deg: float = 0.0,
+    dose_e_per_pattern: float | None = None,
+    units: str = "counts",
+    source: str = "array",
+    chunks: Any = None,
+    name: str = "intensity",
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
+    """Wrap a 4-D array as a calibrated, lazy stemdask dataset.
+
+    Parameters
+    ----------
+    array : numpy.ndarray, dask.array.Array or cupy.ndarray
+        Intensities ordered ``(scan_y, scan_x, k_y, k_x)``. Big-endian data
+        become native-endian (same values).
+    energy_ev : float, optional
+        Beam energy in eV.
+    semiangle_mrad : float, optional
+        Probe-forming (convergence) semi-angle in mrad.
+    scan_step_A : float or (float, float), optional
+        Probe step in Å, one value or (y, x).
+    detector_pixel_mrad : float or (float, float), optional
+        Angular size of one detector pixel in mrad, one value or (y, x).
+    beam_center_px : (float, float), optional
+        Position of the unscattered beam on the detector in pixels (y, x);
+        default the FFT centre ``(k_y // 2, k_x // 2)``.
+    scan_rotation_deg : float
+        Rotation of the scan relative to the detector in degrees.
+    dose_e_per_pattern : float, optional
+        Mean number of electrons per diffraction pattern.
+    units : str
+        Units of the values (``"counts"``, ``"electrons"``, ``"a.u."``...).
+    source : str
+        Where the data came from (file name, simulation, ...).
+    chunks : tuple, optional
+        ``(scan_y, scan_x)`` or full 4-D chunks; detector dims are always
+        whole frames. Default: tiles of about 64 MiB.
+    name : str
+        Name of the DataArray.
+    attrs : mapping, optional
+        Extra attributes (e.g. the file's original metadata).
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy dataset following the stemdask data model (see :func:`validate`).
+
+    Examples
+    --------
+    >>> import numpy as np, stemdask
+    >>> data = stemdask.from_array(np.zeros((4, 5, 16, 16), "uint16"), energy_ev=300e3,
+    ...                            semiangle_mrad=20, scan_step_A=0.5, detector_pixel_mrad=1.0)
+    >>> data.dims
+    ('scan_y', 'scan_x', 'k_y', 'k_x')
+    """
+    arr = _as_dask(array, chunks)
+    ny, nx, nky, nkx = arr.shape
+    out_attrs: dict[str, Any] = {}
+    if energy_ev is not None:
+        out_attrs["energy_ev"] = _positive_scalar("energy_ev", energy_ev)
+    if semiangle_mrad is not None:
+        out_attrs["semiangle_mrad"] = _positive_scalar("semiangle_mrad", semiangle_mrad)
+    step = _pair("scan_step_A", scan_step_A) if scan_step_A is not None else None
+    pixel = _pair("detector_pixel_mrad", detector_pixel_mrad) if detector_pixel_mrad is not None else None
+    center = (_pair("beam_center_px", beam_center_px, positive=False)
+              if beam_center_px is not None else [float(nky // 2), float(nkx // 2)])
+    if step is not None:
+        out_attrs["scan_step_A"] = step
+    if pixel is not None:
+        out_attrs["detector_pixel_mrad"] = pixel
+    out_attrs["beam_center_px"] = center
+    rot = float(scan_rotation_deg)
+    if not math.isfinite(rot):
+        raise bad_value("scan_rotation_deg", scan_rotation_deg, "a finite angle in degrees")
+    out_attrs["scan_rotation_deg"] = rot
+    if dose_e_per_pattern is not None:
+        out_attrs["dose_e_per_pattern"] = _positive_scalar("dose_e_per_pattern", dose_e_per_pattern)
+    if not isinstance(units, str) or not units:
+        raise bad_value("units", units, "a non-empty string")
+    out_attrs["units"] = units
+    out_attrs["source"] = str(source)
+    if attrs:
+        for key, value in attrs.items():
+            out_attrs.setdefault(key, value)
+    coords = {
+        "scan_y": scan_coords(ny, step[0] if step else None, "scan_y"),
+        "scan_x": scan_coords(nx, step[1] if step else None, "scan_x"),
+        "k_y": detector_coords(nky, pixel[0] if pixel else None, center[0], "k_y"),
+        "k_x": detector_coords(nkx, pixel[1] if pixel else None, center[1], "k_x"),
+    }
+    return xr.DataArray(arr, dims=DIMS, coords=coords, attrs=out_attrs, name=name)
+
+
+def _check_axis(data: xr.DataArray, dim: str, step: float | None, expected_units: str) -> None:
+    if dim not in data.coords:
+        raise DatasetContractError(f"coordinate {dim!r} is missing: every dim needs a calibrated coordinate")
+    coord = data.coords[dim]
+    if coord.dims != (dim,):
+        raise DatasetContractError(f"coordinate {dim!r} has dims {coord.dims}: expected ({dim!r},)")
+    values = np.asarray(coord.values, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise DatasetContractError(f"coordinate {dim!r} holds non-finite values")
+    units = coord.attrs.get("units")
+    if units != expected_units:
+        raise DatasetContractError(
+            f"coordinate {dim!r} has units={units!r}: expected {expected_units!r} "
+            f"(from the dataset's calibration attrs)")
+    if values.size > 1:
+        diffs = np.diff(values)
+        spacing = step if step is not None else 1.0
+        if not np.allclose(diffs, spacing, rtol=1e-6, atol=1e-9 * abs(spacing)):
+            raise DatasetContractError(
+                f"coordinate {dim!r} is not uniformly spaced by {spacing} {expected_units} "
+                f"(spacing found: {diffs.min():.6g}..{diffs.max():.6g}); coordinates and "
+                f"calibration attrs disagree")
+
+
+def validate(data: xr.DataArray) -> xr.DataArray:
+    """Check that ``data`` follows the stemdask 4D-STEM data model.
+
+    Checks dims and their order, calibrated coordinates consistent with the
+    calibration attrs, positive finite calibration values and whole-frame
+    chunks. Returns ``data`` unchanged so calls can be chained.
+
+    Raises
+    ------
+    DatasetContractError
+        Naming the first problem found.
+    """
+    if not isinstance(data, xr.DataArray):
+        raise bad_type("data", data, "an xarray.DataArray (use stemdask.from_array to make one)")
+    if data.ndim != 4:
+        raise DatasetContractError(f"data has {data.ndim} dims {data.dims}: expected 4 dims {DIMS}")
+    if tuple(data.dims) != DIMS:
+        raise DatasetContractError(f"data has dims {tuple(data.dims)}: expected {DIMS} in this order")
+    attrs = data.attrs
+    for key in POSITIVE_ATTRS:
+        if key in attrs:
+            try:
+                _positive_scalar(key, attrs[key])
+            except (InvalidArgumentError, TypeError) as err:
+                raise DatasetContractError(f"attribute {err}") from None
+    for key in PAIR_ATTRS:
+        if key in attrs:
+            try:
+                _pair(key, attrs[key], positive=key != "beam_center_px")
+            except (InvalidArgumentError, TypeError) as err:
+                raise DatasetContractError(f"attribute {err}") from None
+    step = attrs.get("scan_step_A")
+    pixel = attrs.get("detector_pixel_mrad")
+    for i, dim in enumerate(SCAN_DIMS):
+        _check_axis(data, dim, None if step is None else float(step[i]), "px" if step is None else "Å")
+    for i, dim in enumerate(DETECTOR_DIMS):
+        _check_axis(data, dim, None if pixel is None else float(pixel[i]), "px" if pixel is None else "mrad")
+    if isinstance(data.data, da.Array):
+        chunks = data.data.chunks
+        if len(chunks[2]) != 1 or len(chunks[3]) != 1:
+            raise DatasetContractError(
+                f"data is chunked along the detector dims {chunks[2:]}: chunks must hold whole "
+                f"frames (rechunk with {{'k_y': -1, 'k_x': -1}})")
+    return data
+
+
+def require(data: xr.DataArray, *keys: str) -> list[Any]:
+    """Return calibration attrs ``keys`` or raise a MissingCalibrationError naming them."""
+    missing = [k for k in keys if k not in data.attrs]
+    if missing:
+        raise MissingCalibrationError(
+            f"this operation needs the calibration {missing} which the dataset does not carry; "
+            f"set it with stemdask.calibrate(data, {missing[0]}=...) or pass it when opening")
+    return [data.attrs[k] for k in keys]
+
+
+def calibrate(data: xr.DataArray, **calibration: Any) -> xr.DataArray:
+    """Return a copy of ``data`` with calibration updated (coords follow the attrs).
+
+    Accepts the keyword arguments of :func:`from_array` (``energy_ev``,
+    ``semiangle_mrad``, ``scan_step_A``, ``detector_pixel_mrad``,
+    ``beam_center_px``, ``scan_rotation_deg``, ``dose_e_per_pattern``).
+    """
+    allowed = {"energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad",
+               "beam_center_px", "scan_rotation_deg", "dose_e_per_pattern", "units", "source"}
+    unknown = set(calibration) - allowed
+    if unknown:
+        raise bad_value("calibration", sorted(unknown), f"keywords among {sorted(allowed)}")
+    merged = {k: data.attrs[k] for k in allowed if k in data.attrs}
+    merged.update({k: v for k, v in calibration.items()})
+    extra = {k: v for k, v in data.attrs.items() if k not in allowed}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    return from_array(data.data, chunks=None, name=data.name or "intensity", attrs=extra, **merged)
+
+
+def describe(data: xr.DataArray) -> dict[str, Any]:
+    """Summary of a dataset: shape, dtype, chunks, calibration (None if unknown)."""
+    arr = data.data
+    chunks = tuple(c[0] for c in arr.chunks) if isinstance(arr, da.Array) else tuple(data.shape)
+    keys = ("energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad",
+            "beam_center_px", "scan_rotation_deg", "dose_e_per_pattern", "units", "source")
+    return {
+        "shape": tuple(int(s) for s in data.shape),
+        "dtype": str(data.dtype),
+        "chunks": chunks,
+        "nbytes": int(data.nbytes),
+        **{k: data.attrs.get(k) for k in keys},
+    }
