@@ -8,15 +8,19 @@ from __future__ import annotations
 from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor)
 from . import errors, physics
 from .dataset import DIMS, calibrate, describe, from_array, validate
+from .io import DatasetWriter, open_dataset, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DIMS",
+    "DatasetWriter",
     "calibrate",
     "describe",
     "errors",
     "from_array",
+    "open_dataset",
     "physics",
+    "save",
     "validate",
 ]

@@ -1,0 +1,101 @@
+"""Readers and writers: every supported file opens as a lazy stemdask dataset.
+
+:func:`open_dataset` picks the reader from the path:
+
+===========================  ==============================================
+path                         reader
+===========================  ==============================================
+zarr store (directory)       :func:`stemdask.io.zarr_store.open_zarr`
+``.h5``/``.hdf5``/``.emd``   :func:`stemdask.io.hdf5.open_hdf5` (dataset path,
+                             EMD 1.0 / py4DSTEM, DECTRIS ARINA master)
+``.npy``                     :func:`stemdask.io.raw.open_npy`
+``.raw``/``.bin``/``.dat``   :func:`stemdask.io.raw.open_raw` (needs shape, dtype)
+anything RosettaSciIO reads  :func:`stemdask.io.rsciio_reader.open_rsciio`
+(``.mib``, ``.dm4``, EMPAD
+``.xml``, ...)
+===========================  ==============================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from ..errors import FileFormatError
+from .hdf5 import open_hdf5
+from .raw import open_npy, open_raw
+from .rsciio_reader import open_rsciio, rsciio_plugin
+from .zarr_store import DatasetWriter, open_zarr, save, store_nbytes
+
+_HDF5 = {".h5", ".hdf5", ".hdf", ".nxs"}
+_RAW = {".raw", ".bin", ".dat"}
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").is_file() or path.suffix == ".zarr")
+
+
+def open_dataset(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
+    """Open a 4D-STEM dataset lazily, whatever its format.
+
+    Parameters
+    ----------
+    path : path or zarr store
+        File or store to open (see the module docstring for formats).
+    **kwargs
+        Passed to the reader: ``chunks`` for all; calibration keywords
+        (``energy_ev``, ``semiangle_mrad``, ``scan_step_A``,
+        ``detector_pixel_mrad``...) to fill in or override what a file
+        carries; ``dataset=`` for HDF5; ``shape=``, ``dtype=``,
+        ``byte_order=``, ``header_bytes=`` for raw files; ``scan_shape=`` for
+        frame stacks.
+
+    Returns
+    -------
+    xarray.DataArray
+        A lazy dataset following the stemdask data model.
+
+    Raises
+    ------
+    FileNotFoundError
+        When nothing exists at ``path``.
+    FileFormatError
+        When the file cannot be read as 4D-STEM data, with the reason.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return open_zarr(path, **kwargs)  # a zarr store object
+    text = str(path)
+    if "://" in text:
+        return open_zarr(text, **kwargs)
+    p = Path(text).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"no file or store at {text!r}")
+    if _is_zarr(p):
+        return open_zarr(p, **kwargs)
+    if p.is_dir():
+        raise FileFormatError(f"{text!r} is a directory but not a zarr v3 store (no zarr.json)")
+    suffix = p.suffix.lower()
+    if suffix in _HDF5 or (suffix == ".emd" and _looks_like_hdf5(p)):
+        return open_hdf5(p, **kwargs)
+    if suffix == ".npy":
+        return open_npy(p, **kwargs)
+    if suffix in _RAW or "shape" in kwargs:
+        return open_raw(p, **kwargs)
+    if rsciio_plugin(p) is not None:
+        return open_rsciio(p, **kwargs)
+    raise FileFormatError(
+        f"cannot tell the format of {text!r} (suffix {suffix!r}); supported: zarr stores, "
+        f"HDF5 {sorted(_HDF5)}, .npy, raw {sorted(_RAW)} with shape= and dtype=, and the "
+        f"RosettaSciIO formats")
+
+
+def _looks_like_hdf5(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+__all__ = ["DatasetWriter", "open_dataset", "open_hdf5", "open_npy", "open_raw", "open_rsciio",
+           "open_zarr", "save", "store_nbytes"]
