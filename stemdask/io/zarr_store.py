@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,20 @@ def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
         os.rename(tmp, final)
 
 
+def _remove_partial(tmp: Path) -> None:
+    """Remove a failed write's temporary store.
+
+    Tasks already running when another one failed may still be writing
+    shards for a moment after the exception reaches us, so retry briefly.
+    The temporary name never opens as a dataset either way.
+    """
+    for _ in range(20):
+        shutil.rmtree(tmp, ignore_errors=True)
+        time.sleep(0.05)
+        if not tmp.exists():
+            return
+
+
 def _mark(store: Any, **attrs: Any) -> None:
     group = zarr.open_group(store, mode="r+", zarr_format=3)
     group.attrs.update(attrs)
@@ -211,7 +226,7 @@ def save(
             _mark(tmp, **{COMPLETE_ATTR: True})
             _publish(tmp, final, overwrite)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_partial(tmp)
             raise
         return str(final)
     delayed = ds.to_zarr(store, mode="w" if overwrite else "w-", zarr_format=3, consolidated=False,

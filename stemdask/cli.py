@@ -1,0 +1,186 @@
+"""The ``stemdask`` command: ``info``, ``convert`` and ``demo``.
+
+Every command takes ``--scheduler ADDRESS`` to compute on an existing dask
+cluster; without it ``convert`` and ``demo`` start a local one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import StemdaskError
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(nbytes) < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TiB"
+
+
+def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if getattr(args, "dataset", None):
+        opts["dataset"] = args.dataset
+    if getattr(args, "shape", None):
+        opts["shape"] = tuple(args.shape)
+    if getattr(args, "dtype", None):
+        opts["dtype"] = args.dtype
+    if getattr(args, "byte_order", None):
+        opts["byte_order"] = args.byte_order
+    if getattr(args, "header_bytes", None):
+        opts["header_bytes"] = args.header_bytes
+    if getattr(args, "scan_shape", None):
+        opts["scan_shape"] = tuple(args.scan_shape)
+    for key in ("energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad"):
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    return opts
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import open_dataset
+    from .dataset import describe
+    from .io import store_nbytes
+
+    data = open_dataset(args.path, **_reader_options(args))
+    info = describe(data)
+    path = Path(args.path)
+    on_disk = store_nbytes(path) if path.exists() else None
+    if path.is_file() and path.suffix.lower() == ".mib":
+        hdr = path.with_suffix(".hdr")
+        on_disk += hdr.stat().st_size if hdr.is_file() else 0
+    info["bytes_on_disk"] = on_disk
+    info["compression_ratio"] = (info["nbytes"] / on_disk) if on_disk else None
+    origin = data.attrs.get("file_format")
+    info["file_format"] = (f"zarr v3 store{f' (converted from {origin})' if origin else ''}"
+                           if path.is_dir() else origin)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{args.path}")
+    print(f"  shape (scan_y, scan_x, k_y, k_x): {info['shape']}")
+    print(f"  dtype: {info['dtype']}    chunks: {info['chunks']}")
+    print(f"  size in memory: {_human(info['nbytes'])}")
+    if on_disk:
+        print(f"  bytes on disk: {_human(on_disk)}    compression ratio: {info['compression_ratio']:.2f}x")
+    if info["file_format"]:
+        print(f"  format: {info['file_format']}")
+    units = {"energy_ev": "eV", "semiangle_mrad": "mrad", "scan_step_A": "Å (y, x)",
+             "detector_pixel_mrad": "mrad (y, x)", "beam_center_px": "px (y, x)",
+             "scan_rotation_deg": "deg", "dose_e_per_pattern": "e-/pattern"}
+    print("  calibration:")
+    for key, unit in units.items():
+        value = info[key]
+        print(f"    {key:20s} {'unknown' if value is None else value} {unit if value is not None else ''}")
+    return 0
+
+
+def _tile(values: list[int] | None) -> tuple[int, int] | None:
+    return tuple(values) if values else None
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from . import open_dataset, save
+    from .cluster import session
+    from .io import store_nbytes
+
+    data = open_dataset(args.input, **_reader_options(args))
+    started = time.perf_counter()
+    with session(args.scheduler, n_workers=args.workers, dashboard_address=":0") if args.cluster or args.scheduler \
+            else _no_cluster():
+        out = save(data, args.output, codec=args.codec, chunks=_tile(args.chunks),
+                   shards=False if args.no_shards else _tile(args.shards), overwrite=args.overwrite,
+                   progress=not args.quiet)
+    seconds = time.perf_counter() - started
+    written = store_nbytes(out)
+    print(f"wrote {out}: {_human(written)} on disk for {_human(data.nbytes)} of data "
+          f"({data.nbytes / max(written, 1):.2f}x) in {seconds:.2f} s, codec {args.codec or 'blosc (default)'}")
+    return 0
+
+
+class _no_cluster:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output), scheduler=args.scheduler, n_workers=args.workers, quick=args.quick)
+    return 0
+
+
+def _add_reader_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading options (for files that need them)")
+    g.add_argument("--dataset", help="HDF5 dataset path inside the file")
+    g.add_argument("--shape", type=int, nargs="+", help="raw files: shape (scan_y scan_x k_y k_x)")
+    g.add_argument("--dtype", help="raw files: pixel dtype, e.g. uint16")
+    g.add_argument("--byte-order", choices=["native", "little", "big"], help="raw files: byte order")
+    g.add_argument("--header-bytes", type=int, help="raw files: bytes before the first frame")
+    g.add_argument("--scan-shape", type=int, nargs=2, metavar=("Y", "X"), help="scan of a frame stack")
+    c = p.add_argument_group("calibration (fills in or overrides the file's)")
+    c.add_argument("--energy-ev", dest="energy_ev", type=float)
+    c.add_argument("--semiangle-mrad", dest="semiangle_mrad", type=float)
+    c.add_argument("--scan-step-A", dest="scan_step_A", type=float)
+    c.add_argument("--detector-pixel-mrad", dest="detector_pixel_mrad", type=float)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stemdask", description="Distributed 4D-STEM analysis on dask.")
+    parser.add_argument("--version", action="version", version=f"stemdask {__import__('stemdask').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="shape, dtype, chunks, calibration and size of a dataset")
+    info.add_argument("path")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--scheduler", help="dask scheduler address (unused by info; accepted for symmetry)")
+    _add_reader_args(info)
+    info.set_defaults(func=cmd_info)
+
+    conv = sub.add_parser("convert", help="convert any supported file to a sharded zarr v3 store")
+    conv.add_argument("input")
+    conv.add_argument("output")
+    conv.add_argument("--codec", default=None, help="codec name (blosc, zstd, gzip, none, histogram, ...)")
+    conv.add_argument("--chunks", type=int, nargs=2, metavar=("Y", "X"), help="inner chunk in probe positions")
+    conv.add_argument("--shards", type=int, nargs=2, metavar=("Y", "X"), help="shard in probe positions")
+    conv.add_argument("--no-shards", action="store_true", help="one file per chunk")
+    conv.add_argument("--overwrite", action="store_true")
+    conv.add_argument("--quiet", action="store_true", help="no progress bar")
+    conv.add_argument("--scheduler", help="dask scheduler address to compute on")
+    conv.add_argument("--cluster", action="store_true", help="start a local cluster for the conversion")
+    conv.add_argument("--workers", type=int, default=None, help="workers of a started local cluster")
+    _add_reader_args(conv)
+    conv.set_defaults(func=cmd_convert)
+
+    demo = sub.add_parser("demo", help="simulate, store and analyse a dataset end to end on a local cluster")
+    demo.add_argument("--output", default="stemdask-demo", help="folder for the store, PNGs and report")
+    demo.add_argument("--scheduler", help="dask scheduler address to compute on")
+    demo.add_argument("--workers", type=int, default=2, help="workers of the started local cluster")
+    demo.add_argument("--quick", action="store_true", help="a smaller dataset (seconds)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (StemdaskError, FileNotFoundError, FileExistsError) as err:
+        print(f"stemdask {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

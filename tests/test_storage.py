@@ -1,0 +1,185 @@
+"""zarr v3 storage: exact round trips, sharding, atomic writes, incremental writes."""
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import stemdask
+from stemdask.errors import FileFormatError, IncompleteStoreError, InvalidArgumentError
+from stemdask.io.zarr_store import storage_layout
+
+CAL = dict(energy_ev=200e3, semiangle_mrad=21.4, scan_step_A=(0.31, 0.29), detector_pixel_mrad=(0.9, 1.1),
+           beam_center_px=(6.5, 4.0), dose_e_per_pattern=1e4, scan_rotation_deg=12.5)
+
+
+def dataset(rng, shape=(7, 5, 13, 9), dtype="uint16", chunks=(3, 2)):
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    if info is not None:
+        arr = rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    else:
+        arr = rng.standard_normal(shape).astype(dtype)
+    return arr, stemdask.from_array(arr, chunks=chunks, **CAL, source="test")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int16", "float32", "float64"])
+@pytest.mark.parametrize("chunks, shards", [((3, 2), (6, 4)), ((1, 5), None), ((7, 5), False), ((2, 3), (2, 3))])
+def test_round_trip_is_exact(tmp_path, rng, dtype, chunks, shards):
+    arr, data = dataset(rng, dtype=dtype, chunks=(4, 3))
+    path = stemdask.save(data, tmp_path / "d.zarr", chunks=chunks, shards=shards)
+    back = stemdask.open_dataset(path)
+    assert back.dtype == arr.dtype
+    np.testing.assert_array_equal(back.values, arr)
+    assert back.attrs == data.attrs
+    for dim in data.dims:
+        np.testing.assert_array_equal(back[dim].values, data[dim].values)
+        assert back[dim].attrs == data[dim].attrs
+    stemdask.validate(back)
+
+
+def test_store_is_sharded_with_few_files(tmp_path, rng):
+    arr, data = dataset(rng, shape=(16, 16, 8, 8), chunks=(4, 16))
+    path = stemdask.save(data, tmp_path / "s.zarr", chunks=(2, 4), shards=(8, 16))
+    array = zarr.open_array(path + "/intensity", mode="r")
+    assert array.chunks == (2, 4, 8, 8) and array.shards == (8, 16, 8, 8)
+    shard_files = [p for p in (tmp_path / "s.zarr" / "intensity" / "c").rglob("*") if p.is_file()]
+    assert len(shard_files) == 2  # 2 shards of 32 inner chunks each
+    group = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())
+    assert group["attributes"]["stemdask_complete"] is True
+    assert group["zarr_format"] == 3
+
+
+def test_default_layout_targets_megabyte_chunks():
+    inner, shard = storage_layout((256, 256, 128, 128), 2)
+    assert inner[2:] == (128, 128) and shard[2:] == (128, 128)
+    assert 2 * 2**20 <= np.prod(inner) * 2 <= 8 * 2**20
+    assert shard[0] % inner[0] == 0 and shard[1] % inner[1] == 0
+    assert np.prod(shard) * 2 <= 128 * 2**20
+    with pytest.raises(InvalidArgumentError, match="shards"):
+        storage_layout((8, 8, 4, 4), 2, chunks=(2, 2), shards=(3, 2))
+    with pytest.raises(InvalidArgumentError, match="chunks"):
+        storage_layout((8, 8, 4, 4), 2, chunks=(0, 2))
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "blosc", "none", [zarr.codecs.ZstdCodec(level=9)]])
+def test_codecs_round_trip(tmp_path, rng, codec):
+    arr, data = dataset(rng)
+    path = stemdask.save(data, tmp_path / "c.zarr", codec=codec)
+    np.testing.assert_array_equal(stemdask.open_dataset(path).values, arr)
+
+
+def test_unknown_codec_is_named(tmp_path, rng):
+    _, data = dataset(rng)
+    with pytest.raises(InvalidArgumentError, match="codec='lzma9'"):
+        stemdask.save(data, tmp_path / "x.zarr", codec="lzma9")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def _failing(data, bad_block=(1, 0, 0, 0)):
+    def fail(block, block_id=None):
+        if block_id == bad_block:
+            raise RuntimeError("detector readout failed")
+        return block
+
+    return data.copy(data=data.data.map_blocks(fail, dtype=data.dtype))
+
+
+def test_failed_write_leaves_no_store(tmp_path, rng):
+    _, data = dataset(rng)
+    with pytest.raises(RuntimeError, match="readout"):
+        stemdask.save(_failing(data), tmp_path / "f.zarr", chunks=(3, 2), shards=(3, 2))
+    assert list(tmp_path.iterdir()) == []  # neither the store nor a temporary one
+    with pytest.raises(FileNotFoundError):
+        stemdask.open_dataset(tmp_path / "f.zarr")
+
+
+def test_failed_overwrite_keeps_the_old_store(tmp_path, rng):
+    arr, data = dataset(rng)
+    path = stemdask.save(data, tmp_path / "o.zarr")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        stemdask.save(data, path)
+    with pytest.raises(RuntimeError):
+        stemdask.save(_failing(data * 0), path, overwrite=True, chunks=(3, 2), shards=(3, 2))
+    np.testing.assert_array_equal(stemdask.open_dataset(path).values, arr)
+    stemdask.save(data * 0, path, overwrite=True)
+    assert int(stemdask.open_dataset(path).sum()) == 0
+
+
+def test_store_without_completion_marker_is_refused(tmp_path, rng):
+    arr, data = dataset(rng)
+    path = stemdask.save(data, tmp_path / "m.zarr")
+    zarr.open_group(path, mode="r+").attrs["stemdask_complete"] = False
+    with pytest.raises(IncompleteStoreError, match="not completely written"):
+        stemdask.open_dataset(path)
+    np.testing.assert_array_equal(stemdask.open_dataset(path, allow_incomplete=True).values, arr)
+
+
+def test_writer_region_writes_then_publishes(tmp_path, rng):
+    arr, _ = dataset(rng, shape=(6, 4, 5, 5))
+    writer = stemdask.DatasetWriter(tmp_path / "w.zarr", scan_shape=(6, 4), detector_shape=(5, 5),
+                                    dtype="uint16", chunks=(2, 4), shards=(6, 4), **CAL)
+    for row in [5, 0, 3, 1, 4, 2]:  # rows arrive out of order
+        writer.write(arr[row:row + 1], scan_y=row)
+        with pytest.raises(IncompleteStoreError):
+            stemdask.open_dataset(tmp_path / "w.zarr")
+    writer.write(arr[2:4, 1:3], scan_y=slice(2, 4), scan_x=slice(1, 3))
+    writer.close()
+    back = stemdask.open_dataset(tmp_path / "w.zarr")
+    np.testing.assert_array_equal(back.values, arr)
+    assert back.attrs["scan_step_A"] == [0.31, 0.29]
+    np.testing.assert_allclose(back.k_x.values, (np.arange(5) - 4.0) * 1.1)
+
+
+def test_writer_appends_rows_and_crash_stays_incomplete(tmp_path, rng):
+    arr, _ = dataset(rng, shape=(5, 3, 4, 4))
+    with stemdask.DatasetWriter(tmp_path / "a.zarr", scan_shape=(0, 3), detector_shape=(4, 4),
+                                dtype="uint16", scan_step_A=0.5) as writer:
+        for y in range(5):
+            writer.append(arr[y:y + 1])
+    back = stemdask.open_dataset(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(back.values, arr)
+    np.testing.assert_allclose(back.scan_y.values, np.arange(5) * 0.5)
+
+    with pytest.raises(KeyboardInterrupt):
+        with stemdask.DatasetWriter(tmp_path / "b.zarr", scan_shape=(0, 3), detector_shape=(4, 4),
+                                    dtype="uint16") as writer:
+            writer.append(arr[:2])
+            raise KeyboardInterrupt  # the acquisition is aborted
+    with pytest.raises(IncompleteStoreError):
+        stemdask.open_dataset(tmp_path / "b.zarr")
+
+
+def test_writer_rejects_wrong_frames(tmp_path):
+    writer = stemdask.DatasetWriter(tmp_path / "r.zarr", scan_shape=(2, 3), detector_shape=(4, 4), dtype="uint8")
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        writer.write(np.zeros((1, 3, 4, 5), "uint8"), scan_y=0)
+    with pytest.raises(InvalidArgumentError, match="dtype"):
+        writer.write(np.zeros((1, 3, 4, 4), "uint16"), scan_y=0)  # would be clipped
+    with pytest.raises(InvalidArgumentError, match="region"):
+        writer.write(np.zeros((0, 3, 4, 4), "uint8"), scan_y=slice(5, 7))
+
+
+def test_foreign_zarr_array_opens_with_given_calibration(tmp_path, rng):
+    arr = rng.integers(0, 100, size=(3, 4, 6, 6), dtype="uint16")
+    z = zarr.create_array(tmp_path / "plain.zarr", shape=arr.shape, chunks=(1, 4, 6, 6), dtype=arr.dtype)
+    z[...] = arr
+    data = stemdask.open_dataset(tmp_path / "plain.zarr", scan_step_A=0.2, energy_ev=300e3)
+    np.testing.assert_array_equal(data.values, arr)
+    assert data.attrs["scan_step_A"] == [0.2, 0.2]
+
+
+def test_not_a_store(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileFormatError, match="zarr"):
+        stemdask.open_dataset(tmp_path / "empty")
+
+
+def test_save_validates_first(tmp_path):
+    with pytest.raises(TypeError, match="xarray.DataArray"):
+        stemdask.save(da.zeros((2, 2)), tmp_path / "x.zarr")
+    with pytest.raises(InvalidArgumentError, match="4 dims"):
+        stemdask.save(xr.DataArray(np.zeros((2, 2)), dims=("a", "b")), tmp_path / "x.zarr")
+    assert not (tmp_path / "x.zarr").exists()
