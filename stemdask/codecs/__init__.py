@@ -33,6 +33,9 @@ CODECS: dict[str, Callable[[], CodecChoice]] = {
     "gzip": lambda: CodecChoice(compressors=(zarr.codecs.GzipCodec(level=6),)),
     "blosc": lambda: CodecChoice(compressors=(
         zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle),)),
+    # lossless per-pixel histogram + range coder (imported lazily: it compiles numba kernels)
+    "histogram": lambda: CodecChoice(serializer=__import__(
+        "stemdask.codecs.histogram", fromlist=["HistogramCodec"]).HistogramCodec(), compressors=()),
 }
 
 #: what save() uses when codec=None: a fast general-purpose lossless codec

@@ -1,0 +1,502 @@
+"""Numba kernels of the per-pixel histogram codec (see :mod:`stemdask.codecs.histogram`).
+
+A byte-wise range coder with a 40-bit window (``low`` < 2**40, ``range`` in
+[2**32, 2**40], carries propagated back into the output buffer) codes every
+symbol with an integer frequency ``f``, cumulative frequency ``cum`` and total
+``tot`` (any total up to 2**24, which the decrementing-count model needs).
+All arithmetic is int64 so that the format is the same on every platform.
+
+Data are coded pixel-major: for each detector pixel its histogram over the
+chunk's frames, then its frames.  The self-contained model codes each
+pixel's frames with *decrementing counts* (the probability of a symbol is its
+count among the frames not yet coded), which costs exactly the log of the
+multinomial coefficient, i.e. slightly less than the pixel's empirical
+entropy; the histogram itself is coded with adaptive tables whose context is
+the counts of the left and upper neighbour pixels.
+
+Kernels return a status code instead of raising, so that a corrupted chunk
+never crashes a worker: ``>= 0`` success, ``NEED_SPACE`` (encoder only: the
+output buffer was too small) or ``CORRUPT``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+ONE40 = np.int64(1) << np.int64(40)
+RMIN = np.int64(1) << np.int64(32)
+NEED_SPACE = -1
+CORRUPT = -2
+
+#: adaptive tables: alphabet of count symbols, increment, halving limit
+NSYM = 48
+INC = 24
+LIMIT = 1 << 16
+#: contexts of the histogram-count tables: 4 bin classes x NCB neighbour buckets, + escapes
+NCB = 40
+ESC_CTX = 4 * NCB
+LAST_CTX = 4 * NCB + 1
+NCTX = 5 * NCB + 1
+
+
+@njit(cache=True, inline="always")
+def _bitlen(c):
+    n = 0
+    while c > 0:
+        c >>= 1
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _count_symbol(c):
+    """Symbol of a non-negative integer: itself below 16, else 11 + bit length (mantissa raw)."""
+    if c < 16:
+        return c, 0
+    nb = _bitlen(c)
+    return 11 + nb, nb - 1
+
+
+@njit(cache=True, inline="always")
+def _ctx_bucket(pred):
+    if pred < 24:
+        return pred
+    b = 19 + _bitlen(pred)  # pred 24..31 -> 24, 32..63 -> 25, ...
+    return b if b < NCB else NCB - 1
+
+
+# -- encoder primitives ------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _enc(low, rng, pos, out, cum, f, tot):
+    r = rng // tot
+    low += cum * r
+    rng = f * r
+    if low >= ONE40:
+        low -= ONE40
+        i = pos - 1
+        while out[i] == 255:
+            out[i] = 0
+            i -= 1
+        out[i] += 1
+    while rng < RMIN:
+        out[pos] = (low >> 32) & 255
+        pos += 1
+        low = (low << 8) & (ONE40 - 1)
+        rng <<= 8
+    return low, rng, pos
+
+
+@njit(cache=True, inline="always")
+def _enc_bits(low, rng, pos, out, value, nbits):
+    """Code ``nbits`` raw bits of ``value`` (uniform), at most 16 per step."""
+    while nbits > 0:
+        k = nbits if nbits < 16 else 16
+        nbits -= k
+        piece = (value >> nbits) & ((1 << k) - 1)
+        low, rng, pos = _enc(low, rng, pos, out, piece, 1, 1 << k)
+    return low, rng, pos
+
+
+@njit(cache=True, inline="always")
+def _enc_adaptive(low, rng, pos, out, freq, tot, ctx, s):
+    cum = 0
+    for i in range(s):
+        cum += freq[ctx, i]
+    low, rng, pos = _enc(low, rng, pos, out, cum, freq[ctx, s], tot[ctx])
+    _update(freq, tot, ctx, s)
+    return low, rng, pos
+
+
+@njit(cache=True, inline="always")
+def _update(freq, tot, ctx, s):
+    freq[ctx, s] += INC
+    tot[ctx] += INC
+    if tot[ctx] > LIMIT:
+        t = 0
+        for i in range(NSYM):
+            freq[ctx, i] = (freq[ctx, i] + 1) >> 1
+            t += freq[ctx, i]
+        tot[ctx] = t
+
+
+@njit(cache=True, inline="always")
+def _enc_number(low, rng, pos, out, freq, tot, ctx, c):
+    s, nb = _count_symbol(c)
+    low, rng, pos = _enc_adaptive(low, rng, pos, out, freq, tot, ctx, s)
+    if nb > 0:
+        low, rng, pos = _enc_bits(low, rng, pos, out, c - (np.int64(1) << nb), nb)
+    return low, rng, pos
+
+
+@njit(cache=True, inline="always")
+def _flush(low, pos, out):
+    for k in range(5):
+        out[pos] = (low >> (32 - 8 * k)) & 255
+        pos += 1
+    return pos
+
+
+# -- decoder primitives ------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _byte(inp, ipos):
+    if ipos < inp.size:
+        return np.int64(inp[ipos])
+    return np.int64(0)
+
+
+@njit(cache=True, inline="always")
+def _dec_target(code, rng, tot):
+    """Return (r, v): the scale and the cumulative target in [0, tot)."""
+    r = rng // tot
+    v = code // r
+    if v >= tot:  # only on corrupted input; keeps the search in bounds
+        v = tot - 1
+    return r, v
+
+
+@njit(cache=True, inline="always")
+def _dec_apply(code, rng, ipos, inp, r, cum, f):
+    code -= cum * r
+    rng = f * r
+    while rng < RMIN:
+        code = ((code << 8) | _byte(inp, ipos)) & (ONE40 - 1)
+        ipos += 1
+        rng <<= 8
+    return code, rng, ipos
+
+
+@njit(cache=True, inline="always")
+def _dec_bits(code, rng, ipos, inp, nbits):
+    value = np.int64(0)
+    while nbits > 0:
+        k = nbits if nbits < 16 else 16
+        nbits -= k
+        r, v = _dec_target(code, rng, np.int64(1) << k)
+        code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, v, 1)
+        value = (value << k) | v
+    return code, rng, ipos, value
+
+
+@njit(cache=True, inline="always")
+def _dec_adaptive(code, rng, ipos, inp, freq, tot, ctx):
+    r, v = _dec_target(code, rng, tot[ctx])
+    cum = np.int64(0)
+    s = 0
+    while s < NSYM - 1 and cum + freq[ctx, s] <= v:
+        cum += freq[ctx, s]
+        s += 1
+    code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, freq[ctx, s])
+    _update(freq, tot, ctx, s)
+    return code, rng, ipos, s
+
+
+@njit(cache=True, inline="always")
+def _dec_number(code, rng, ipos, inp, freq, tot, ctx):
+    code, rng, ipos, s = _dec_adaptive(code, rng, ipos, inp, freq, tot, ctx)
+    if s < 16:
+        return code, rng, ipos, np.int64(s)
+    nb = s - 11 - 1
+    code, rng, ipos, m = _dec_bits(code, rng, ipos, inp, nb)
+    return code, rng, ipos, (np.int64(1) << nb) + m
+
+
+@njit(cache=True, inline="always")
+def _init_tables():
+    freq = np.ones((NCTX, NSYM), dtype=np.int64)
+    tot = np.full(NCTX, NSYM, dtype=np.int64)
+    return freq, tot
+
+
+@njit(cache=True, inline="always")
+def _neighbour_ctx(rows, last, cur, y, x, b, K):
+    """Context of the count of bin ``b``: class of the bin x bucket of the neighbours' counts."""
+    prev = 1 - cur
+    pred = np.int64(0)
+    nn = 0
+    if x > 0:
+        nn += 1
+        if b <= last[cur, x - 1]:
+            pred += rows[cur, x - 1, b]
+    if y > 0:
+        nn += 1
+        if b <= last[prev, x]:
+            pred += rows[prev, x, b]
+    if nn == 1:
+        pred *= 2
+    cls = 3 if b == K else (b - 1 if b < 3 else 2)
+    return cls * NCB + _ctx_bucket(pred)
+
+
+@njit(cache=True, inline="always")
+def _last_ctx(last, cur, y, x):
+    """Context of a pixel's highest non-empty bin: the neighbours' highest bins."""
+    pred = np.int64(0)
+    nn = 0
+    if x > 0:
+        nn += 1
+        pred += last[cur, x - 1]
+    if y > 0:
+        nn += 1
+        pred += last[1 - cur, x]
+    if nn == 1:
+        pred *= 2
+    return LAST_CTX + _ctx_bucket(pred)
+
+
+# -- self-contained chunks ---------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def encode_local(x, H, W, K, base, emin, out):
+    """Code ``x`` (pixels x frames, pixel-major) with one histogram per pixel.
+
+    Symbols are ``u = value - base`` for ``0 <= u < K`` and the escape ``K``
+    otherwise (the escaped value is coded as ``value - emin``).  Returns the
+    number of bytes written or NEED_SPACE.
+    """
+    P, n = x.shape
+    freq, tot = _init_tables()
+    rows = np.zeros((2, W, K + 1), dtype=np.int64)
+    last = np.zeros((2, W), dtype=np.int64)
+    hist = np.zeros(K + 1, dtype=np.int64)
+    syms = np.empty(n, dtype=np.int64)
+    binval = np.empty(K + 1, dtype=np.int64)
+    bincnt = np.empty(K + 1, dtype=np.int64)
+    slot = np.empty(K + 1, dtype=np.int64)
+    margin = 10 * n + 12 * (K + 2) + 64
+    low = np.int64(0)
+    rng = ONE40
+    pos = 0
+    for p in range(P):
+        if pos + margin > out.size:
+            return NEED_SPACE
+        y = p // W
+        xx = p - y * W
+        cur = y & 1
+        for t in range(n):
+            u = np.int64(x[p, t]) - base
+            s = u if (u >= 0 and u < K) else K
+            syms[t] = s
+            hist[s] += 1
+        # the histogram: the highest non-empty bin L, then the counts of bins
+        # 1..L (that of L minus one, as it is non-empty); bin 0 takes the rest
+        lastb = 0
+        for b in range(K, 0, -1):
+            if hist[b] > 0:
+                lastb = b
+                break
+        low, rng, pos = _enc_number(low, rng, pos, out, freq, tot,
+                                    _last_ctx(last, cur, y, xx), lastb)
+        for b in range(1, lastb + 1):
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K)
+            c = hist[b] - 1 if b == lastb else hist[b]
+            low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ctx, c)
+            rows[cur, xx, b] = hist[b]
+        rows[cur, xx, 0] = hist[0]
+        last[cur, xx] = lastb
+        # the frames, with decrementing counts over the non-empty bins
+        m = 0
+        for b in range(lastb + 1):
+            if hist[b] > 0:
+                binval[m] = b
+                bincnt[m] = hist[b]
+                slot[b] = m
+                m += 1
+        nz = m
+        left = np.int64(n)
+        for t in range(n):
+            s = syms[t]
+            if nz > 1:
+                j = slot[s]
+                cum = np.int64(0)
+                for i in range(j):
+                    cum += bincnt[i]
+                low, rng, pos = _enc(low, rng, pos, out, cum, bincnt[j], left)
+                bincnt[j] -= 1
+                if bincnt[j] == 0:
+                    nz -= 1
+                left -= 1
+            if s == K:
+                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX,
+                                            np.int64(x[p, t]) - emin)
+        for b in range(lastb + 1):
+            hist[b] = 0
+    pos = _flush(low, pos, out)
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def decode_local(inp, out, H, W, K, base, emin, vmin, vmax):
+    """Inverse of :func:`encode_local`; fills ``out`` (pixels x frames).
+
+    Returns 0, or CORRUPT when the stream is inconsistent (a count larger than
+    the frames left, an escaped value outside [vmin, vmax], or a stream length
+    that differs from what was consumed).
+    """
+    P, n = out.shape
+    freq, tot = _init_tables()
+    rows = np.zeros((2, W, K + 1), dtype=np.int64)
+    last = np.zeros((2, W), dtype=np.int64)
+    binval = np.empty(K + 1, dtype=np.int64)
+    bincnt = np.empty(K + 1, dtype=np.int64)
+    hist = np.zeros(K + 1, dtype=np.int64)
+    code = np.int64(0)
+    for k in range(5):
+        code = (code << 8) | _byte(inp, k)
+    ipos = 5
+    rng = ONE40
+    for p in range(P):
+        y = p // W
+        xx = p - y * W
+        cur = y & 1
+        code, rng, ipos, lastb = _dec_number(code, rng, ipos, inp, freq, tot,
+                                             _last_ctx(last, cur, y, xx))
+        if lastb > K:
+            return CORRUPT
+        remaining = np.int64(n)
+        for b in range(1, lastb + 1):
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K)
+            code, rng, ipos, c = _dec_number(code, rng, ipos, inp, freq, tot, ctx)
+            if b == lastb:
+                c += 1
+            if c > remaining:
+                return CORRUPT
+            hist[b] = c
+            remaining -= c
+            rows[cur, xx, b] = c
+        hist[0] = remaining
+        rows[cur, xx, 0] = remaining
+        last[cur, xx] = lastb
+        m = 0
+        for b in range(lastb + 1):
+            if hist[b] > 0:
+                binval[m] = b
+                bincnt[m] = hist[b]
+                m += 1
+            hist[b] = 0
+        nz = m
+        left = np.int64(n)
+        only = 0  # index of the single non-empty bin once nz == 1
+        if nz == 1:
+            only = 0
+        for t in range(n):
+            if nz > 1:
+                r, v = _dec_target(code, rng, left)
+                j = 0
+                cum = np.int64(0)
+                while cum + bincnt[j] <= v:
+                    cum += bincnt[j]
+                    j += 1
+                code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, bincnt[j])
+                bincnt[j] -= 1
+                left -= 1
+                if bincnt[j] == 0:
+                    nz -= 1
+                    if nz == 1:
+                        only = 0
+                        while bincnt[only] == 0:
+                            only += 1
+                s = binval[j]
+            else:
+                s = binval[only]
+            if s == K:
+                code, rng, ipos, e = _dec_number(code, rng, ipos, inp, freq, tot, ESC_CTX)
+                value = emin + e
+                if value < vmin or value > vmax or (value - base >= 0 and value - base < K):
+                    return CORRUPT
+                out[p, t] = value
+            else:
+                out[p, t] = base + s
+    if ipos != inp.size:
+        return CORRUPT
+    return 0
+
+
+# -- chunks coded with a model shared across chunks -------------------------
+
+
+@njit(cache=True, nogil=True)
+def encode_shared(x, cumtab, K, base, emin, out):
+    """Code ``x`` (pixels x frames) with fixed per-pixel frequencies.
+
+    ``cumtab[p]`` holds the cumulative frequencies of symbols 0..K (escape K)
+    of pixel ``p``: ``cumtab[p, s]`` .. ``cumtab[p, s + 1]``; every symbol has
+    a non-zero frequency.
+    """
+    P, n = x.shape
+    freq, tot = _init_tables()
+    margin = 10 * n + 64
+    low = np.int64(0)
+    rng = ONE40
+    pos = 0
+    for p in range(P):
+        if pos + margin > out.size:
+            return NEED_SPACE
+        total = cumtab[p, K + 1]
+        for t in range(n):
+            u = np.int64(x[p, t]) - base
+            s = u if (u >= 0 and u < K) else K
+            low, rng, pos = _enc(low, rng, pos, out, cumtab[p, s],
+                                 cumtab[p, s + 1] - cumtab[p, s], total)
+            if s == K:
+                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX,
+                                            np.int64(x[p, t]) - emin)
+    pos = _flush(low, pos, out)
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def decode_shared(inp, out, cumtab, K, base, emin, vmin, vmax):
+    """Inverse of :func:`encode_shared`."""
+    P, n = out.shape
+    freq, tot = _init_tables()
+    code = np.int64(0)
+    for k in range(5):
+        code = (code << 8) | _byte(inp, k)
+    ipos = 5
+    rng = ONE40
+    for p in range(P):
+        total = cumtab[p, K + 1]
+        for t in range(n):
+            r, v = _dec_target(code, rng, total)
+            # binary search of the symbol whose cumulative range holds v
+            lo = 0
+            hi = K
+            while lo < hi:
+                mid = (lo + hi + 1) >> 1
+                if cumtab[p, mid] <= v:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            s = lo
+            code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cumtab[p, s],
+                                         cumtab[p, s + 1] - cumtab[p, s])
+            if s == K:
+                code, rng, ipos, e = _dec_number(code, rng, ipos, inp, freq, tot, ESC_CTX)
+                value = emin + e
+                if value < vmin or value > vmax or (value - base >= 0 and value - base < K):
+                    return CORRUPT
+                out[p, t] = value
+            else:
+                out[p, t] = base + s
+    if ipos != inp.size:
+        return CORRUPT
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def pixel_histograms(x, K, base):
+    """Counts of symbols 0..K (K = escape) of every pixel of ``x`` (pixels x frames)."""
+    P, n = x.shape
+    h = np.zeros((P, K + 1), dtype=np.int64)
+    for p in range(P):
+        for t in range(n):
+            u = np.int64(x[p, t]) - base
+            s = u if (u >= 0 and u < K) else K
+            h[p, s] += 1
+    return h
