@@ -17,6 +17,8 @@ os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_TMP / "dask-scratch"))
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -63,3 +65,6 @@ def local_client():
     yield client
     client.close()
     cluster.close()
+
+
+from slurm_queue import slurm_queue  # noqa: E402,F401  (fixture)

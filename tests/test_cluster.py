@@ -64,3 +64,22 @@ def test_cuda_cluster_one_worker_per_gpu():
         assert len(client.scheduler_info()["workers"]) == cupy.cuda.runtime.getDeviceCount()
     finally:
         cluster.stop(client)
+
+
+@pytest.mark.slurm
+def test_slurm_cluster_runs_workers_as_jobs(slurm_queue, tmp_path, rng):
+    import subprocess
+
+    arr = rng.integers(0, 500, size=(4, 6, 8, 8), dtype="uint16")
+    data = stemdask.from_array(arr, chunks=(2, 3))
+    client = cluster.start("slurm", n_workers=2, cores=1, memory="1GB", processes=1, queue="debug",
+                           walltime="00:10:00", interface="lo", log_directory=str(tmp_path / "logs"),
+                           local_directory=str(tmp_path / "work"), wait_timeout_s=90, quiet=True)
+    try:
+        jobs = subprocess.run(["squeue", "-h", "-o", "%T"], capture_output=True, text=True,
+                              env=slurm_queue["env"]).stdout.split()
+        assert jobs.count("RUNNING") == 2
+        total = data.astype("uint64").sum(dim=("scan_y", "scan_x")).compute()
+        np.testing.assert_array_equal(total.values, arr.sum(axis=(0, 1), dtype=np.uint64))
+    finally:
+        cluster.stop(client)
