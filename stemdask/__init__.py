@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor)
 from . import errors, physics
+from . import optics, simulate
 from .dataset import DIMS, calibrate, describe, from_array, validate
 from .io import DatasetWriter, open_dataset, save
 
@@ -20,7 +21,9 @@ __all__ = [
     "errors",
     "from_array",
     "open_dataset",
+    "optics",
     "physics",
     "save",
+    "simulate",
     "validate",
 ]
