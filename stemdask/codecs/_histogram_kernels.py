@@ -40,7 +40,7 @@ LAST_CTX = 4 * NCB + 1
 NCTX = 5 * NCB + 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _bitlen(c):
     n = 0
     while c > 0:
@@ -49,7 +49,7 @@ def _bitlen(c):
     return n
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _count_symbol(c):
     """Symbol of a non-negative integer: itself below 16, else 11 + bit length (mantissa raw)."""
     if c < 16:
@@ -58,7 +58,7 @@ def _count_symbol(c):
     return 11 + nb, nb - 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _ctx_bucket(pred):
     if pred < 24:
         return pred
@@ -66,10 +66,24 @@ def _ctx_bucket(pred):
     return b if b < NCB else NCB - 1
 
 
+# -- element access: signed data arrive as an unsigned view (sign bit flipped) ----------------------
+
+
+@njit(cache=True)
+def _load(x, t, p, flip):
+    """Element (t, p) of an unsigned view, as a biased unsigned value."""
+    return np.int64(x[t, p]) ^ flip
+
+
+@njit(cache=True)
+def _store(out, t, p, flip, v):
+    out[t, p] = v ^ flip
+
+
 # -- encoder primitives ------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _enc(low, rng, pos, out, cum, f, tot):
     r = rng // tot
     low += cum * r
@@ -89,7 +103,7 @@ def _enc(low, rng, pos, out, cum, f, tot):
     return low, rng, pos
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _enc_bits(low, rng, pos, out, value, nbits):
     """Code ``nbits`` raw bits of ``value`` (uniform), at most 16 per step."""
     while nbits > 0:
@@ -100,7 +114,7 @@ def _enc_bits(low, rng, pos, out, value, nbits):
     return low, rng, pos
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _enc_adaptive(low, rng, pos, out, freq, tot, ctx, s):
     cum = 0
     for i in range(s):
@@ -110,7 +124,7 @@ def _enc_adaptive(low, rng, pos, out, freq, tot, ctx, s):
     return low, rng, pos
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _update(freq, tot, ctx, s):
     freq[ctx, s] += INC
     tot[ctx] += INC
@@ -122,7 +136,7 @@ def _update(freq, tot, ctx, s):
         tot[ctx] = t
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _enc_number(low, rng, pos, out, freq, tot, ctx, c):
     s, nb = _count_symbol(c)
     low, rng, pos = _enc_adaptive(low, rng, pos, out, freq, tot, ctx, s)
@@ -131,7 +145,7 @@ def _enc_number(low, rng, pos, out, freq, tot, ctx, c):
     return low, rng, pos
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _flush(low, pos, out):
     for k in range(5):
         out[pos] = (low >> (32 - 8 * k)) & 255
@@ -142,14 +156,14 @@ def _flush(low, pos, out):
 # -- decoder primitives ------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _byte(inp, ipos):
     if ipos < inp.size:
         return np.int64(inp[ipos])
     return np.int64(0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dec_target(code, rng, tot):
     """Return (r, v): the scale and the cumulative target in [0, tot)."""
     r = rng // tot
@@ -159,7 +173,7 @@ def _dec_target(code, rng, tot):
     return r, v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dec_apply(code, rng, ipos, inp, r, cum, f):
     code -= cum * r
     rng = f * r
@@ -170,7 +184,7 @@ def _dec_apply(code, rng, ipos, inp, r, cum, f):
     return code, rng, ipos
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dec_bits(code, rng, ipos, inp, nbits):
     value = np.int64(0)
     while nbits > 0:
@@ -182,7 +196,7 @@ def _dec_bits(code, rng, ipos, inp, nbits):
     return code, rng, ipos, value
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dec_adaptive(code, rng, ipos, inp, freq, tot, ctx):
     r, v = _dec_target(code, rng, tot[ctx])
     cum = np.int64(0)
@@ -195,7 +209,7 @@ def _dec_adaptive(code, rng, ipos, inp, freq, tot, ctx):
     return code, rng, ipos, s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dec_number(code, rng, ipos, inp, freq, tot, ctx):
     code, rng, ipos, s = _dec_adaptive(code, rng, ipos, inp, freq, tot, ctx)
     if s < 16:
@@ -205,16 +219,17 @@ def _dec_number(code, rng, ipos, inp, freq, tot, ctx):
     return code, rng, ipos, (np.int64(1) << nb) + m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _init_tables():
     freq = np.ones((NCTX, NSYM), dtype=np.int64)
     tot = np.full(NCTX, NSYM, dtype=np.int64)
     return freq, tot
 
 
-@njit(cache=True, inline="always")
-def _neighbour_ctx(rows, last, cur, y, x, b, K):
-    """Context of the count of bin ``b``: class of the bin x bucket of the neighbours' counts."""
+@njit(cache=True)
+def _neighbour_ctx(rows, last, cur, y, x, b, K, W):
+    """Context of the count of bin ``b``: class of the bin x bucket of the
+    neighbours' counts (left, up-left, up, up-right; scaled to four)."""
     prev = 1 - cur
     pred = np.int64(0)
     nn = 0
@@ -226,15 +241,24 @@ def _neighbour_ctx(rows, last, cur, y, x, b, K):
         nn += 1
         if b <= last[prev, x]:
             pred += rows[prev, x, b]
-    if nn == 1:
-        pred *= 2
+        if x > 0:
+            nn += 1
+            if b <= last[prev, x - 1]:
+                pred += rows[prev, x - 1, b]
+        if x + 1 < W:
+            nn += 1
+            if b <= last[prev, x + 1]:
+                pred += rows[prev, x + 1, b]
+    if nn > 0 and nn < 4:
+        pred = (pred * 4 + nn // 2) // nn
     cls = 3 if b == K else (b - 1 if b < 3 else 2)
     return cls * NCB + _ctx_bucket(pred)
 
 
-@njit(cache=True, inline="always")
-def _last_ctx(last, cur, y, x):
+@njit(cache=True)
+def _last_ctx(last, cur, y, x, W):
     """Context of a pixel's highest non-empty bin: the neighbours' highest bins."""
+    prev = 1 - cur
     pred = np.int64(0)
     nn = 0
     if x > 0:
@@ -242,9 +266,15 @@ def _last_ctx(last, cur, y, x):
         pred += last[cur, x - 1]
     if y > 0:
         nn += 1
-        pred += last[1 - cur, x]
-    if nn == 1:
-        pred *= 2
+        pred += last[prev, x]
+        if x > 0:
+            nn += 1
+            pred += last[prev, x - 1]
+        if x + 1 < W:
+            nn += 1
+            pred += last[prev, x + 1]
+    if nn > 0 and nn < 4:
+        pred = (pred * 4 + nn // 2) // nn
     return LAST_CTX + _ctx_bucket(pred)
 
 
@@ -252,14 +282,14 @@ def _last_ctx(last, cur, y, x):
 
 
 @njit(cache=True, nogil=True)
-def encode_local(x, H, W, K, base, emin, out):
-    """Code ``x`` (pixels x frames, pixel-major) with one histogram per pixel.
+def encode_local(x, flip, H, W, K, base, emin, out):
+    """Code ``x`` (frames x pixels), in pixel-major order with one histogram per pixel.
 
     Symbols are ``u = value - base`` for ``0 <= u < K`` and the escape ``K``
     otherwise (the escaped value is coded as ``value - emin``).  Returns the
     number of bytes written or NEED_SPACE.
     """
-    P, n = x.shape
+    n, P = x.shape
     freq, tot = _init_tables()
     rows = np.zeros((2, W, K + 1), dtype=np.int64)
     last = np.zeros((2, W), dtype=np.int64)
@@ -279,7 +309,7 @@ def encode_local(x, H, W, K, base, emin, out):
         xx = p - y * W
         cur = y & 1
         for t in range(n):
-            u = np.int64(x[p, t]) - base
+            u = _load(x, t, p, flip) - base
             s = u if (u >= 0 and u < K) else K
             syms[t] = s
             hist[s] += 1
@@ -291,9 +321,9 @@ def encode_local(x, H, W, K, base, emin, out):
                 lastb = b
                 break
         low, rng, pos = _enc_number(low, rng, pos, out, freq, tot,
-                                    _last_ctx(last, cur, y, xx), lastb)
+                                    _last_ctx(last, cur, y, xx, W), lastb)
         for b in range(1, lastb + 1):
-            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K)
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W)
             c = hist[b] - 1 if b == lastb else hist[b]
             low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ctx, c)
             rows[cur, xx, b] = hist[b]
@@ -323,7 +353,7 @@ def encode_local(x, H, W, K, base, emin, out):
                 left -= 1
             if s == K:
                 low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX,
-                                            np.int64(x[p, t]) - emin)
+                                            _load(x, t, p, flip) - emin)
         for b in range(lastb + 1):
             hist[b] = 0
     pos = _flush(low, pos, out)
@@ -331,14 +361,14 @@ def encode_local(x, H, W, K, base, emin, out):
 
 
 @njit(cache=True, nogil=True)
-def decode_local(inp, out, H, W, K, base, emin, vmin, vmax):
-    """Inverse of :func:`encode_local`; fills ``out`` (pixels x frames).
+def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
+    """Inverse of :func:`encode_local`; fills ``out`` (frames x pixels).
 
     Returns 0, or CORRUPT when the stream is inconsistent (a count larger than
     the frames left, an escaped value outside [vmin, vmax], or a stream length
     that differs from what was consumed).
     """
-    P, n = out.shape
+    n, P = out.shape
     freq, tot = _init_tables()
     rows = np.zeros((2, W, K + 1), dtype=np.int64)
     last = np.zeros((2, W), dtype=np.int64)
@@ -355,12 +385,12 @@ def decode_local(inp, out, H, W, K, base, emin, vmin, vmax):
         xx = p - y * W
         cur = y & 1
         code, rng, ipos, lastb = _dec_number(code, rng, ipos, inp, freq, tot,
-                                             _last_ctx(last, cur, y, xx))
+                                             _last_ctx(last, cur, y, xx, W))
         if lastb > K:
             return CORRUPT
         remaining = np.int64(n)
         for b in range(1, lastb + 1):
-            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K)
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W)
             code, rng, ipos, c = _dec_number(code, rng, ipos, inp, freq, tot, ctx)
             if b == lastb:
                 c += 1
@@ -409,9 +439,9 @@ def decode_local(inp, out, H, W, K, base, emin, vmin, vmax):
                 value = emin + e
                 if value < vmin or value > vmax or (value - base >= 0 and value - base < K):
                     return CORRUPT
-                out[p, t] = value
+                _store(out, t, p, flip, value)
             else:
-                out[p, t] = base + s
+                _store(out, t, p, flip, base + s)
     if ipos != inp.size:
         return CORRUPT
     return 0
@@ -421,14 +451,14 @@ def decode_local(inp, out, H, W, K, base, emin, vmin, vmax):
 
 
 @njit(cache=True, nogil=True)
-def encode_shared(x, cumtab, K, base, emin, out):
-    """Code ``x`` (pixels x frames) with fixed per-pixel frequencies.
+def encode_shared(x, flip, cumtab, K, base, emin, out):
+    """Code ``x`` (frames x pixels) with fixed per-pixel frequencies.
 
     ``cumtab[p]`` holds the cumulative frequencies of symbols 0..K (escape K)
     of pixel ``p``: ``cumtab[p, s]`` .. ``cumtab[p, s + 1]``; every symbol has
     a non-zero frequency.
     """
-    P, n = x.shape
+    n, P = x.shape
     freq, tot = _init_tables()
     margin = 10 * n + 64
     low = np.int64(0)
@@ -439,21 +469,21 @@ def encode_shared(x, cumtab, K, base, emin, out):
             return NEED_SPACE
         total = cumtab[p, K + 1]
         for t in range(n):
-            u = np.int64(x[p, t]) - base
+            u = _load(x, t, p, flip) - base
             s = u if (u >= 0 and u < K) else K
             low, rng, pos = _enc(low, rng, pos, out, cumtab[p, s],
                                  cumtab[p, s + 1] - cumtab[p, s], total)
             if s == K:
                 low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX,
-                                            np.int64(x[p, t]) - emin)
+                                            _load(x, t, p, flip) - emin)
     pos = _flush(low, pos, out)
     return pos
 
 
 @njit(cache=True, nogil=True)
-def decode_shared(inp, out, cumtab, K, base, emin, vmin, vmax):
+def decode_shared(inp, out, flip, cumtab, K, base, emin, vmin, vmax):
     """Inverse of :func:`encode_shared`."""
-    P, n = out.shape
+    n, P = out.shape
     freq, tot = _init_tables()
     code = np.int64(0)
     for k in range(5):
@@ -481,22 +511,22 @@ def decode_shared(inp, out, cumtab, K, base, emin, vmin, vmax):
                 value = emin + e
                 if value < vmin or value > vmax or (value - base >= 0 and value - base < K):
                     return CORRUPT
-                out[p, t] = value
+                _store(out, t, p, flip, value)
             else:
-                out[p, t] = base + s
+                _store(out, t, p, flip, base + s)
     if ipos != inp.size:
         return CORRUPT
     return 0
 
 
 @njit(cache=True, nogil=True)
-def pixel_histograms(x, K, base):
-    """Counts of symbols 0..K (K = escape) of every pixel of ``x`` (pixels x frames)."""
-    P, n = x.shape
+def pixel_histograms(x, flip, K, base):
+    """Counts of symbols 0..K (K = escape) of every pixel of ``x`` (frames x pixels)."""
+    n, P = x.shape
     h = np.zeros((P, K + 1), dtype=np.int64)
     for p in range(P):
         for t in range(n):
-            u = np.int64(x[p, t]) - base
+            u = _load(x, t, p, flip) - base
             s = u if (u >= 0 and u < K) else K
             h[p, s] += 1
     return h

@@ -89,6 +89,18 @@ def check_dtype(dtype: Any, *, name: str = "dtype") -> np.dtype:
     return dt
 
 
+def _unsigned_view(arr: np.ndarray, dt: np.dtype, n: int, pixels: int) -> tuple[np.ndarray, int, int]:
+    """(native unsigned view (frames, pixels), sign flip, bias) for the kernels.
+
+    Signed values are biased to unsigned by flipping the sign bit, so that
+    the kernels are compiled for three unsigned widths only:
+    biased = value + bias.
+    """
+    native = np.ascontiguousarray(arr, dtype=dt).reshape(n, pixels)
+    flip = (1 << (8 * dt.itemsize - 1)) if dt.kind == "i" else 0
+    return native.view(f"u{dt.itemsize}"), flip, flip
+
+
 def _detector(shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(frames, detector rows, detector columns) of a chunk shape."""
     if len(shape) == 0:
@@ -162,12 +174,12 @@ class HistogramModel:
             raise bad_value("frames.shape", arr.shape, "a non-empty array (..., k_y, k_x)")
         k = _check_max_symbols(max_symbols)
         n, ny, nx = _detector(arr.shape)
-        flat = np.ascontiguousarray(arr.astype(dt, copy=False).reshape(n, ny * nx).T)
-        offset = int(flat.min())
-        span = int(flat.max()) - offset + 1
-        kk = min(span, k)
+        offset = int(arr.min())
+        kk = min(int(arr.max()) - offset + 1, k)
+        raw, flip, bias = _unsigned_view(arr, dt, n, ny * nx)
         # one pseudo-count per pixel, spread over all symbols, so unseen values stay codable
-        hist = _k.pixel_histograms(flat, np.int64(kk), np.int64(offset)).astype(np.float64) + 1.0 / (kk + 1)
+        hist = _k.pixel_histograms(raw, np.int64(flip), np.int64(kk), np.int64(offset + bias))
+        hist = hist.astype(np.float64) + 1.0 / (kk + 1)
         scaled = np.maximum(1, np.round(hist * (65535.0 / hist.sum(axis=1, keepdims=True))))
         return cls((ny, nx), offset, scaled.astype(np.uint16))
 
@@ -217,9 +229,8 @@ def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS,
     n, ny, nx = _detector(arr.shape)
     if n > MAX_FRAMES:
         raise bad_value("chunk frames", n, f"at most {MAX_FRAMES} frames per chunk (use smaller scan tiles)")
-    flat = np.ascontiguousarray(arr.astype(dt, copy=False).reshape(n, ny * nx).T)
     if arr.size:
-        vmin, vmax = int(flat.min()), int(flat.max())
+        vmin, vmax = int(arr.min()), int(arr.max())
     else:
         vmin = vmax = 0
     if model is None:
@@ -231,15 +242,16 @@ def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS,
         mode, base, emin, fingerprint = MODE_SHARED, model.offset, vmin, model.fingerprint
         k = model.n_symbols
     header = _pack_header(mode, dt, arr.shape, base, emin, k, fingerprint)
+    raw, flip, bias = _unsigned_view(arr, dt, n, ny * nx)
     cap = arr.nbytes // 2 + 12 * n + 16 * (k + 2) + 1024
     while True:
         out = np.empty(cap, dtype=np.uint8)
         if mode == MODE_LOCAL:
-            size = _k.encode_local(flat, np.int64(ny), np.int64(nx), np.int64(k),
-                                   np.int64(base), np.int64(emin), out)
+            size = _k.encode_local(raw, np.int64(flip), np.int64(ny), np.int64(nx), np.int64(k),
+                                   np.int64(base + bias), np.int64(emin + bias), out)
         else:
-            size = _k.encode_shared(flat, model._cumtab, np.int64(k), np.int64(base),  # type: ignore[attr-defined]
-                                    np.int64(emin), out)
+            size = _k.encode_shared(raw, np.int64(flip), model._cumtab,  # type: ignore[attr-defined]
+                                    np.int64(k), np.int64(base + bias), np.int64(emin + bias), out)
         if size >= 0:
             break
         cap *= 2
@@ -306,10 +318,14 @@ def decode_chunk(data: bytes | memoryview, *, model: HistogramModel | None = Non
     if n > MAX_FRAMES:
         raise ChunkCorruptError(f"stemdask.histogram chunk header claims {n} frames (> {MAX_FRAMES})")
     payload = np.frombuffer(h["payload"], dtype=np.uint8)
-    out = np.empty((ny * nx, n), dtype=dt)
+    result = np.empty((n, ny * nx), dtype=dt)
+    out = result.view(f"u{dt.itemsize}")
+    isz = dt.itemsize
+    flip = bias = (1 << (8 * isz - 1)) if dt.kind == "i" else 0
+    span = (np.int64(0), np.int64((1 << (8 * isz)) - 1))  # the biased value range
     if h["mode"] == MODE_LOCAL:
-        status = _k.decode_local(payload, out, np.int64(ny), np.int64(nx), np.int64(k), np.int64(base),
-                                 np.int64(emin), np.int64(info.min), np.int64(info.max))
+        status = _k.decode_local(payload, out, np.int64(flip), np.int64(ny), np.int64(nx), np.int64(k),
+                                 np.int64(base + bias), np.int64(emin + bias), *span)
     else:
         if model is None:
             raise ChunkCorruptError("stemdask.histogram chunk was coded with a shared model, but the codec "
@@ -318,12 +334,12 @@ def decode_chunk(data: bytes | memoryview, *, model: HistogramModel | None = Non
                 or k != model.n_symbols or base != model.offset:
             raise ChunkCorruptError("stemdask.histogram chunk was coded with another shared model "
                                     f"(fingerprint {h['fingerprint']:#010x}, codec's {model.fingerprint:#010x})")
-        status = _k.decode_shared(payload, out, model._cumtab, np.int64(k), np.int64(base),  # type: ignore[attr-defined]
-                                  np.int64(emin), np.int64(info.min), np.int64(info.max))
+        status = _k.decode_shared(payload, out, np.int64(flip), model._cumtab,  # type: ignore[attr-defined]
+                                  np.int64(k), np.int64(base + bias), np.int64(emin + bias), *span)
     if status != 0:
         raise ChunkCorruptError("stemdask.histogram chunk payload is inconsistent (corrupted data that "
                                 "passed the checksum, or a writer bug)")
-    return np.ascontiguousarray(out.T).reshape(h["shape"])
+    return result.reshape(h["shape"])
 
 
 # -- the zarr v3 codec ---------------------------------------------------------
