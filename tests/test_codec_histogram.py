@@ -1,0 +1,322 @@
+"""The lossless per-pixel-histogram codec: round trips, frozen format, corruption, zarr/xarray/dask."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from stemdask.codecs import CODECS, resolve_codec
+from stemdask.codecs.histogram import (
+    CODEC_NAME,
+    FORMAT_VERSION,
+    ChunkCorruptError,
+    HistogramCodec,
+    HistogramModel,
+    decode_chunk,
+    encode_chunk,
+    read_header,
+)
+from stemdask.errors import InvalidArgumentError, InvalidTypeError
+
+DTYPES = ["u1", "u2", "u4", "i1", "i2", "i4", ">u2", ">i4"]
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _empirical_entropy_bits(x: np.ndarray) -> float:
+    """Sum over detector pixels of frames * H(pixel's histogram) -- plain NumPy reference."""
+    frames = x.reshape(-1, x.shape[-2] * x.shape[-1])
+    total = 0.0
+    for col in frames.T:
+        _, counts = np.unique(col, return_counts=True)
+        p = counts / col.size
+        total += -(counts * np.log2(p)).sum()
+    return total
+
+
+@st.composite
+def integer_chunks(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6))
+    info = np.iinfo(dtype)
+    kind = draw(st.sampled_from(["counts", "full", "offset"]))
+    if kind == "full":
+        elements = st.integers(int(info.min), int(info.max))
+    elif kind == "counts":
+        elements = st.integers(0, min(int(info.max), 5))
+    else:
+        lo = draw(st.integers(int(info.min), int(info.max) - 3))
+        elements = st.integers(lo, lo + 3)
+    return draw(hnp.arrays(dtype, shape, elements=elements))
+
+
+@FAST
+@given(integer_chunks(), st.integers(1, 300))
+def test_round_trip_is_bit_exact(x, max_symbols):
+    data = encode_chunk(x, max_symbols=max_symbols)
+    y = decode_chunk(data, shape=x.shape, dtype=x.dtype)
+    assert y.shape == x.shape
+    assert y.dtype == x.dtype.newbyteorder("=")
+    np.testing.assert_array_equal(y, x)
+
+
+@FAST
+@given(integer_chunks())
+def test_shared_model_round_trip(x):
+    if x.ndim < 2 or x.size == 0:
+        return
+    train = np.concatenate([x.reshape(-1, *x.shape[-2:])[:1], np.zeros((1, *x.shape[-2:]), x.dtype)])
+    model = HistogramModel.fit(train, max_symbols=4)
+    again = HistogramModel.from_json(json.loads(json.dumps(model.to_json())))
+    data = encode_chunk(x, model=model)
+    np.testing.assert_array_equal(decode_chunk(data, model=again), x)
+
+
+def test_extreme_values_and_escapes():
+    for name in ["u1", "u2", "u4", "i1", "i2", "i4"]:
+        info = np.iinfo(name)
+        x = np.zeros((5, 3, 4), name)
+        x[0, 0, 0], x[4, 2, 3], x[2, 1, 1] = info.max, info.min, info.max - 1
+        for max_symbols in (1, 2, 256):
+            np.testing.assert_array_equal(decode_chunk(encode_chunk(x, max_symbols=max_symbols)), x)
+
+
+def test_counted_data_compresses_near_the_entropy(rng):
+    """Sparse Poisson frames (256 frames) code within a few % of the per-pixel entropy, far below zlib."""
+    lam = np.linspace(0.02, 1.0, 32 * 32).reshape(32, 32)
+    x = rng.poisson(lam, size=(256, 32, 32)).astype(np.uint16)
+    bits = 8 * len(encode_chunk(x))
+    entropy = _empirical_entropy_bits(x)
+    assert bits < 1.06 * entropy
+    assert bits < len(zlib.compress(x.tobytes(), 9)) * 8 / 1.5
+
+
+# -- the frozen format ------------------------------------------------------
+
+GOLDEN_INPUT_SHAPE = (3, 4, 5)
+GOLDEN_HEX = (
+    "534448430100020303000000040000000500000000000000000000000000000000000000040000000000000001"
+    "ed0ddeed30921bb57d0ad50870be0d5b517f51c8d549d14d8d0c695ef6eeac20e4a2281360fc1fd48d"
+)
+GOLDEN_SHARED_SHA256 = "71f2fe83d48179c8ce31e9fba4dd4232f2989973122dfef3712f0d2df3a79253"
+GOLDEN_MODEL = {"detector_shape": [4, 4], "offset": -30000, "n_symbols": 8,
+                "frequencies": "eNqTcZdhR4HtaHx2meMjWQQAiN8fsQ==", "crc32": 2431715245}
+
+
+def _golden_input():
+    x = ((np.arange(60, dtype=np.int64) * 7) % 5).reshape(GOLDEN_INPUT_SHAPE).astype("<u2")
+    x[1, 2, 3] = 1000  # an escape with max_symbols=4
+    return x
+
+
+def _golden_shared_input():
+    y = (np.arange(96) % 3).reshape(2, 3, 4, 4).astype("i2") - 1
+    y[0, 0, 0, 0] = -30000
+    return y
+
+
+def test_golden_bytes_freeze_the_format():
+    x = _golden_input()
+    assert encode_chunk(x, max_symbols=4).hex() == GOLDEN_HEX
+    np.testing.assert_array_equal(decode_chunk(bytes.fromhex(GOLDEN_HEX)), x)
+    header = read_header(bytes.fromhex(GOLDEN_HEX))
+    assert header["version"] == FORMAT_VERSION == 1
+    assert header["shape"] == GOLDEN_INPUT_SHAPE and header["dtype"] == np.uint16
+    assert (header["base"], header["n_symbols"]) == (0, 4)
+
+
+def test_golden_bytes_shared_model():
+    y = _golden_shared_input()
+    model = HistogramModel.from_json(GOLDEN_MODEL)
+    assert model.to_json() == GOLDEN_MODEL
+    fitted = HistogramModel.fit(y[:1], max_symbols=8)
+    assert fitted.to_json() == GOLDEN_MODEL
+    data = encode_chunk(y, model=model)
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_SHARED_SHA256
+    np.testing.assert_array_equal(decode_chunk(data, model=model), y)
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_version_is_checked_on_decode():
+    data = bytearray(bytes.fromhex(GOLDEN_HEX)[:-4])
+    data[4] = 2  # a future format version, with a valid checksum
+    with pytest.raises(ChunkCorruptError, match="format version 2"):
+        decode_chunk(_with_crc(bytes(data)))
+    with pytest.raises(ChunkCorruptError, match="magic"):
+        decode_chunk(b"PK\x03\x04" + bytes.fromhex(GOLDEN_HEX)[4:])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_corrupted_or_truncated_chunks_raise(data):
+    good = bytes.fromhex(GOLDEN_HEX)
+    if data.draw(st.booleans()):
+        cut = data.draw(st.integers(0, len(good) - 1))
+        bad = good[:cut]
+    else:
+        pos = data.draw(st.integers(0, len(good) - 1))
+        flip = data.draw(st.integers(1, 255))
+        bad = bytearray(good)
+        bad[pos] ^= flip
+        bad = bytes(bad)
+    with pytest.raises(ChunkCorruptError):
+        decode_chunk(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_decoder_survives_garbage_with_valid_checksum(data):
+    """Fuzz the payload decoder itself (checksum recomputed): an error or an array, never a crash or hang."""
+    good = encode_chunk(np.random.default_rng(3).poisson(0.7, size=(6, 5, 7)).astype(np.int16), max_symbols=3)
+    header_len = 8 + 4 * 3 + 24
+    payload = bytearray(good[header_len:-4])
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(payload) - 1))
+        payload[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        payload = payload[: data.draw(st.integers(0, len(payload)))]
+    try:
+        y = decode_chunk(_with_crc(good[:header_len] + bytes(payload)))
+    except ChunkCorruptError:
+        return
+    assert y.shape == (6, 5, 7) and y.dtype == np.int16
+
+
+def test_wrong_model_or_missing_model_raises():
+    y = _golden_shared_input()
+    model = HistogramModel.from_json(GOLDEN_MODEL)
+    data = encode_chunk(y, model=model)
+    with pytest.raises(ChunkCorruptError, match="shared model"):
+        decode_chunk(data)
+    other = HistogramModel.fit(y[1:], max_symbols=8)
+    with pytest.raises(ChunkCorruptError, match="another shared model"):
+        decode_chunk(data, model=other)
+    with pytest.raises(ChunkCorruptError, match="shape"):
+        decode_chunk(bytes.fromhex(GOLDEN_HEX), shape=(3, 4, 6))
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(InvalidArgumentError, match="float32"):
+        encode_chunk(np.zeros((2, 2), np.float32))
+    with pytest.raises(InvalidArgumentError, match="max_symbols"):
+        HistogramCodec(max_symbols=0)
+    with pytest.raises(InvalidTypeError, match="max_symbols"):
+        HistogramCodec(max_symbols=2.5)
+    with pytest.raises(InvalidTypeError, match="model"):
+        HistogramCodec(model="prior.npy")
+    with pytest.raises(InvalidArgumentError, match="model"):
+        HistogramModel.from_json({**GOLDEN_MODEL, "crc32": 1})
+
+
+# -- zarr v3, xarray, entry point, dask --------------------------------------
+
+
+def _store(path, x, codec, chunks, shards=None):
+    z = zarr.create_array(str(path), shape=x.shape, chunks=chunks, shards=shards, dtype=x.dtype,
+                          serializer=codec, compressors=None)
+    z[...] = x
+    return z
+
+
+@pytest.mark.parametrize("dtype", ["u1", "u2", "u4", "i1", "i2", "i4"])
+def test_zarr_round_trip_with_edge_chunks_and_shards(tmp_path, rng, dtype):
+    x = rng.poisson(0.8, size=(5, 7, 6, 9)).astype(dtype)
+    x[4, 6, 5, 8] = np.iinfo(dtype).max
+    _store(tmp_path / "plain.zarr", x, HistogramCodec(), chunks=(2, 3, 6, 9))
+    _store(tmp_path / "shard.zarr", x, HistogramCodec(max_symbols=4), chunks=(2, 2, 6, 9), shards=(4, 4, 6, 9))
+    for name in ("plain.zarr", "shard.zarr"):
+        z = zarr.open_array(str(tmp_path / name), mode="r")
+        np.testing.assert_array_equal(z[...], x)
+        np.testing.assert_array_equal(z[3:5, 1:7:2, 2, :], x[3:5, 1:7:2, 2, :])
+
+
+def test_codec_metadata_round_trip_and_shared_model_in_metadata(tmp_path, rng):
+    x = rng.poisson(0.3, size=(4, 4, 8, 8)).astype(np.uint16)
+    model = HistogramModel.fit(x[:2])
+    codec = HistogramCodec(max_symbols=16, model=model)
+    as_dict = json.loads(json.dumps(codec.to_dict()))
+    assert as_dict["name"] == CODEC_NAME
+    assert HistogramCodec.from_dict(as_dict) == codec
+    _store(tmp_path / "m.zarr", x, codec, chunks=(1, 1, 8, 8))
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "m.zarr"))[...], x)
+    with pytest.raises(InvalidArgumentError, match="detector shape"):
+        zarr.create_array(str(tmp_path / "bad.zarr"), shape=(4, 8, 9), chunks=(1, 8, 9), dtype="u2",
+                          serializer=codec, compressors=None)
+    with pytest.raises(InvalidArgumentError, match="format_version"):
+        HistogramCodec.from_dict({"name": CODEC_NAME, "configuration": {"format_version": 2}})
+
+
+@pytest.mark.parametrize("dtype", ["f4", "i8", "u8", "bool"])
+def test_unsupported_dtype_fails_at_array_creation(tmp_path, dtype):
+    for shards in (None, (4, 4, 4)):
+        with pytest.raises(InvalidArgumentError, match="histogram codec supports"):
+            zarr.create_array(str(tmp_path / f"x{shards is None}.zarr"), shape=(4, 4, 4), chunks=(2, 4, 4),
+                              shards=shards, dtype=dtype, serializer=HistogramCodec(), compressors=None)
+
+
+def test_named_codec_and_xarray_encoding(tmp_path, rng):
+    assert "histogram" in CODECS
+    choice = resolve_codec("histogram")
+    assert isinstance(choice.serializer, HistogramCodec) and choice.compressors == ()
+    x = rng.poisson(0.5, size=(4, 6, 8, 8)).astype(np.uint16)
+    ds = xr.Dataset({"intensity": (("scan_y", "scan_x", "k_y", "k_x"), x)})
+    ds.to_zarr(tmp_path / "x.zarr", zarr_format=3, consolidated=False,
+               encoding={"intensity": {"serializer": HistogramCodec(), "compressors": None,
+                                       "chunks": (2, 3, 8, 8)}})
+    back = xr.open_zarr(tmp_path / "x.zarr", consolidated=False, zarr_format=3)
+    np.testing.assert_array_equal(back["intensity"].values, x)
+    meta = json.loads((tmp_path / "x.zarr" / "intensity" / "zarr.json").read_text())
+    assert meta["codecs"][0]["name"] == CODEC_NAME
+
+
+def test_stemdask_save_with_histogram_codec(tmp_path, rng):
+    import stemdask
+
+    x = rng.poisson(0.5, size=(4, 6, 8, 8)).astype(np.uint16)
+    path = stemdask.save(stemdask.from_array(x), tmp_path / "s.zarr", codec="histogram", chunks=(2, 3))
+    back = stemdask.open_dataset(path)
+    np.testing.assert_array_equal(np.asarray(back.values), x)
+    metadata = [p.read_text() for p in (tmp_path / "s.zarr").rglob("zarr.json")]
+    assert any(CODEC_NAME in text for text in metadata)
+
+
+def test_fresh_process_decodes_through_the_entry_point(tmp_path, rng):
+    x = rng.poisson(0.4, size=(3, 4, 8, 8)).astype(np.int16)
+    _store(tmp_path / "f.zarr", x, HistogramCodec(), chunks=(2, 2, 8, 8), shards=(2, 4, 8, 8))
+    code = ("import sys, numpy as np, zarr\n"
+            "assert 'stemdask' not in sys.modules\n"
+            "z = zarr.open_array(sys.argv[1], mode='r')\n"
+            "np.save(sys.argv[2], z[...])\n"
+            "print(type(z.metadata.codecs[0].codecs[0]).__module__)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.zarr"), str(tmp_path / "f.npy")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "stemdask.codecs.histogram"
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), x)
+
+
+def test_encode_and_decode_on_a_local_cluster(tmp_path, rng, local_client):
+    import dask.array as da
+
+    x = rng.poisson(0.6, size=(8, 6, 8, 8)).astype(np.uint16)
+    z = zarr.create_array(str(tmp_path / "c.zarr"), shape=x.shape, chunks=(4, 3, 8, 8), dtype=x.dtype,
+                          serializer=HistogramCodec(), compressors=None)
+    da.from_array(x, chunks=(4, 3, 8, 8)).store(z, lock=False, compute=True)  # encoded on the workers
+    back = da.from_zarr(str(tmp_path / "c.zarr"))
+    total = local_client.compute(back.astype(np.int64).sum(axis=(2, 3))).result()  # decoded on the workers
+    np.testing.assert_array_equal(total, x.astype(np.int64).sum(axis=(2, 3)))
+    np.testing.assert_array_equal(local_client.compute(back).result(), x)
