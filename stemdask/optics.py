@@ -289,13 +289,16 @@ def geometric_probe_radius_A(energy_ev: float, semiangle_mrad: float,
     """
     lam = wavelength_A(energy_ev)
     amax = semiangle_mrad * 1e-3
-    a = np.linspace(0.0, amax, n)[:, None]
-    p = np.linspace(0.0, 2 * np.pi, 4 * n, endpoint=False)[None, :]
-    chi = aberration_function(a + 0 * p, p + 0 * a, energy_ev, aberrations)
-    # χ(α, φ) with α = λ k: radial and azimuthal derivatives in k
-    da = np.gradient(chi, a[:, 0], axis=0) * lam
+    a = np.linspace(0.0, amax, n)[:, None] + np.zeros((1, 4 * n))
+    p = np.linspace(0.0, 2 * np.pi, 4 * n, endpoint=False)[None, :] + np.zeros((n, 1))
+    h = 1e-7
+    # central differences of the polynomial χ: radial and azimuthal gradient in k = α / λ
+    da = (aberration_function(a + h, p, energy_ev, aberrations)
+          - aberration_function(a - h, p, energy_ev, aberrations)) / (2 * h) * lam
+    dp = (aberration_function(a, p + h, energy_ev, aberrations)
+          - aberration_function(a, p - h, energy_ev, aberrations)) / (2 * h)
     with np.errstate(divide="ignore", invalid="ignore"):
-        dp = np.where(a > 0, np.gradient(chi, p[0], axis=1) * lam / a, 0.0)
+        dp = np.where(a > 0, dp * lam / a, 0.0)
     return float(np.sqrt(da**2 + dp**2).max() / (2 * np.pi))
 
 

@@ -53,7 +53,8 @@ BATCH = 32
 DEFAULT_POSITIONS_PER_CHUNK = 256
 
 
-def _pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> tuple:
+def _pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False,
+          signed: bool = False) -> tuple:
     if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
         items = list(value)
         if len(items) != 2:
@@ -64,8 +65,10 @@ def _pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = Fa
     for v in items:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise bad_type(name, value, "a number or a (y, x) pair of numbers")
-        if not math.isfinite(float(v)) or v < 0 or (v == 0 and not allow_zero):
-            raise bad_value(name, value, "finite, positive values")
+        if not math.isfinite(float(v)):
+            raise bad_value(name, value, "finite values")
+        if not signed and (v < 0 or (v == 0 and not allow_zero)):
+            raise bad_value(name, value, "non-negative values" if allow_zero else "positive values")
         if integer and int(v) != v:
             raise bad_value(name, value, "integers")
         out.append(int(v) if integer else float(v))
@@ -272,7 +275,7 @@ def simulate_4dstem(
                         f"{math.ceil(need / min(window_A) * min(det))}) at the same max_angle_mrad")
 
     if scan_origin_A is not None:
-        scan_origin_A = _pair("scan_origin_A", scan_origin_A, allow_zero=True)
+        scan_origin_A = _pair("scan_origin_A", scan_origin_A, signed=True)
     origin = _positions(sample.cell_A, scan_shape, step, scan_origin_A)
     sigma_pos = tuple(source_size / step[a] for a in range(2))
     margin = tuple(_dose.margin(s) for s in sigma_pos)
@@ -370,44 +373,37 @@ def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickn
     d_y, d_x = sampling
     sigma = interaction_constant(energy_ev)
     if isinstance(sample, PhaseObject):
-        n_slices = sample.phase_rad.shape[0]
-        ny, nx = sample.phase_rad.shape[1:]
+        # band-limit on the object's own periodic grid, then tile it over the field
+        n_slices, ny, nx = sample.phase_rad.shape
+        t_obj = scipy.fft.ifft2(scipy.fft.fft2(np.exp(1j * sample.phase_rad), axes=(-2, -1))
+                                * bandlimit((ny, nx)), axes=(-2, -1))
         iy = (f0_px[0] + np.arange(field_shape[0])) % ny
         ix = (f0_px[1] + np.arange(field_shape[1])) % nx
-        phase = sample.phase_rad[:, iy[:, None], ix[None, :]]
-        pad = 0
-        ext_phase = phase
-        dz = sample.slice_thickness_A
+        potential = sample.phase_rad[:, iy[:, None], ix[None, :]] / sigma
+        transmission = t_obj[:, iy[:, None], ix[None, :]]
+        return (potential.astype(np.float32), np.ascontiguousarray(transmission, dtype=np.complex64),
+                float(sample.slice_thickness_A), int(n_slices))
+    pad = (int(math.ceil(POTENTIAL_PAD_A / d_y)), int(math.ceil(POTENTIAL_PAD_A / d_x)))
+    ext_shape = tuple(scipy.fft.next_fast_len(field_shape[a] + 2 * pad[a]) for a in range(2))
+    ext_origin = ((f0_px[0] - pad[0]) * d_y, (f0_px[1] - pad[1]) * d_x)
+    numbers, positions = _atoms_in_box(sample, ext_origin, (ext_shape[0] * d_y, ext_shape[1] * d_x))
+    cz = sample.cell_A[2]
+    if slice_thickness_A is None:
+        edges = np.array([-np.inf, np.inf])
+        dz = cz
     else:
-        pad = (int(math.ceil(POTENTIAL_PAD_A / d_y)), int(math.ceil(POTENTIAL_PAD_A / d_x)))
-        ext_shape = tuple(scipy.fft.next_fast_len(field_shape[a] + 2 * pad[a]) for a in range(2))
-        ext_origin = ((f0_px[0] - pad[0]) * d_y, (f0_px[1] - pad[1]) * d_x)
-        numbers, positions = _atoms_in_box(sample, ext_origin, (ext_shape[0] * d_y, ext_shape[1] * d_x))
-        cz = sample.cell_A[2]
-        if slice_thickness_A is None:
-            edges = np.array([-np.inf, np.inf])
-            dz = cz
-        else:
-            n = max(1, int(math.ceil(cz / slice_thickness_A - 1e-9)))
-            edges = np.arange(n + 1) * slice_thickness_A
-            edges[0], edges[-1] = -np.inf, np.inf
-            dz = slice_thickness_A
-        ext = slice_potentials(numbers, positions, origin_A=ext_origin, shape=ext_shape,
-                               sampling_A=(d_y, d_x), slice_edges_A=edges)
-        n_slices = ext.shape[0]
-        ext_phase = sigma * ext
-    # band-limit the transmission on the (periodic) extended grid, then crop to the field
-    mask = bandlimit(ext_phase.shape[1:])
-    t = scipy.fft.ifft2(scipy.fft.fft2(np.exp(1j * ext_phase), axes=(-2, -1)) * mask, axes=(-2, -1))
-    if isinstance(sample, PhaseObject):
-        potential = phase / sigma
-        transmission = t
-    else:
-        sl = (slice(None), slice(pad[0], pad[0] + field_shape[0]), slice(pad[1], pad[1] + field_shape[1]))
-        potential = ext[sl]
-        transmission = t[sl]
-    return (potential.astype(np.float32), np.ascontiguousarray(transmission, dtype=np.complex64),
-            float(dz), int(n_slices))
+        n = max(1, int(math.ceil(cz / slice_thickness_A - 1e-9)))
+        edges = np.arange(n + 1) * slice_thickness_A
+        edges[0], edges[-1] = -np.inf, np.inf
+        dz = slice_thickness_A
+    ext = slice_potentials(numbers, positions, origin_A=ext_origin, shape=ext_shape,
+                           sampling_A=(d_y, d_x), slice_edges_A=edges)
+    # band-limit the transmission on the (periodic, padded) grid, then crop to the field
+    t = scipy.fft.ifft2(scipy.fft.fft2(np.exp(1j * sigma * ext), axes=(-2, -1)) * bandlimit(ext_shape),
+                        axes=(-2, -1))
+    sl = (slice(None), slice(pad[0], pad[0] + field_shape[0]), slice(pad[1], pad[1] + field_shape[1]))
+    return (ext[sl].astype(np.float32), np.ascontiguousarray(t[sl], dtype=np.complex64),
+            float(dz), int(ext.shape[0]))
 
 
 def _atoms_in_box(sample: AtomicSample, origin_yx: tuple[float, float],
