@@ -260,7 +260,7 @@ def test_poisson_dose_mean_and_integer_counts():
     np.testing.assert_array_equal(per_a2.values, noisy.values)
 
 
-def test_results_do_not_depend_on_the_chunking_or_the_scheduler(local_client):
+def test_results_do_not_depend_on_the_chunking_or_the_scheduler(local_client, monkeypatch):
     kw = dict(dose_e_per_pattern=500.0, seed=11, source_size_A=0.25)
     a, _ = _mos2_case(chunks=(6, 7), **kw)
     b, _ = _mos2_case(chunks=(4, 3), **kw)
@@ -268,6 +268,11 @@ def test_results_do_not_depend_on_the_chunking_or_the_scheduler(local_client):
     with dask.config.set(scheduler="sync"):
         ref = a.values
     np.testing.assert_array_equal(b.compute().values, ref)  # on the LocalCluster
+    # a big specimen is cut into per-chunk regions instead of one shared key: same result
+    from stemdask.simulate import stem
+    monkeypatch.setattr(stem, "SHARED_FIELD_BYTES", 0)
+    c, _ = _mos2_case(chunks=(5, 2), **kw)
+    np.testing.assert_array_equal(c.compute().values, ref)
     other_seed, _ = _mos2_case(chunks=(4, 3), dose_e_per_pattern=500.0, seed=12, source_size_A=0.25)
     assert np.any(other_seed.values != ref)
 
@@ -298,6 +303,13 @@ def test_dataset_is_lazy_and_chunked_by_scan_tiles():
     expected = np.exp(1j * interaction_constant(E) * truth.potential.values)
     # the stored transmission is the band-limited exp(iσv): close to it where v is smooth
     assert np.abs(np.angle(truth.transmission.values / expected)).mean() < 0.05
+
+
+@pytest.mark.gpu
+def test_cupy_backend_matches_numpy():
+    ref, _ = _mos2_case(slice_thickness_A=2.0)
+    gpu, _ = _mos2_case(slice_thickness_A=2.0, backend="cupy")
+    np.testing.assert_allclose(gpu.values, ref.values, atol=1e-6 * ref.values.max())
 
 
 # -- bad input ----------------------------------------------------------------------------
@@ -332,6 +344,8 @@ def test_bad_inputs_raise_clear_errors():
         _mos2_case(energy_ev=-1.0)
     with pytest.raises(InvalidArgumentError, match="scan_shape"):
         _mos2_case(scan_shape=(2.5, 3))
+    with pytest.raises(InvalidArgumentError, match="backend"):
+        _mos2_case(backend="torch")
     with pytest.raises(InvalidTypeError, match="sample"):
         simulate_4dstem(np.zeros((4, 4)), energy_ev=E, semiangle_mrad=25, scan_shape=(2, 2),
                         scan_step_A=0.3, detector_shape=32, max_angle_mrad=50)

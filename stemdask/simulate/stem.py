@@ -40,13 +40,15 @@ from ..dataset import from_array
 from ..errors import bad_type, bad_value
 from ..physics import interaction_constant, wavelength_A
 from . import dose as _dose
-from .multislice import BANDLIMIT_FRACTION, bandlimit, exit_spectrum, fresnel_propagator
+from .multislice import BANDLIMIT_FRACTION, bandlimit, fresnel_propagator
 from .potentials import PARAMETRIZATION, slice_potentials
 from .samples import AtomicSample, PhaseObject, as_sample
 
 #: padding (Å) of the potential grid beyond the field: atoms outside it and
 #: the periodic wrap of the FFT only touch the pad, where tails are < 1e-4 of the peak
 POTENTIAL_PAD_A = 5.0
+#: a transmission field up to this size is one graph key shared by all chunks
+SHARED_FIELD_BYTES = 64 * 2**20
 #: probe positions per FFT batch inside a chunk
 BATCH = 32
 #: default number of probe positions per chunk
@@ -149,6 +151,7 @@ def simulate_4dstem(
     scan_origin_A: Sequence[float] | None = None,
     sampling_A: float | Sequence[float] | None = None,
     soft_aperture: bool = False,
+    backend: str = "numpy",
 ) -> tuple[xr.DataArray, xr.Dataset]:
     """Simulate a 4D-STEM dataset (lazy, chunk-parallel) and return it with its ground truth.
 
@@ -199,6 +202,9 @@ def simulate_4dstem(
         A coarser sampling than the detector angles need is an error.
     soft_aperture : bool
         Soften the aperture edge over one pixel.
+    backend : {"numpy", "cupy"}
+        Where each chunk's FFTs run: ``"cupy"`` moves a chunk's specimen and
+        probe to the worker's GPU (the patterns come back as numpy arrays).
 
     Returns
     -------
@@ -238,6 +244,8 @@ def simulate_4dstem(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise bad_value("seed", seed, "a non-negative integer")
     dose = _dose.resolve_dose(dose_e_per_pattern, dose_e_per_A2, step)
+    if backend not in ("numpy", "cupy"):
+        raise bad_value("backend", backend, "'numpy' or 'cupy'")
     coefficients = optics.polar_coefficients(aberrations)
     if max(det) < 4:
         raise bad_value("detector_shape", detector_shape, "at least 4 pixels along each axis")
@@ -304,6 +312,12 @@ def simulate_4dstem(
     out_dtype = np.dtype(np.float32) if dose is None else _dose.count_dtype(dose)
 
     cy, cx = _chunks(chunks, scan_shape, det)
+    n_chunks = math.ceil(scan_shape[0] / cy) * math.ceil(scan_shape[1] / cx)
+    # a small specimen is one graph key that every task slices (sent once per worker);
+    # a big one is cut into the region of each chunk (memory bounded by the chunk)
+    shared = n_chunks > 1 and transmission_field.nbytes <= SHARED_FIELD_BYTES
+    field_key = dask.delayed(transmission_field, pure=True) if shared else None
+    optics_key = dask.delayed((probe_k, propagator, mask), pure=True)
     blocks = []
     for y0 in range(0, scan_shape[0], cy):
         y1 = min(y0 + cy, scan_shape[0])
@@ -314,13 +328,16 @@ def simulate_4dstem(
             iy = np.arange(y0, y1 + 2 * margin[0])
             ix = np.arange(x0, x1 + 2 * margin[1])
             sy, sx = start_y[iy], start_x[ix]
-            ry0, ry1 = int(sy.min()), int(sy.max()) + m_y
-            rx0, rx1 = int(sx.min()), int(sx.max()) + m_x
-            region = transmission_field[:, ry0:ry1, rx0:rx1]
+            bounds = (int(sy.min()), int(sy.max()) + m_y, int(sx.min()), int(sx.max()) + m_x)
+            if shared:
+                field = field_key
+            else:
+                field = transmission_field[:, bounds[0]:bounds[1], bounds[2]:bounds[3]]
+                bounds = (0, bounds[1] - bounds[0], 0, bounds[3] - bounds[2])
             task = dask.delayed(_simulate_chunk, pure=True)(
-                region, sy - ry0, sx - rx0, (u_y[iy] - sy) * d_y, (u_x[ix] - sx) * d_x,
-                probe_k, propagator, mask, crop, (d_y, d_x), margin, sigma_pos, dose,
-                int(seed), np.arange(y0, y1), np.arange(x0, x1), out_dtype)
+                field, bounds, sy - sy.min(), sx - sx.min(), (u_y[iy] - sy) * d_y, (u_x[ix] - sx) * d_x,
+                optics_key, crop, (d_y, d_x), margin, sigma_pos, dose,
+                int(seed), np.arange(y0, y1), np.arange(x0, x1), out_dtype, backend)
             row.append(da.from_delayed(task, shape=(y1 - y0, x1 - x0, det[0], det[1]),
                                        dtype=out_dtype, meta=np.empty((0, 0, 0, 0), out_dtype)))
         blocks.append(row)
@@ -421,45 +438,97 @@ def _atoms_in_box(sample: AtomicSample, origin_yx: tuple[float, float],
     return numbers[inside], pos[inside]
 
 
-def _simulate_chunk(region: np.ndarray, start_y: np.ndarray, start_x: np.ndarray,
-                    centre_y_A: np.ndarray, centre_x_A: np.ndarray, probe_k: np.ndarray,
-                    propagator: np.ndarray, mask: np.ndarray, crop: tuple[np.ndarray, np.ndarray],
+def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_y: np.ndarray,
+                    start_x: np.ndarray, centre_y_A: np.ndarray, centre_x_A: np.ndarray,
+                    optics_arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    crop: tuple[np.ndarray, np.ndarray],
                     sampling: tuple[float, float], margin: tuple[int, int],
                     sigma_positions: tuple[float, float], dose: float | None, seed: int,
-                    iy: np.ndarray, ix: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
-    """Patterns of one tile of probe positions (plus ``margin`` extra around it)."""
+                    iy: np.ndarray, ix: np.ndarray, out_dtype: np.dtype,
+                    backend: str = "numpy") -> np.ndarray:
+    """Patterns of one tile of probe positions (plus ``margin`` extra around it).
+
+    ``field[:, bounds]`` is the transmission around the tile; ``start_y``/``_x``
+    the window corners in it, ``centre_*_A`` the probe positions in the windows.
+    """
     from ..backend import array_module
+
+    probe_k, propagator, mask = optics_arrays
+    region = field[:, bounds[0]:bounds[1], bounds[2]:bounds[3]]
+    if backend == "cupy":
+        import cupy
+
+        region, probe_k, propagator, mask = (cupy.asarray(a) for a in (region, probe_k, propagator, mask))
 
     xp = array_module(region)
     m_y, m_x = probe_k.shape
+    n_ky, n_kx = len(crop[0]), len(crop[1])
     ny, nx = len(start_y), len(start_x)
     ky = xp.fft.fftfreq(m_y, sampling[0]).astype(np.float32)
     kx = xp.fft.fftfreq(m_x, sampling[1]).astype(np.float32)
-    rows = np.arange(m_y)
-    cols = np.arange(m_x)
+    kernel = propagator * mask
     grid_y, grid_x = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     grid_y, grid_x = grid_y.ravel(), grid_x.ravel()
-    intensity = np.empty((ny, nx, len(crop[0]), len(crop[1])), dtype=np.float64)
-    fft = scipy.fft if xp is np else xp.fft
-    for b0 in range(0, grid_y.size, BATCH):
-        by, bx = grid_y[b0:b0 + BATCH], grid_x[b0:b0 + BATCH]
+    intensity = np.empty((ny, nx, n_ky, n_kx), dtype=np.float64)
+    # buffers reused by every batch: dask workers return freed memory to the OS
+    # at once (MALLOC_TRIM_THRESHOLD_), so fresh big temporaries cost page faults
+    batch = min(BATCH, grid_y.size)
+    work = xp.empty((batch, m_y, m_x), dtype=np.complex64)
+    pattern = xp.empty((batch, n_ky, n_kx), dtype=np.float32)
+    # the detector is the central n_k frequencies: two FFT-order runs per axis
+    runs_y = _crop_runs(m_y, n_ky)
+    runs_x = _crop_runs(m_x, n_kx)
+    for b0 in range(0, grid_y.size, batch):
+        by, bx = grid_y[b0:b0 + batch], grid_x[b0:b0 + batch]
+        nb = len(by)
+        w = work[:nb]
         # probe moved to each position by a phase ramp (sub-pixel exact)
         ramp_y = xp.exp((-2j * np.pi) * ky[None, :] * xp.asarray(centre_y_A[by], dtype=np.float32)[:, None])
         ramp_x = xp.exp((-2j * np.pi) * kx[None, :] * xp.asarray(centre_x_A[bx], dtype=np.float32)[:, None])
-        psi = fft.ifft2(probe_k[None] * ramp_y[:, :, None] * ramp_x[:, None, :], axes=(-2, -1))
-        win_y = xp.asarray(start_y[by][:, None] + rows[None, :])[:, :, None]
-        win_x = xp.asarray(start_x[bx][:, None] + cols[None, :])[:, None, :]
-        slices = (region[s][win_y, win_x] for s in range(region.shape[0]))
-        spectrum = exit_spectrum(psi, slices, propagator, mask, xp)
-        spectrum = spectrum[:, crop[0]][:, :, crop[1]]
-        pattern = (spectrum.real**2 + spectrum.imag**2) / (m_y * m_x)
-        intensity[by, bx] = np.asarray(pattern.get() if hasattr(pattern, "get") else pattern)
+        xp.multiply(probe_k[None], ramp_y[:, :, None], out=w)
+        w *= ramp_x[:, None, :]
+        w = _fft2(w, xp, inverse=True)
+        for s in range(region.shape[0]):
+            if s:
+                w *= kernel
+                w = _fft2(w, xp, inverse=True)
+            for b in range(nb):
+                y0, x0 = start_y[by[b]], start_x[bx[b]]
+                w[b] *= region[s, y0:y0 + m_y, x0:x0 + m_x]
+            w = _fft2(w, xp, inverse=False)
+        w *= mask
+        p = pattern[:nb]
+        for (dy0, sy0, sy1) in runs_y:
+            for (dx0, sx0, sx1) in runs_x:
+                q = w[:, sy0:sy1, sx0:sx1]
+                dst = p[:, dy0:dy0 + sy1 - sy0, dx0:dx0 + sx1 - sx0]
+                xp.multiply(q.real, q.real, out=dst)
+                dst += q.imag * q.imag
+        host = p.get() if hasattr(p, "get") else p
+        for b in range(nb):
+            intensity[by[b], bx[b]] = host[b]
+    intensity /= m_y * m_x
     if any(margin):
         intensity = _dose.source_blur(intensity, sigma_positions)
         intensity = intensity[margin[0]:ny - margin[0], margin[1]:nx - margin[1]]
     if dose is None:
         return intensity.astype(np.float32)
     return _dose.poisson_counts(intensity, dose, seed, iy, ix, out_dtype)
+
+
+def _crop_runs(m: int, n: int) -> list[tuple[int, int, int]]:
+    """(destination start, source start, source stop) of the central ``n`` of ``m`` FFT frequencies."""
+    half = n // 2
+    return [(0, m - half, m), (half, 0, n - half)] if half else [(0, 0, n)]
+
+
+def _fft2(a: Any, xp: Any, *, inverse: bool) -> Any:
+    """2-D FFT over the last two axes, in place for numpy (scipy.fft, overwrite_x)."""
+    if xp is np:
+        f = scipy.fft.ifft2 if inverse else scipy.fft.fft2
+        return f(a, axes=(-2, -1), overwrite_x=True)
+    f = xp.fft.ifft2 if inverse else xp.fft.fft2
+    return f(a, axes=(-2, -1))
 
 
 def _truth(potential: np.ndarray, transmission: np.ndarray, probe_k: np.ndarray,
