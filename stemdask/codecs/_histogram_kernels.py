@@ -33,11 +33,12 @@ CORRUPT = -2
 NSYM = 48
 INC = 24
 LIMIT = 1 << 16
-#: contexts of the histogram-count tables: 4 bin classes x NCB neighbour buckets, + escapes
+#: contexts of the histogram-count tables: 4 buckets of the frames left x 4 bin
+#: classes x NCB buckets of the neighbours' counts; the escapes; the highest bin
 NCB = 40
-ESC_CTX = 4 * NCB
-LAST_CTX = 4 * NCB + 1
-NCTX = 5 * NCB + 1
+ESC_CTX = 16 * NCB
+LAST_CTX = 16 * NCB + 1
+NCTX = 17 * NCB + 1
 
 
 @njit(cache=True)
@@ -227,9 +228,10 @@ def _init_tables():
 
 
 @njit(cache=True)
-def _neighbour_ctx(rows, last, cur, y, x, b, K, W):
-    """Context of the count of bin ``b``: class of the bin x bucket of the
-    neighbours' counts (left, up-left, up, up-right; scaled to four)."""
+def _neighbour_ctx(rows, last, cur, y, x, b, K, W, remaining):
+    """Context of the count of bin ``b``: frames left to share out x class of
+    the bin x bucket of the neighbours' counts (left, up-left, up, up-right;
+    scaled to four)."""
     prev = 1 - cur
     pred = np.int64(0)
     nn = 0
@@ -252,7 +254,8 @@ def _neighbour_ctx(rows, last, cur, y, x, b, K, W):
     if nn > 0 and nn < 4:
         pred = (pred * 4 + nn // 2) // nn
     cls = 3 if b == K else (b - 1 if b < 3 else 2)
-    return cls * NCB + _ctx_bucket(pred)
+    rb = 0 if remaining <= 1 else (1 if remaining <= 3 else (2 if remaining <= 7 else 3))
+    return (rb * 4 + cls) * NCB + _ctx_bucket(pred)
 
 
 @njit(cache=True)
@@ -322,10 +325,12 @@ def encode_local(x, flip, H, W, K, base, emin, out):
                 break
         low, rng, pos = _enc_number(low, rng, pos, out, freq, tot,
                                     _last_ctx(last, cur, y, xx, W), lastb)
+        remaining = np.int64(n)
         for b in range(1, lastb + 1):
-            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W)
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
             c = hist[b] - 1 if b == lastb else hist[b]
             low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ctx, c)
+            remaining -= hist[b]
             rows[cur, xx, b] = hist[b]
         rows[cur, xx, 0] = hist[0]
         last[cur, xx] = lastb
@@ -390,7 +395,7 @@ def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
             return CORRUPT
         remaining = np.int64(n)
         for b in range(1, lastb + 1):
-            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W)
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
             code, rng, ipos, c = _dec_number(code, rng, ipos, inp, freq, tot, ctx)
             if b == lastb:
                 c += 1
