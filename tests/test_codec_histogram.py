@@ -320,3 +320,17 @@ def test_encode_and_decode_on_a_local_cluster(tmp_path, rng, local_client):
     total = local_client.compute(back.astype(np.int64).sum(axis=(2, 3))).result()  # decoded on the workers
     np.testing.assert_array_equal(total, x.astype(np.int64).sum(axis=(2, 3)))
     np.testing.assert_array_equal(local_client.compute(back).result(), x)
+
+
+def test_cli_convert_real_merlin_file_with_histogram_codec(tmp_path, shared_data, capsys):
+    import stemdask
+    from stemdask.cli import main
+
+    source = shared_data / "merlin" / "001_4x2_6bit.mib"
+    assert main(["convert", str(source), str(tmp_path / "m.zarr"), "--codec", "histogram", "--quiet"]) == 0
+    assert "histogram" in capsys.readouterr().out
+    original = stemdask.open_dataset(str(source))
+    back = stemdask.open_dataset(str(tmp_path / "m.zarr"))
+    np.testing.assert_array_equal(np.asarray(back.values), np.asarray(original.values))
+    metadata = [p.read_text() for p in (tmp_path / "m.zarr").rglob("zarr.json")]
+    assert any(CODEC_NAME in text for text in metadata)
