@@ -65,3 +65,59 @@ class StemAccessor:
         from .io.zarr_store import save
 
         return save(self._data, store, **kwargs)
+
+    # -- imaging -----------------------------------------------------------
+    def project(self, masks: Any, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.imaging.project`."""
+        from .imaging import project
+
+        return project(self._data, masks, **kwargs)
+
+    def virtual_image(self, detector: Any, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.imaging.virtual_image`."""
+        from .imaging import virtual_image
+
+        return virtual_image(self._data, detector, **kwargs)
+
+    def pacbed(self, reduce: str = "mean") -> xr.DataArray:
+        """See :func:`stemdask.imaging.pacbed`."""
+        from .imaging import pacbed
+
+        return pacbed(self._data, reduce)
+
+    def radial_profile(self, bins_mrad: Any, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.imaging.radial_profile`."""
+        from .imaging import radial_profile
+
+        return radial_profile(self._data, bins_mrad, **kwargs)
+
+    def beam_center(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.imaging.beam_center`."""
+        from .imaging import beam_center
+
+        return beam_center(self._data, **kwargs)
+
+    def center_of_mass(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.imaging.center_of_mass`."""
+        from .imaging import center_of_mass
+
+        return center_of_mass(self._data, **kwargs)
+
+    def dpc(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.imaging.dpc`."""
+        from .imaging import dpc
+
+        return dpc(self._data, **kwargs)
+
+    def icom(self, **kwargs: Any) -> xr.DataArray:
+        """CoM, descan/rotation correction and integration in one call.
+
+        ``data.stem.icom(lowpass=..., highpass=..., correct={...})`` is
+        ``icom(correct_com(center_of_mass(data), **correct), ...)``; see
+        :func:`stemdask.imaging.icom` and :func:`stemdask.imaging.correct_com`.
+        """
+        from .imaging import center_of_mass, correct_com, icom
+
+        correct = kwargs.pop("correct", {})
+        mask = kwargs.pop("mask", None)
+        return icom(correct_com(center_of_mass(self._data, mask=mask), **correct), **kwargs)
