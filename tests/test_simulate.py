@@ -97,6 +97,15 @@ def test_slice_potential_on_a_grid_matches_the_closed_form():
     assert np.argmax(moved[200]) == 200 and moved[200, 201] > moved[200, 199]
 
 
+def test_phase_factors_equal_the_direct_exponentials():
+    rng = np.random.default_rng(5)
+    for n in (7, 8, 96):
+        y = rng.uniform(-30, 60, 40)
+        k = np.fft.fftfreq(n, 0.11)
+        np.testing.assert_allclose(potentials.phase_factors(y, n, 0.11),
+                                   np.exp(-2j * np.pi * k[None, :] * y[:, None]), atol=1e-11)
+
+
 # -- samples -------------------------------------------------------------------
 
 
@@ -127,7 +136,7 @@ def test_silicon_110_and_srtio3_structures():
 
 
 def test_ase_atoms_are_accepted_and_non_orthorhombic_cells_rejected():
-    ase = pytest.importorskip("ase")
+    pytest.importorskip("ase")
     atoms = samples.mos2((1, 1)).to_ase()
     back = samples.as_sample(atoms)
     np.testing.assert_allclose(back.positions_A, samples.mos2((1, 1)).positions_A, atol=1e-9)
@@ -136,7 +145,11 @@ def test_ase_atoms_are_accepted_and_non_orthorhombic_cells_rejected():
         samples.as_sample(bulk("Si", "diamond", a=5.431))
     with pytest.raises(InvalidTypeError, match="sample"):
         samples.as_sample("MoS2")
-    assert ase is not None
+    # an ase crystal goes straight into the simulator
+    si = bulk("Si", "diamond", a=5.431, cubic=True).repeat((2, 2, 1))
+    data, truth = simulate_4dstem(si, energy_ev=E, semiangle_mrad=20, scan_shape=(2, 2), scan_step_A=0.5,
+                                  detector_shape=32, max_angle_mrad=50)
+    assert truth.attrs["sample"] == "Si32" and data.shape == (2, 2, 32, 32)
 
 
 # -- multislice ------------------------------------------------------------------
