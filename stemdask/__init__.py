@@ -9,6 +9,7 @@ from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor
 from . import errors, physics
 from . import optics, simulate
 from . import imaging
+from . import events
 from .dataset import DIMS, calibrate, describe, from_array, validate
 from .io import DatasetWriter, open_dataset, save
 
@@ -20,6 +21,7 @@ __all__ = [
     "calibrate",
     "describe",
     "errors",
+    "events",
     "from_array",
     "imaging",
     "open_dataset",
