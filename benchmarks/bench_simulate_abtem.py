@@ -39,9 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / "benchmarks" / "_venv_abtem" / "bin" / "python"
 
 CASES = [
-    # name, slice thickness (None: one slice, the projection approximation)
-    ("projection", None),
-    ("multislice, 0.9 Å slices", 0.9),
+    # name, slice thickness (None: one slice, the projection approximation), aberrations
+    ("projection", None, {}),
+    ("multislice, 0.9 Å slices", 0.9, {}),
+    ("multislice + defocus 40 Å, C12 15 Å at 0.5 rad, C30 5 µm", 0.9,
+     {"defocus": 40.0, "C12": 15.0, "phi12": 0.5, "C30": 5e4}),
 ]
 ENERGY_EV = 80e3
 SEMIANGLE_MRAD = 25.0
@@ -67,7 +69,7 @@ def _abtem_worker(inp: str, out: str) -> None:
         potential = abtem.Potential(atoms, gpts=(gx, gy), slice_thickness=thickness,
                                     projection="infinite", parametrization="lobato")
         probe = abtem.Probe(energy=params["energy_ev"], semiangle_cutoff=params["semiangle_mrad"],
-                            soft=False)
+                            soft=False, aberrations=dict(case["aberrations"]))
         y0, x0 = params["scan_origin_A"]
         ny, nx = params["scan_shape"]
         step = params["step_A"]
@@ -132,7 +134,7 @@ def main() -> None:
             params = {"energy_ev": ENERGY_EV, "semiangle_mrad": SEMIANGLE_MRAD, "window_px": window,
                       "scan_origin_A": origin, "scan_shape": SCAN_SHAPE, "step_A": STEP_A,
                       "runs": args.runs,
-                      "cases": [{"name": n, "slice_thickness_A": t} for n, t in CASES]}
+                      "cases": [{"name": n, "slice_thickness_A": t, "aberrations": a} for n, t, a in CASES]}
             inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
             np.savez(inp, numbers=sample.numbers, positions=sample.positions_A,
                      cell=np.array(sample.cell_A), params=np.array(json.dumps(params)))
@@ -150,13 +152,13 @@ def main() -> None:
     client = Client(cluster)
     rows = []
     try:
-        for i, (name, thickness) in enumerate(CASES):
+        for i, (name, thickness, aberrations) in enumerate(CASES):
             def run(scheduler=None):
                 data, truth = simulate_4dstem(
                     sample, energy_ev=ENERGY_EV, semiangle_mrad=SEMIANGLE_MRAD,
                     scan_shape=SCAN_SHAPE, scan_step_A=STEP_A, detector_shape=DETECTOR,
                     max_angle_mrad=max_angle, sampling_A=sampling, scan_origin_A=origin,
-                    slice_thickness_A=thickness, chunks=(8, 32))
+                    slice_thickness_A=thickness, aberrations=aberrations, chunks=(8, 32))
                 if scheduler is None:
                     return data.compute().values, data
                 with dask.config.set(scheduler=scheduler, num_workers=2):
