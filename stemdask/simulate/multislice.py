@@ -16,7 +16,7 @@ is a pure phase in Fourier space and does not change it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -105,8 +105,3 @@ def exit_wave(psi: Any, transmissions: Iterable[Any], propagator: Any, mask: Any
     fft = fft_module(xp)
     return fft.ifft2(exit_spectrum(psi, transmissions, propagator, mask, xp), axes=(-2, -1))
 
-
-def slices_from(get: Callable[[int], Any], n: int) -> Iterable[Any]:
-    """Lazily yield ``get(0) ... get(n - 1)`` (one slice in memory at a time)."""
-    for s in range(n):
-        yield get(s)

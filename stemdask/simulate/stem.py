@@ -247,7 +247,7 @@ def simulate_4dstem(
     if backend not in ("numpy", "cupy"):
         raise bad_value("backend", backend, "'numpy' or 'cupy'")
     coefficients = optics.polar_coefficients(aberrations)
-    if max(det) < 4:
+    if min(det) < 4:
         raise bad_value("detector_shape", detector_shape, "at least 4 pixels along each axis")
     if semiangle_mrad >= min(max_angle):
         raise bad_value("semiangle_mrad", semiangle_mrad,
@@ -311,7 +311,7 @@ def simulate_4dstem(
     crop = (((np.arange(det[0]) - det[0] // 2) % m_y), ((np.arange(det[1]) - det[1] // 2) % m_x))
     out_dtype = np.dtype(np.float32) if dose is None else _dose.count_dtype(dose)
 
-    cy, cx = _chunks(chunks, scan_shape, det)
+    cy, cx = _chunks(chunks, scan_shape)
     n_chunks = math.ceil(scan_shape[0] / cy) * math.ceil(scan_shape[1] / cx)
     # a small specimen is one graph key that every task slices (sent once per worker);
     # a big one is cut into the region of each chunk (memory bounded by the chunk)
@@ -370,7 +370,7 @@ def simulate_4dstem(
     return dataset, truth
 
 
-def _chunks(chunks: Any, scan_shape: tuple[int, int], det: tuple[int, int]) -> tuple[int, int]:
+def _chunks(chunks: Any, scan_shape: tuple[int, int]) -> tuple[int, int]:
     if chunks is None:
         cx = scan_shape[1] if scan_shape[1] <= DEFAULT_POSITIONS_PER_CHUNK else DEFAULT_POSITIONS_PER_CHUNK
         cy = max(1, min(scan_shape[0], DEFAULT_POSITIONS_PER_CHUNK // cx))
