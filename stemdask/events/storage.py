@@ -383,13 +383,13 @@ def write_stempy(counted: xr.DataArray, path: str | os.PathLike, *, overwrite: b
                     block = block.to_backend(np)
                     y0, rows, x0, cols = grid[start + b]
                     ind = block.indices.astype(np.uint32)
+                    off = block.offsets
                     for r in range(rows):
-                        row = np.empty(cols, dtype=object)
+                        first = (y0 + r) * nx + x0
                         for c in range(cols):
                             fr = r * cols + c
-                            row[c] = ind[block.offsets[fr]:block.offsets[fr + 1]]
-                        first = (y0 + r) * nx + x0
-                        frames[first:first + cols] = row
+                            # one element at a time: h5py would broadcast a row of equal-length arrays
+                            frames[first + c] = ind[off[fr]:off[fr + 1]]
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)
