@@ -121,3 +121,29 @@ class StemAccessor:
         correct = kwargs.pop("correct", {})
         mask = kwargs.pop("mask", None)
         return icom(correct_com(center_of_mass(self._data, mask=mask), **correct), **kwargs)
+
+    # -- electron events -----------------------------------------------------
+    @property
+    def is_counted(self) -> bool:
+        """True when the data are electron events (see :mod:`stemdask.events`)."""
+        from .events import is_counted
+
+        return is_counted(self._data)
+
+    def to_events(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.events.from_dense`."""
+        from .events import from_dense
+
+        return from_dense(self._data, **kwargs)
+
+    def to_dense(self) -> xr.DataArray:
+        """See :func:`stemdask.events.to_dense`."""
+        from .events import to_dense
+
+        return to_dense(self._data)
+
+    def count_electrons(self, **kwargs: Any) -> xr.DataArray:
+        """See :func:`stemdask.events.count_electrons`."""
+        from .events import count_electrons
+
+        return count_electrons(self._data, **kwargs)

@@ -446,6 +446,17 @@ def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None
     (ny, nx), (ky, kx) = block.scan_shape, block.frame_shape
     oy, ox, oky, okx = (1 if 0 in axes else ny, 1 if 1 in axes else nx,
                         1 if 2 in axes else ky, 1 if 3 in axes else kx)
+    if axes == {0, 1, 2, 3} or axes == {2, 3} or axes == {0, 1}:
+        # the common reductions without per-electron frame numbers
+        if axes == {2, 3}:
+            flat = block.counts_per_frame()
+        elif axes == {0, 1}:
+            flat = xp.bincount(block.indices, minlength=block.n_pixels)
+        else:
+            flat = xp.asarray([block.n_events])
+        shape = [1 if i in axes else n for i, n in enumerate(block.shape)]
+        result = flat.astype(dtype).reshape(shape)
+        return result if keepdims else result.reshape([n for i, n in enumerate(block.shape) if i not in axes])
     fid = block.frame_ids()
     ind = block.indices.astype(np.int64)
     zero = xp.zeros_like(fid)
