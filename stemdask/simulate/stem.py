@@ -51,8 +51,10 @@ POTENTIAL_PAD_A = 5.0
 SHARED_FIELD_BYTES = 64 * 2**20
 #: probe positions per FFT batch inside a chunk
 BATCH = 32
-#: default number of probe positions per chunk
+#: default number of probe positions per chunk (at most)
 DEFAULT_POSITIONS_PER_CHUNK = 256
+#: default chunks keep a chunk's float64 patterns near this size
+CHUNK_BYTES = 32 * 2**20
 
 
 def _pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False,
@@ -191,7 +193,8 @@ def simulate_4dstem(
     seed : int
         Seed of the Poisson noise (one stream per probe position).
     chunks : (int, int), optional
-        Probe positions per chunk (scan_y, scan_x); default about 256.
+        Probe positions per chunk (scan_y, scan_x); default whole rows of up to
+        256 positions (fewer for big detectors: about 32 MiB of patterns).
     dose_e_per_A2 : float, optional
         Dose per Å² instead of per pattern (``per_A2 · step_y · step_x``).
     scan_origin_A : (float, float), optional
@@ -311,7 +314,7 @@ def simulate_4dstem(
     crop = (((np.arange(det[0]) - det[0] // 2) % m_y), ((np.arange(det[1]) - det[1] // 2) % m_x))
     out_dtype = np.dtype(np.float32) if dose is None else _dose.count_dtype(dose)
 
-    cy, cx = _chunks(chunks, scan_shape)
+    cy, cx = _chunks(chunks, scan_shape, det)
     n_chunks = math.ceil(scan_shape[0] / cy) * math.ceil(scan_shape[1] / cx)
     # a small specimen is one graph key that every task slices (sent once per worker);
     # a big one is cut into the region of each chunk (memory bounded by the chunk)
@@ -370,10 +373,12 @@ def simulate_4dstem(
     return dataset, truth
 
 
-def _chunks(chunks: Any, scan_shape: tuple[int, int]) -> tuple[int, int]:
+def _chunks(chunks: Any, scan_shape: tuple[int, int], det: tuple[int, int]) -> tuple[int, int]:
+    """Positions per chunk: given, or whole rows of about 256 positions (fewer for big detectors)."""
     if chunks is None:
-        cx = scan_shape[1] if scan_shape[1] <= DEFAULT_POSITIONS_PER_CHUNK else DEFAULT_POSITIONS_PER_CHUNK
-        cy = max(1, min(scan_shape[0], DEFAULT_POSITIONS_PER_CHUNK // cx))
+        per_chunk = int(np.clip(CHUNK_BYTES // (det[0] * det[1] * 8), 16, DEFAULT_POSITIONS_PER_CHUNK))
+        cx = min(scan_shape[1], per_chunk)
+        cy = max(1, min(scan_shape[0], per_chunk // cx))
         return cy, cx
     cy, cx = _pair("chunks", chunks, integer=True)
     return min(cy, scan_shape[0]), min(cx, scan_shape[1])
