@@ -19,9 +19,10 @@ Operations, dense path = stemdask.imaging (BLAS projection engine):
 * and the imaging engine itself on event blocks (``imaging.virtual_image(counted)``).
 
 Timings: median of ``--repeats`` warm runs after one warm-up. Storage:
-bytes per electron of a stemdask event zarr store (uint16 indices + int64
-offsets, zstd), of the stempy HDF5 layout (vlen uint32), of raw linear-index
-arrays and of the run-length codes. The crossover is where the speed-up of
+bytes per electron of a stemdask event zarr store (default frame-delta +
+bit-shuffled zstd, and plain zstd), of the stempy HDF5 layout (vlen uint32),
+of raw linear-index arrays, of the run-length codes, and of the dense data
+stored by ``stemdask.save`` (blosc) and raw. The crossover is where the speed-up of
 each operation falls to 1 (log-linear interpolation between measured rates).
 """
 
@@ -81,7 +82,7 @@ def crossover(rates, speedups):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rates", type=float, nargs="*",
                         default=[0.005, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
@@ -125,15 +126,18 @@ def main():
 
             # storage: bytes per electron
             store = ev.save_events(counted, tmp / f"r{rate}.zarr")
+            plain = ev.save_events(counted, tmp / f"r{rate}-zstd.zarr", codec="zstd")
             h5 = ev.write_stempy(counted, tmp / f"r{rate}.h5")
+            dense_store = stemdask.save(dense, tmp / f"r{rate}-dense.zarr")
             blocks = counted.data.compute()
             raw = blocks.indices.nbytes + blocks.offsets.nbytes
             rle = ev.rle_encode(blocks)
-            dense_bytes = dense_np.nbytes
-            store_rows.append([f"{rate:g}", f"{n_e}", f"{dir_bytes(store) / n_e:.2f}",
-                               f"{dir_bytes(h5) / n_e:.2f}", f"{raw / n_e:.2f}",
-                               f"{rle.nbytes / n_e:.2f}", f"{dense_bytes / n_e:.2f}"])
-            shutil.rmtree(store)
+            store_rows.append([f"{rate:g}", f"{n_e}", f"**{dir_bytes(store) / n_e:.2f}**",
+                               f"{dir_bytes(plain) / n_e:.2f}", f"{dir_bytes(h5) / n_e:.2f}",
+                               f"{raw / n_e:.2f}", f"{rle.nbytes / n_e:.2f}",
+                               f"{dir_bytes(dense_store) / n_e:.2f}", f"{dense_np.nbytes / n_e:.2f}"])
+            for p in (store, plain, dense_store):
+                shutil.rmtree(p)
             os.unlink(h5)
             print(f"rate {rate:g}: " + ", ".join(f"{k} {v[-1]:.1f}x" for k, v in speedups.items()), flush=True)
     finally:
@@ -154,9 +158,10 @@ def main():
         f"{k} {c:.2g} e-/px/frame" if (c := crossover(args.rates, v)) is not None else f"{k} none in range"
         for k, v in speedups.items()))
     lines.append("")
-    lines.append("| e-/px/frame | electrons | event zarr (zstd) B/e- | stempy HDF5 B/e- | raw linear index "
-                 "B/e- | RLE codes B/e- | dense uint16 B/e- |")
-    lines.append("|" + "---|" * 7)
+    lines.append("| e-/px/frame | electrons | event zarr (delta-blosc, default) B/e- | event zarr (zstd) B/e- | "
+                 "stempy HDF5 B/e- | raw linear index + offsets B/e- | RLE codes B/e- | "
+                 "dense zarr (stemdask.save, blosc) B/e- | dense uint16 raw B/e- |")
+    lines.append("|" + "---|" * 9)
     lines += ["| " + " | ".join(r) + " |" for r in store_rows]
     text = "\n".join(lines)
     print(text)

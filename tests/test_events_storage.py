@@ -31,16 +31,16 @@ def counted(dense, chunks, **calibration):
     return ev.from_dense(stemdask.from_array(dense, chunks=chunks, **calibration))
 
 
-@settings(max_examples=25, deadline=None)
-@given(counted_case())
-def test_zarr_round_trip(case):
+@settings(max_examples=30, deadline=None)
+@given(counted_case(), st.sampled_from(storage.EVENT_CODECS))
+def test_zarr_round_trip(case, codec):
     dense, cy, cx = case
     data = counted(dense, (cy, cx), scan_step_A=0.3, detector_pixel_mrad=2.0, energy_ev=80e3)
     with tempfile.TemporaryDirectory() as tmp:
         old = storage.INNER_EVENTS, storage.SHARD_CHUNKS
         storage.INNER_EVENTS, storage.SHARD_CHUNKS = 4, 2  # many shards, appended across blocks
         try:
-            path = ev.save_events(data, Path(tmp) / "events.zarr")
+            path = ev.save_events(data, Path(tmp) / "events.zarr", codec=codec)
         finally:
             storage.INNER_EVENTS, storage.SHARD_CHUNKS = old
         back = ev.open_event_store(path)
@@ -51,6 +51,20 @@ def test_zarr_round_trip(case):
             np.testing.assert_array_equal(back.coords[d].values, data.coords[d].values)
             assert back.coords[d].attrs == data.coords[d].attrs
         stemdask.validate(back)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**16 - 1), max_size=6), max_size=6))
+def test_frame_deltas_round_trip(frames):
+    """Unsorted frames of a big detector: the gaps restore every frame's electrons."""
+    indices = np.array([p for f in frames for p in f], np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64)
+    block = ev.EventBlock(indices, offsets, (1, len(frames)), (256, 256))
+    deltas = storage.frame_deltas(block)
+    assert deltas.dtype == np.uint16
+    back = ev.EventBlock(storage.undo_frame_deltas(deltas, offsets), offsets, (1, len(frames)), (256, 256))
+    for f in range(len(frames)):
+        np.testing.assert_array_equal(back.indices[offsets[f]:offsets[f + 1]], sorted(frames[f]))
 
 
 def test_zarr_store_layout_and_lazy_blocks(tmp_path, rng):

@@ -25,6 +25,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import numba
 import numpy as np
 from dask.array.dispatch import concatenate_lookup
 from dask.sizeof import sizeof
@@ -451,7 +452,7 @@ def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None
         if axes == {2, 3}:
             flat = block.counts_per_frame()
         elif axes == {0, 1}:
-            flat = xp.bincount(block.indices, minlength=block.n_pixels)
+            flat = _pixel_histogram(block)
         else:
             flat = xp.asarray([block.n_events])
         shape = [1 if i in axes else n for i, n in enumerate(block.shape)]
@@ -470,6 +471,21 @@ def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None
     if not keepdims:
         result = result.reshape([n for i, n in enumerate((oy, ox, oky, okx)) if i not in axes])
     return result
+
+
+@numba.njit(cache=True, nogil=True)
+def _histogram_kernel(indices, out):  # pragma: no cover - compiled
+    for i in range(indices.shape[0]):
+        out[indices[i]] += 1
+
+
+def _pixel_histogram(block: EventBlock):
+    """Electrons per detector pixel over all frames of the block (int64)."""
+    if block.xp is not np:
+        return block.xp.bincount(block.indices, minlength=block.n_pixels)
+    out = np.zeros(block.n_pixels, np.int64)
+    _histogram_kernel(block.indices, out)  # no int64 copy of the indices, unlike np.bincount
+    return out
 
 
 concatenate_lookup.register(EventBlock)(concatenate_blocks)

@@ -10,7 +10,11 @@ attr ``stemdask_layout == "events"``)::
                        dataset_attrs (the calibration)
       indices/         1-D uint16/uint32: every electron's linear detector
                        index, block after block (blocks in C order of the
-                       block grid, frames in C order inside a block); sharded
+                       block grid, frames in C order inside a block); with
+                       index_encoding "frame-delta" (the default) each value
+                       is the gap from the previous electron of its frame
+                       (frames sorted), which compresses 1.5-3x better;
+                       sharded, blosc zstd with bit shuffling
       offsets/         1-D int64, one more than the frames, in the same
                        frame order: frame f owns indices[offsets[f]:offsets[f+1]]
       checksums/       1-D uint64 per block: sum of its indices and their
@@ -101,8 +105,51 @@ def _block_grid(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[int, int, int
 # ----------------------------------------------------------------------------
 # zarr v3
 # ----------------------------------------------------------------------------
+def _compressors(name: str) -> list:
+    """Bytes-to-bytes codecs of the stored event arrays for a codec name."""
+    if name in ("delta-blosc", "blosc"):
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle)]
+    if name == "zstd":
+        return [zarr.codecs.ZstdCodec(level=3)]
+    return []
+
+
+#: codec names save_events accepts (measured in benchmarks/bench_events.py)
+EVENT_CODECS = ("delta-blosc", "blosc", "zstd", "none")
+
+
+def frame_deltas(block: EventBlock) -> np.ndarray:
+    """Indices as gaps from the previous electron of the same frame (first: the index).
+
+    Events are sorted within their frames first (a frame is a set of hits,
+    their order carries nothing), so the gaps are small non-negative numbers
+    that compress far better than the indices (O(counts) when sorted).
+    """
+    from .rle import _sorted_within_frames
+
+    indices = block.indices
+    if not _sorted_within_frames(indices, block.offsets):
+        indices = indices[np.lexsort((indices, block.frame_ids()))]
+    deltas = np.empty_like(indices)
+    if indices.size:
+        deltas[0] = indices[0]
+        np.subtract(indices[1:], indices[:-1], out=deltas[1:])
+        starts = block.offsets[:-1][block.counts_per_frame() > 0]
+        deltas[starts] = indices[starts]
+    return deltas
+
+
+def undo_frame_deltas(deltas: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Indices of :func:`frame_deltas` output (offsets relative to the block), O(counts)."""
+    running = np.cumsum(deltas, dtype=np.int64)
+    counts = offsets[1:] - offsets[:-1]
+    base = np.where(offsets[:-1] > 0, running[np.maximum(offsets[:-1] - 1, 0)], 0) if running.size \
+        else np.zeros(counts.size, np.int64)
+    return running - np.repeat(base, counts)
+
+
 def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: bool = False,
-                compressors: Any = "auto") -> str:
+                codec: str = "delta-blosc") -> str:
     """Write a counted dataset to a sharded zarr v3 store, atomically.
 
     Blocks are computed a few at a time and appended in order, so memory
@@ -118,9 +165,11 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
         Local destination directory.
     overwrite : bool
         Replace an existing store (only once the new one is complete).
-    compressors : zarr codecs or "auto"
-        Bytes-to-bytes codecs of ``indices`` and ``offsets`` (zarr's default,
-        zstd, when "auto").
+    codec : {"delta-blosc", "blosc", "zstd", "none"}
+        Compression of the events: ``"delta-blosc"`` (default) stores each
+        index as the gap from the previous electron of its frame, then
+        bit-shuffled zstd (blosc); ``"blosc"`` the same without gaps;
+        ``"zstd"``; ``"none"``. See docs/events.md for bytes per electron.
 
     Returns
     -------
@@ -128,6 +177,8 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
         The store path.
     """
     counted = require_counted(counted, "counted")
+    if codec not in EVENT_CODECS:
+        raise bad_value("codec", codec, f"one of {EVENT_CODECS}")
     if not isinstance(store, (str, os.PathLike)) or "://" in str(store):
         raise bad_type("store", store, "a local directory path")
     final = Path(store).expanduser().absolute()
@@ -136,7 +187,7 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
-        _write_store(counted, tmp, compressors)
+        _write_store(counted, tmp, codec)
         _publish(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,7 +207,7 @@ def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
         os.rename(tmp, final)
 
 
-def _write_store(counted: xr.DataArray, path: Path, compressors: Any) -> None:
+def _write_store(counted: xr.DataArray, path: Path, codec: str) -> None:
     arr = counted.data
     ny, nx, ky, kx = (int(s) for s in arr.shape)
     idx_dtype = index_dtype(ky * kx)
@@ -164,7 +215,8 @@ def _write_store(counted: xr.DataArray, path: Path, compressors: Any) -> None:
     group.attrs.update({FORMAT_ATTR: FORMAT_VERSION, LAYOUT_ATTR: LAYOUT, COMPLETE_ATTR: False})
     shard = INNER_EVENTS * SHARD_CHUNKS
     indices = group.create_array("indices", shape=(0,), dtype=idx_dtype, chunks=(INNER_EVENTS,),
-                                 shards=(shard,), compressors=compressors, fill_value=0)
+                                 shards=(shard,), compressors=_compressors(codec), fill_value=0)
+    deltas = codec == "delta-blosc"
     n_blocks = len(arr.chunks[0]) * len(arr.chunks[1])
     offsets = np.zeros(ny * nx + 1, np.int64)
     checksums = np.zeros(n_blocks, np.uint64)
@@ -182,10 +234,11 @@ def _write_store(counted: xr.DataArray, path: Path, compressors: Any) -> None:
                                       f"expected {(rows, cols)}")
             f = block.n_frames
             offsets[frame_pos + 1:frame_pos + f + 1] = block.offsets[1:] + event_pos
-            checksums[start + b] = _checksum(block.indices)
+            stored = frame_deltas(block) if deltas else block.indices
+            checksums[start + b] = _checksum(stored)
             frame_pos += f
             event_pos += block.n_events
-            pending = np.concatenate([pending, block.indices])
+            pending = np.concatenate([pending, stored])
         # append whole shards only, so no shard is rewritten
         full = (pending.size // shard) * shard
         if full:
@@ -193,7 +246,7 @@ def _write_store(counted: xr.DataArray, path: Path, compressors: Any) -> None:
             pending = pending[full:]
     _append(indices, pending)
     off = group.create_array("offsets", shape=offsets.shape, dtype=np.int64,
-                             chunks=(min(max(offsets.size, 1), 2**20),), compressors=compressors)
+                             chunks=(min(max(offsets.size, 1), 2**20),), compressors=_compressors(codec))
     off[...] = offsets
     chk = group.create_array("checksums", shape=checksums.shape, dtype=np.uint64,
                              chunks=(max(checksums.size, 1),), compressors=None)
@@ -208,7 +261,8 @@ def _write_store(counted: xr.DataArray, path: Path, compressors: Any) -> None:
     group.attrs.update({
         "shape": [ny, nx, ky, kx], "dtype": str(np.dtype(counted.dtype)),
         "chunks": [list(arr.chunks[0]), list(arr.chunks[1])], "n_events": int(event_pos),
-        "name": str(counted.name or "intensity"), "dataset_attrs": _jsonable(attrs),
+        "name": str(counted.name or "intensity"), "dataset_attrs": _jsonable(attrs), "codec": codec,
+        "index_encoding": "frame-delta" if deltas else "linear",
     })
     group.attrs[COMPLETE_ATTR] = True
 
@@ -222,7 +276,7 @@ def _append(array: zarr.Array, values: np.ndarray) -> None:
 
 
 def _read_block(path: str, frame0: int, rows: int, cols: int, frame_shape: tuple[int, int],
-                dtype: str, checksum: int, block_no: int) -> EventBlock:
+                dtype: str, checksum: int, block_no: int, deltas: bool) -> EventBlock:
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
         offsets = np.asarray(group["offsets"][frame0:frame0 + rows * cols + 1], np.int64)
@@ -241,8 +295,15 @@ def _read_block(path: str, frame0: int, rows: int, cols: int, frame_shape: tuple
     if _checksum(indices) != checksum:
         raise FileFormatError(f"store {path!r} is truncated or corrupt: the events of block {block_no} "
                               f"do not match their checksum (a missing or damaged shard)")
+    offsets = offsets - start
+    if deltas:
+        if offsets.size > 1 and np.any(offsets[1:] < offsets[:-1]):
+            frame = int(np.argmax(offsets[1:] < offsets[:-1]))
+            raise FileFormatError(f"store {path!r}, block {block_no}: malformed events: frame offsets "
+                                  f"decrease at frame {frame}")
+        indices = undo_frame_deltas(indices, offsets)
     try:
-        return EventBlock(indices, offsets - start, (rows, cols), frame_shape, dtype)
+        return EventBlock(indices, offsets, (rows, cols), frame_shape, dtype)
     except InvalidArgumentError as err:
         raise FileFormatError(f"store {path!r}, block {block_no}: malformed events: {err}") from err
 
@@ -298,6 +359,9 @@ def open_event_store(store: str | os.PathLike, *, chunks: Sequence[int] | None =
         dtype = np.dtype(attrs["dtype"])
         block_chunks = tuple(tuple(int(c) for c in cs) for cs in attrs["chunks"])
         n_events = int(attrs["n_events"])
+        encoding = attrs.get("index_encoding", "linear")
+        if encoding not in ("linear", "frame-delta"):
+            raise FileFormatError(f"event store {str(store)!r} has an unknown index encoding {encoding!r}")
         names = set(group.array_keys())
         missing = {"indices", "offsets", "checksums", *DIMS} - names
         if missing:
@@ -330,7 +394,7 @@ def open_event_store(store: str | os.PathLike, *, chunks: Sequence[int] | None =
     for b, (_, rows, _, cols) in enumerate(grid):
         i, j = divmod(b, n_bx)
         graph[(name, i, j, 0, 0)] = (_read_block, path, frame0, rows, cols, (ky, kx), dtype.str,
-                                     int(checksums[b]), b)
+                                     int(checksums[b]), b, encoding == "frame-delta")
         frame0 += rows * cols
     events = da.Array(graph, name, chunks=(block_chunks[0], block_chunks[1], (ky,), (kx,)),
                       dtype=dtype, meta=event_meta((ky, kx), dtype))
