@@ -1,9 +1,8 @@
 """Compute dask collections with a tqdm progress bar, on any scheduler.
 
-With a ``distributed`` client the graph is persisted on the cluster and the
-bar counts finished tasks as their futures complete (the dashboard shows the
-same work in detail); without one, tqdm's dask callback follows the local
-scheduler.
+With a ``distributed`` client, distributed's text progress bar follows every
+task of the graph on the scheduler (the dashboard shows the same work in
+detail); without one, tqdm's dask callback follows the local scheduler.
 """
 
 from __future__ import annotations
@@ -37,19 +36,17 @@ def compute_with_progress(*collections: Any, progress: bool = False, description
     """
     if not progress:
         return dask.compute(*collections)
-    from tqdm.auto import tqdm
-
     client = _client()
     if client is None:
         from tqdm.dask import TqdmCallback
 
         with TqdmCallback(desc=description, file=sys.stderr):
             return dask.compute(*collections)
-    from distributed import as_completed, futures_of
+    from distributed import progress as distributed_progress
 
-    persisted = client.persist(list(collections))
-    futures = futures_of(persisted)
-    with tqdm(total=len(futures), desc=description, unit="task", file=sys.stderr) as bar:
-        for _ in as_completed(futures):
-            bar.update(1)
-    return tuple(dask.compute(*persisted))
+    # distributed's own bar follows every task of the graph (tqdm could only see the outputs)
+    print(description, file=sys.stderr, flush=True)
+    futures = client.compute(list(collections))
+    distributed_progress(futures, notebook=False)
+    print(file=sys.stderr, flush=True)
+    return tuple(client.gather(futures))
