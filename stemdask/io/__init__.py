@@ -5,9 +5,11 @@
 ===========================  ==============================================
 path                         reader
 ===========================  ==============================================
-zarr store (directory)       :func:`stemdask.io.zarr_store.open_zarr`
+zarr store (directory)       :func:`stemdask.io.zarr_store.open_zarr` (dense), or
+                             :func:`stemdask.events.open_event_store` (events)
 ``.h5``/``.hdf5``/``.emd``   :func:`stemdask.io.hdf5.open_hdf5` (dataset path,
-                             EMD 1.0 / py4DSTEM, DECTRIS ARINA master)
+                             EMD 1.0 / py4DSTEM, DECTRIS ARINA master), or
+                             :func:`stemdask.events.open_stempy` (4D Camera sparse)
 ``.npy``                     :func:`stemdask.io.raw.open_npy`
 ``.raw``/``.bin``/``.dat``   :func:`stemdask.io.raw.open_raw` (needs shape, dtype)
 anything RosettaSciIO reads  :func:`stemdask.io.rsciio_reader.open_rsciio`
@@ -38,13 +40,19 @@ def _is_zarr(path: Path) -> bool:
     return path.is_dir() and ((path / "zarr.json").is_file() or path.suffix == ".zarr")
 
 
-def open_dataset(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
+def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = None,
+                 **kwargs: Any) -> xr.DataArray:
     """Open a 4D-STEM dataset lazily, whatever its format.
 
     Parameters
     ----------
     path : path or zarr store
         File or store to open (see the module docstring for formats).
+    representation : {None, "dense", "events", "auto"}
+        None keeps the stored representation; ``"dense"`` or ``"events"``
+        converts lazily (events need integer counts); ``"auto"`` picks the
+        cheaper one from the measured sparsity (see
+        :func:`stemdask.events.choose_representation`).
     **kwargs
         Passed to the reader: ``chunks`` for all; calibration keywords
         (``energy_ev``, ``semiangle_mrad``, ``scan_step_A``,
@@ -65,6 +73,15 @@ def open_dataset(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
     FileFormatError
         When the file cannot be read as 4D-STEM data, with the reason.
     """
+    data = _open(path, **kwargs)
+    if representation is None:
+        return data
+    from ..events import as_representation
+
+    return as_representation(data, representation)
+
+
+def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
     if not isinstance(path, (str, os.PathLike)):
         return open_zarr(path, **kwargs)  # a zarr store object
     text = str(path)
@@ -79,6 +96,10 @@ def open_dataset(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
         raise FileFormatError(f"{text!r} is a directory but not a zarr v3 store (no zarr.json)")
     suffix = p.suffix.lower()
     if suffix in _HDF5 or (suffix == ".emd" and _looks_like_hdf5(p)):
+        if "dataset" not in kwargs and _is_stempy(p):
+            from ..events.storage import open_stempy
+
+            return open_stempy(p, **kwargs)
         return open_hdf5(p, **kwargs)
     if suffix == ".npy":
         return open_npy(p, **kwargs)
@@ -90,6 +111,17 @@ def open_dataset(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
         f"cannot tell the format of {text!r} (suffix {suffix!r}); supported: zarr stores, "
         f"HDF5 {sorted(_HDF5)}, .npy, raw {sorted(_RAW)} with shape= and dtype=, and the "
         f"RosettaSciIO formats")
+
+
+def _is_stempy(path: Path) -> bool:
+    """A 4D Camera / stempy sparse file: an ``electron_events`` group."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "electron_events" in f
+    except OSError:
+        return False  # open_hdf5 reports what is wrong with the file
 
 
 def _looks_like_hdf5(path: Path) -> bool:

@@ -299,8 +299,13 @@ def open_zarr(
 
 def _open_stemdask_store(store: Any, attrs: dict, chunks: Sequence[int] | None) -> xr.DataArray:
     layout = attrs.get(LAYOUT_ATTR, "dense")
+    if layout == "events":
+        from ..events.storage import open_event_store
+
+        return open_event_store(store, chunks=chunks)
     if layout != "dense":
-        raise FileFormatError(f"store {str(store)!r} has layout {layout!r}; open it with stemdask.open_dataset")
+        raise FileFormatError(f"store {str(store)!r} has layout {layout!r}, which this stemdask does not "
+                              f"know (known: 'dense', 'events'): upgrade stemdask")
     name = attrs.get("stemdask_variable", "intensity")
     array = zarr.open_array(store, path=name, mode="r")
     tile = _scan_tile("chunks", chunks, array.shape[:2]) or (array.shards or array.chunks)[:2]
