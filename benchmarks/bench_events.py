@@ -18,7 +18,9 @@ Operations, dense path = stemdask.imaging (BLAS projection engine):
 * frame sum (PACBED): ``imaging.pacbed(dense, "sum")`` vs ``events.frame_sum``;
 * and the imaging engine itself on event blocks (``imaging.virtual_image(counted)``).
 
-Timings: median of ``--repeats`` warm runs after one warm-up. Storage:
+Timings: median of ``--repeats`` warm runs after one warm-up, the dense and
+the event run of each operation interleaved so that both see the same load
+(the machine is shared). Storage:
 bytes per electron of a stemdask event zarr store (default frame-delta +
 bit-shuffled zstd, and plain zstd), of the stempy HDF5 layout (vlen uint32),
 of raw linear-index arrays, of the run-length codes, and of the dense data
@@ -53,14 +55,17 @@ def simulate(rate, scan=(64, 64), det=(128, 128), seed=0):
     return rng.poisson(lam, (*scan, *det)).astype(np.uint16)
 
 
-def timed(fn, repeats):
-    fn()  # warm-up: numba compilation, caches
-    times = []
+def timed(fns, repeats):
+    """Median wall time of each function, runs interleaved so both see the same load."""
+    for fn in fns:
+        fn()  # warm-up: numba compilation, caches
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def dir_bytes(path):
@@ -117,10 +122,10 @@ def main():
             }
             row = [f"{rate:g}", f"{n_e / dense_np.shape[0] / dense_np.shape[1]:.0f}"]
             for name, (dense_fn, event_fn) in ops.items():
-                td, te = timed(dense_fn, repeats), timed(event_fn, repeats)
+                td, te = timed([dense_fn, event_fn], repeats)
                 speedups[name].append(td / te)
                 row += [f"{td * 1e3:.1f} / {te * 1e3:.1f}", f"**{td / te:.1f}x**"]
-            engine = timed(lambda: imaging.virtual_image(counted, ring).compute(), repeats)
+            (engine,) = timed([lambda: imaging.virtual_image(counted, ring).compute()], repeats)
             row += [f"{engine * 1e3:.1f}", f"{convert:.2f}"]
             speed_rows.append(row)
 
@@ -146,7 +151,7 @@ def main():
 
     lines.append(f"Data: {scan[0]}x{scan[1]} scan, {det[0]}x{det[1]} px frames, uint16, chunks {chunks} "
                  f"({np.prod(scan) * np.prod(det) * 2 / 2**20:.0f} MiB dense); threaded scheduler, 2 threads; "
-                 f"median of {repeats} warm runs; load average {load0[0]:.2f} before, {load1[0]:.2f} after.")
+                 f"median of {repeats} interleaved warm runs; load average {load0[0]:.2f} before, {load1[0]:.2f} after.")
     lines.append("")
     lines.append("| e-/px/frame | e-/frame | CoM dense / events (ms) | CoM speed-up | virtual det. dense / "
                  "events (ms) | VD speed-up | frame sum dense / events (ms) | FS speed-up | "

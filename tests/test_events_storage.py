@@ -214,3 +214,23 @@ def test_malformed_stempy_raises(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(FileFormatError, match="cannot read"):
         ev.open_stempy(tmp_path / "junk.h5")
+
+
+def test_open_dataset_routes_events_and_converts(tmp_path, rng):
+    sparse = rng.poisson(0.01, (4, 6, 8, 8)).astype(np.uint16)
+    store = ev.save_events(counted(sparse, (2, 3), scan_step_A=0.5), tmp_path / "s.zarr")
+    opened = stemdask.open_dataset(store)
+    assert ev.is_counted(opened) and opened.attrs["scan_step_A"] == [0.5, 0.5]
+    np.testing.assert_array_equal(ev.to_dense(opened).values, sparse)
+    dense = stemdask.open_dataset(store, representation="dense")
+    assert not ev.is_counted(dense)
+    np.testing.assert_array_equal(dense.values, sparse)
+    h5 = ev.write_stempy(counted(sparse, (2, 3)), tmp_path / "s.h5")
+    from_h5 = stemdask.open_dataset(h5, detector_pixel_mrad=1.0)
+    assert ev.is_counted(from_h5) and from_h5.k_x.attrs["units"] == "mrad"
+    np.testing.assert_array_equal(ev.to_dense(from_h5).values, sparse)
+    # a dense store of sparse counts: "auto" picks events, exactly the same counts
+    dense_store = stemdask.save(stemdask.from_array(sparse, chunks=(2, 3)), tmp_path / "d.zarr")
+    auto = stemdask.open_dataset(dense_store, representation="auto")
+    assert ev.is_counted(auto)
+    np.testing.assert_array_equal(ev.to_dense(auto).values, sparse)
