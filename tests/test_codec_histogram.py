@@ -136,6 +136,20 @@ def test_golden_bytes_freeze_the_format():
     assert (header["base"], header["n_symbols"]) == (0, 4)
 
 
+GOLDEN_SKEWED_SHA256 = "a58eee3adc677d7d0ab6f07c599a41db05475764e1e272b18682b0a99c4a0944"
+
+
+def test_golden_bytes_skewed_histograms():
+    """Pixels with unequal bin counts (the bin order of the frame coder is part of the format)."""
+    h = (np.arange(256, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+    v = ((h >> np.uint64(8)) % np.uint64(10)).astype(np.int64)
+    x = np.where(v < 6, 0, v - 5).astype(np.uint8).reshape(16, 4, 4)
+    x[::5, 1, 2] += 3
+    data = encode_chunk(x)
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_SKEWED_SHA256
+    np.testing.assert_array_equal(decode_chunk(data), x)
+
+
 def test_golden_bytes_shared_model():
     y = _golden_shared_input()
     model = HistogramModel.from_json(GOLDEN_MODEL)

@@ -281,6 +281,22 @@ def _last_ctx(last, cur, y, x, W):
     return LAST_CTX + _ctx_bucket(pred)
 
 
+@njit(cache=True)
+def _sort_bins(binval, bincnt, m):
+    """Order the non-empty bins by falling count (ties: by value), so that the
+    linear search over cumulative counts usually stops at once."""
+    for i in range(1, m):
+        v = binval[i]
+        c = bincnt[i]
+        j = i - 1
+        while j >= 0 and (bincnt[j] < c or (bincnt[j] == c and binval[j] > v)):
+            binval[j + 1] = binval[j]
+            bincnt[j + 1] = bincnt[j]
+            j -= 1
+        binval[j + 1] = v
+        bincnt[j + 1] = c
+
+
 # -- self-contained chunks ---------------------------------------------------
 
 
@@ -340,8 +356,10 @@ def encode_local(x, flip, H, W, K, base, emin, out):
             if hist[b] > 0:
                 binval[m] = b
                 bincnt[m] = hist[b]
-                slot[b] = m
                 m += 1
+        _sort_bins(binval, bincnt, m)
+        for j in range(m):
+            slot[binval[j]] = j
         nz = m
         left = np.int64(n)
         for t in range(n):
@@ -414,6 +432,7 @@ def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
                 bincnt[m] = hist[b]
                 m += 1
             hist[b] = 0
+        _sort_bins(binval, bincnt, m)
         nz = m
         left = np.int64(n)
         only = 0  # index of the single non-empty bin once nz == 1
@@ -421,12 +440,17 @@ def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
             only = 0
         for t in range(n):
             if nz > 1:
-                r, v = _dec_target(code, rng, left)
+                # find the bin whose scaled cumulative range holds code by
+                # multiplications (code >= k * r <=> code // r >= k): one division
+                # per symbol instead of two; the bins are sorted, so this stops early
+                r = rng // left
                 j = 0
                 cum = np.int64(0)
-                while cum + bincnt[j] <= v:
+                while j < m - 1 and (cum + bincnt[j]) * r <= code:
                     cum += bincnt[j]
                     j += 1
+                if bincnt[j] == 0:  # only on corrupted input (code beyond the range)
+                    return CORRUPT
                 code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, bincnt[j])
                 bincnt[j] -= 1
                 left -= 1
