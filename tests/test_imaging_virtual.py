@@ -160,3 +160,20 @@ def test_beam_center_finds_a_displaced_disk():
     # a disk detector centred there covers the disk exactly
     det = detectors.disk(data, 7 * min(PIX) * 0.9, center_mrad=got)
     assert virtual_image(data, det).values.min() == pytest.approx(1003 * det.values.sum())
+
+
+@pytest.mark.gpu
+def test_virtual_image_and_com_on_cupy(rng):
+    import cupy
+
+    from stemdask.imaging import center_of_mass
+
+    arr, data = _dataset(rng)
+    gpu = stemdask.from_array(cupy.asarray(arr), chunks=(4, 3), detector_pixel_mrad=PIX, beam_center_px=(10.0, 11.5))
+    det = detectors.stack(detectors.disk(data, 4.0), detectors.annulus(data, 4.0, 8.0))
+    got = virtual_image(gpu, det).compute()
+    ref = np.einsum("abkl,mkl->abm", arr.astype(np.float64), det.values)
+    np.testing.assert_allclose(cupy.asnumpy(got.data), ref, rtol=1e-10)
+    com_gpu = center_of_mass(gpu).compute()
+    com_cpu = center_of_mass(data).compute()
+    np.testing.assert_allclose(cupy.asnumpy(com_gpu.data), com_cpu.values, rtol=1e-10)

@@ -1,0 +1,294 @@
+"""Virtual detectors and CoM: stemdask against LiberTEM and py4DSTEM on the same data.
+
+Measures GB/s (raw uint16 input bytes per second of wall time) for a virtual
+detector with 1 mask (an ADF annulus) and with 16 masks (rings), and for the
+centre of mass, with the data in memory and in a zarr store on disk; the
+peers run in ``benchmarks/_venv_peers`` (numpy 1.26) as a subprocess on the
+same ``.npy`` file, in the same run. Then, with ``--ooc``, an out-of-core
+run: a zarr dataset three times larger than the workers' total memory limit
+through a LocalCluster, reporting peak worker memory.
+
+    python3 benchmarks/bench_imaging.py                  # 512 MiB, 5 warm runs
+    python3 benchmarks/bench_imaging.py --ooc            # + out-of-core run
+    python3 benchmarks/bench_imaging.py --scan 64 --reps 3 --skip-peers
+
+Set up the peers once (see benchmarks/README.md)::
+
+    python3 -m venv benchmarks/_venv_peers
+    benchmarks/_venv_peers/bin/pip install torch==2.13.0
+    benchmarks/_venv_peers/bin/pip install libertem==0.16.0 py4dstem==0.14.18 ptychography40==0.1.0
+"""
+
+from __future__ import annotations
+
+import os
+
+# one BLAS thread per dask worker thread (distributed's nanny sets this for its
+# workers; the threaded scheduler needs it set before numpy loads)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import dask  # noqa: E402
+import dask.array as da  # noqa: E402
+import numpy as np  # noqa: E402
+
+import stemdask  # noqa: E402
+from stemdask.imaging import center_of_mass, detectors, virtual_image  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work"
+PEER_PY = HERE / "_venv_peers" / "bin" / "python"
+PIXEL_MRAD = 0.5
+
+
+def timed(fn, reps):
+    t0 = time.perf_counter()
+    out = fn()
+    cold = time.perf_counter() - t0
+    warm = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        warm.append(time.perf_counter() - t0)
+    return {"cold_s": cold, "warm_s": warm, "median_s": float(np.median(warm))}, out
+
+
+def make_data(scan, det, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = np.empty((scan, scan, det, det), np.uint16)
+    for i in range(scan):  # row by row: no float64 temporaries of the whole array
+        arr[i] = rng.integers(0, 4096, size=(scan, det, det), dtype=np.uint16)
+    return arr
+
+
+def masks_for(data):
+    det = data.shape[-1]
+    rmax = 0.45 * det * PIXEL_MRAD
+    adf = detectors.annulus(data, 0.25 * rmax, rmax, name="ADF")
+    edges = np.linspace(0, rmax, 17)
+    rings = detectors.rings(data, edges)
+    return adf, rings, edges
+
+
+def run_stemdask(data, adf, rings, reps, label, results, outputs, scheduler, dtypes=("float64", "float32")):
+    tasks = {
+        "1 mask": lambda dt: virtual_image(data, adf, dtype=dt),
+        "16 masks": lambda dt: virtual_image(data, rings, dtype=dt),
+        "CoM": lambda dt: center_of_mass(data, dtype=dt),
+    }
+    for task, make in tasks.items():
+        for dt in dtypes:
+            if task == "CoM" and dt == "float32":
+                continue
+            lazy = make(dt)
+            res, out = timed(lambda: lazy.compute(**scheduler), reps)
+            results[f"{label} ({dt})|{task}"] = res
+            outputs[(label, task, dt)] = out
+            print(f"  {label} {dt} {task}: {data.nbytes / res['median_s'] / 1e9:.2f} GB/s", flush=True)
+
+
+def peak_memory_sampler(client, stop, peaks):
+    import psutil  # noqa: F401  (available on workers)
+
+    def rss():
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    while not stop.is_set():
+        try:
+            for addr, value in client.run(rss).items():
+                peaks[addr] = max(peaks.get(addr, 0), value)
+        except Exception:
+            pass
+        time.sleep(0.05)
+
+
+def out_of_core(args):
+    from distributed import Client, LocalCluster
+
+    limit = args.ooc_limit_mib * 2**20
+    n_workers = 2
+    total = 3 * n_workers * limit
+    det = args.det
+    scan_x = args.scan
+    scan_y = int(np.ceil(total / (scan_x * det * det * 2)))
+    store = WORK / "ooc.zarr"
+    if store.exists():
+        shutil.rmtree(store)
+    print(f"out of core: writing {scan_y}x{scan_x}x{det}x{det} uint16 "
+          f"({scan_y * scan_x * det * det * 2 / 2**30:.2f} GiB) to {store}", flush=True)
+    lazy = da.random.default_rng(1).integers(0, 4096, size=(scan_y, scan_x, det, det), dtype=np.uint16,
+                                              chunks=(8, scan_x, det, det))
+    src = stemdask.from_array(lazy, detector_pixel_mrad=PIXEL_MRAD, chunks=(8, scan_x))
+    with dask.config.set(scheduler="threads", num_workers=2):
+        stemdask.save(src, store, codec="none")
+    # 16 MiB tasks: a worker holds a few chunks plus float batches, far below its limit
+    rows_per_chunk = max(1, (16 * 2**20) // (scan_x * det * det * 2))
+    data = stemdask.open_dataset(store, chunks=(rows_per_chunk, scan_x))
+    adf, rings, _ = masks_for(data)
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, memory_limit=limit,
+                           dashboard_address=None, local_directory=str(WORK / "dask-ooc"))
+    client = Client(cluster)
+    rows = {}
+    try:
+        for task, lazy_out in (("16 masks", virtual_image(data, rings)), ("CoM", center_of_mass(data))):
+            peaks: dict = {}
+            stop = threading.Event()
+            sampler = threading.Thread(target=peak_memory_sampler, args=(client, stop, peaks), daemon=True)
+            sampler.start()
+            t0 = time.perf_counter()
+            out = lazy_out.compute()
+            wall = time.perf_counter() - t0
+            stop.set()
+            sampler.join()
+            assert np.all(np.isfinite(out.values))
+            rows[task] = {"wall_s": wall, "gbps": data.nbytes / wall / 1e9,
+                          "peak_worker_mib": max(peaks.values()) / 2**20 if peaks else float("nan")}
+            print(f"  ooc {task}: {rows[task]}", flush=True)
+    finally:
+        client.close()
+        cluster.close()
+    return {"nbytes": int(data.nbytes), "limit_mib_per_worker": args.ooc_limit_mib, "workers": n_workers,
+            "chunks": [int(c[0]) for c in data.data.chunks], "rows": rows}
+
+
+def main_ooc_only(args):
+    results = {"ooc": out_of_core(args), "nbytes": 0}
+    print(table_ooc(results["ooc"]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scan", type=int, default=128, help="scan positions per side")
+    parser.add_argument("--det", type=int, default=128, help="detector pixels per side")
+    parser.add_argument("--reps", type=int, default=5, help="warm repetitions (median reported)")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--ooc", action="store_true", help="also run the out-of-core test")
+    parser.add_argument("--ooc-limit-mib", type=int, default=512, help="memory limit per worker (MiB)")
+    parser.add_argument("--ooc-only", action="store_true", help="run only the out-of-core test")
+    parser.add_argument("--json", type=Path, default=WORK / "bench_imaging.json")
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    if args.ooc_only:
+        return main_ooc_only(args)
+    results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count()}
+
+    arr = make_data(args.scan, args.det)
+    nbytes = arr.nbytes
+    print(f"data: {arr.shape} uint16, {nbytes / 2**20:.0f} MiB", flush=True)
+    npy = WORK / "imaging.npy"
+    np.save(npy, arr)
+    data = stemdask.from_array(arr, detector_pixel_mrad=PIXEL_MRAD)
+    adf, rings, edges = masks_for(data)
+    center_px = data.attrs["beam_center_px"]
+    np.savez(WORK / "imaging_masks.npz", adf=adf.values[0], rings=rings.values, center_px=np.asarray(center_px),
+             adf_radii_px=np.asarray(adf.attrs["detector"]["edges_mrad"]) / PIXEL_MRAD,
+             ring_edges_px=edges / PIXEL_MRAD)
+
+    outputs: dict = {}
+    threads = {"scheduler": "threads", "num_workers": 2}
+    print("stemdask, in memory, threaded scheduler (2 threads)", flush=True)
+    run_stemdask(data, adf, rings, args.reps, "stemdask-threads-mem", results, outputs, threads)
+
+    store = WORK / "imaging.zarr"
+    if store.exists():
+        shutil.rmtree(store)
+    stemdask.save(data, store, codec="none")
+    on_disk = stemdask.open_dataset(store)
+    print(f"stemdask, zarr on disk (uncompressed, chunks {on_disk.data.chunksize})", flush=True)
+    run_stemdask(on_disk, adf, rings, args.reps, "stemdask-threads-zarr", results, outputs, threads, ("float64",))
+    npy_data = stemdask.open_dataset(npy, detector_pixel_mrad=PIXEL_MRAD)
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                      local_directory=str(WORK / "dask-bench")) as cluster, Client(cluster):
+        print("stemdask, LocalCluster (2 workers x 1 thread): zarr on disk, then the .npy file", flush=True)
+        run_stemdask(on_disk, adf, rings, args.reps, "stemdask-localcluster-zarr", results, outputs, {},
+                     ("float64",))
+        run_stemdask(npy_data, adf, rings, args.reps, "stemdask-localcluster-npy", results, outputs, {})
+
+    if not args.skip_peers:
+        if not PEER_PY.exists():
+            sys.exit(f"peers venv missing: {PEER_PY} (see the module docstring)")
+        print("peers (LiberTEM, py4DSTEM) in", PEER_PY, flush=True)
+        proc = subprocess.run([str(PEER_PY), str(HERE / "_peers_imaging.py"), str(npy),
+                               str(WORK / "imaging_masks.npz"), str(args.reps)],
+                              capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        if proc.returncode != 0:
+            sys.exit("peer run failed:\n" + proc.stderr[-4000:])
+        peers = json.loads(proc.stdout.strip().splitlines()[-1])
+        checks = peers.pop("checks")
+        for key in ("nbytes", "shape"):
+            peers.pop(key)
+        results.update(peers)
+        # same numbers as LiberTEM on the same masks
+        ours = outputs[("stemdask-threads-mem", "1 mask", "float64")].values[:2, :2]
+        results["check_1mask_max_rel_diff"] = float(np.max(np.abs(ours - np.asarray(checks["1 mask"]).reshape(ours.shape))
+                                                           / np.abs(ours)))
+        ours16 = outputs[("stemdask-threads-mem", "16 masks", "float64")].values[:2, :2]
+        theirs16 = np.asarray(checks["16 masks"])
+        results["check_16mask_max_rel_diff"] = float(np.max(np.abs(ours16 - theirs16) / np.abs(ours16)))
+        com = outputs[("stemdask-threads-mem", "CoM", "float64")].values[:2, :2] / PIXEL_MRAD
+        com_px = com + np.asarray(center_px)
+        results["check_com_max_abs_diff_px"] = float(np.max(np.abs(com_px - np.asarray(checks["CoM"]))))
+        print({k: v for k, v in results.items() if k.startswith("check")}, flush=True)
+
+    if args.ooc:
+        results["ooc"] = out_of_core(args)
+    results["load_after"] = os.getloadavg()
+    results["nbytes"] = nbytes
+    results["shape"] = list(arr.shape)
+    args.json.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+def table(results):
+    nbytes = results["nbytes"]
+    tasks = ("1 mask", "16 masks", "CoM")
+    labels = sorted({k.split("|")[0] for k in results if "|" in k})
+    lib = {t: results.get(f"libertem-threads-mem|{t}", {}).get("median_s") for t in tasks}
+    lines = [f"data {tuple(results['shape'])} uint16 = {nbytes / 2**20:.0f} MiB; {results['cpus']} CPUs; "
+             f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}; "
+             "median of warm runs; GB/s of raw input (ratio to LiberTEM threads, in memory)", "",
+             "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for label in labels:
+        cells = []
+        for t in tasks:
+            r = results.get(f"{label}|{t}")
+            if r is None:
+                cells.append("—")
+                continue
+            gbps = nbytes / r["median_s"] / 1e9
+            ratio = f" ({lib[t] / r['median_s']:.2f}×)" if lib.get(t) else ""
+            cells.append(f"{gbps:.2f}{ratio}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "ooc" in results:
+        lines += ["", table_ooc(results["ooc"])]
+    return "\n".join(lines)
+
+
+def table_ooc(o):
+    lines = [f"out of core: {o['nbytes'] / 2**30:.2f} GiB zarr, {o['workers']} workers x "
+                      f"{o['limit_mib_per_worker']} MiB limit (data = "
+                      f"{o['nbytes'] / (o['workers'] * o['limit_mib_per_worker'] * 2**20):.1f}x total limit), "
+                      f"chunks {o['chunks']}", "", "| task | GB/s | wall s | peak worker RSS (MiB) |",
+             "|---|---|---|---|"]
+    for task, row in o["rows"].items():
+        lines.append(f"| {task} | {row['gbps']:.2f} | {row['wall_s']:.1f} | {row['peak_worker_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
