@@ -46,6 +46,41 @@ def _gather_sum(indices, offsets, weights, out):  # pragma: no cover - compiled
                 out[f, m] += weights[p, m]
 
 
+@numba.njit(cache=True, nogil=True)
+def _gather_sum1(indices, offsets, weights, out):  # pragma: no cover - compiled
+    for f in range(offsets.shape[0] - 1):
+        acc = out[f]
+        for i in range(offsets[f], offsets[f + 1]):
+            acc += weights[indices[i]]
+        out[f] = acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _moments(indices, offsets, rows, cols, out):  # pragma: no cover - compiled
+    for f in range(offsets.shape[0] - 1):
+        sy = 0
+        sx = 0
+        for i in range(offsets[f], offsets[f + 1]):
+            p = indices[i]
+            sy += rows[p]
+            sx += cols[p]
+        out[f, 0] = offsets[f + 1] - offsets[f]
+        out[f, 1] = sy
+        out[f, 2] = sx
+
+
+def moments_block(block: EventBlock) -> Any:
+    """Exact first moments per frame: electrons, sum of rows, sum of columns (int64)."""
+    ky, kx = block.frame_shape
+    if block.xp is not np:
+        rows, cols = np.divmod(np.arange(ky * kx, dtype=np.int64), kx)
+        return gather_block_vectorised(block, np.stack([np.ones(ky * kx, np.int64), rows, cols], 1), np.int64)
+    rows, cols = np.divmod(np.arange(ky * kx, dtype=np.int32), np.int32(max(kx, 1)))
+    out = np.zeros((block.n_frames, 3), np.int64)
+    _moments(block.indices, block.offsets, rows, cols, out)
+    return out.reshape(*block.scan_shape, 3)
+
+
 def gather_block(block: EventBlock, weights: Any, dtype: Any = np.float64) -> Any:
     """``out[f, m] = sum of weights[index, m]`` over the electrons of frame ``f``.
 
@@ -59,7 +94,12 @@ def gather_block(block: EventBlock, weights: Any, dtype: Any = np.float64) -> An
     w = np.ascontiguousarray(weights, dtype=dtype)
     out = np.zeros((block.n_frames, n), dtype)
     if block.n_events:
-        _gather_sum(block.indices, block.offsets, w, out)
+        if n == 1:  # a virtual detector: a contiguous weight vector, no inner loop
+            flat = np.zeros(block.n_frames, dtype)
+            _gather_sum1(block.indices, block.offsets, np.ascontiguousarray(w[:, 0]), flat)
+            out[:, 0] = flat
+        else:
+            _gather_sum(block.indices, block.offsets, w, out)
     return out.reshape(*block.scan_shape, n)
 
 
@@ -217,10 +257,10 @@ def center_of_mass(counted: xr.DataArray) -> xr.Dataset:
         ``total`` (int64 electrons), all ``(scan_y, scan_x)``.
     """
     counted = require_counted(counted, "counted")
-    ky, kx = (int(counted.sizes[d]) for d in DETECTOR_DIMS)
-    rows, cols = np.meshgrid(np.arange(ky, dtype=np.int64), np.arange(kx, dtype=np.int64), indexing="ij")
-    matrix = np.stack([np.ones(ky * kx, np.int64), rows.ravel(), cols.ravel()], axis=1)
-    moments = _project_events(counted.data, matrix, np.dtype(np.int64))
+    arr = counted.data
+    moments = arr.map_blocks(moments_block, drop_axis=(2, 3), new_axis=2,
+                             chunks=(arr.chunks[0], arr.chunks[1], (3,)), dtype=np.int64,
+                             meta=np.empty((0, 0, 0), np.int64))
     total = moments[..., 0]
     out = {}
     for i, dim in enumerate(DETECTOR_DIMS):
