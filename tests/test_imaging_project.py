@@ -156,3 +156,18 @@ def test_project_cupy_matches_numpy(rng):
         got = project(gpu, masks, sparse=sparse).compute()
         ref = np.einsum("abkl,mkl->abm", arr.astype(np.float64), masks.values.astype(np.float64))
         np.testing.assert_allclose(cupy.asnumpy(got.data), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "uint32"])
+def test_exact_float32_path_blocks_partial_sums(rng, dtype):
+    # full-range values force short float32 partial sums (or the float64 fallback); results stay exact
+    info = np.iinfo(dtype)
+    lo, hi = (0, 65535) if dtype == "uint16" else (-(2 ** 20), 2 ** 20) if dtype == "int32" else (0, 2 ** 31)
+    arr = rng.integers(lo, hi, size=(4, 5, 40, 44), endpoint=True).astype(dtype)
+    data = stemdask.from_array(arr, chunks=(3, 2))
+    weights = rng.integers(-3, 4, size=(3, 40, 44))
+    weights[0] = 1
+    masks = detectors.custom(data, weights)
+    got = project(data, masks).values
+    ref = np.einsum("abkl,mkl->abm", arr.astype(object), weights.astype(object)).astype(np.float64)
+    assert np.array_equal(got, ref), (info, np.abs(got - ref).max())
