@@ -74,7 +74,8 @@ def test_slurm_cluster_runs_workers_as_jobs(slurm_queue, tmp_path, rng):
     data = stemdask.from_array(arr, chunks=(2, 3))
     client = cluster.start("slurm", n_workers=2, cores=1, memory="1GB", processes=1, queue="debug",
                            walltime="00:10:00", interface="lo", log_directory=str(tmp_path / "logs"),
-                           local_directory=str(tmp_path / "work"), wait_timeout_s=90, quiet=True)
+                           local_directory=str(tmp_path / "work"), wait_timeout_s=90, quiet=True,
+                           scheduler_options={"dashboard_address": ":0"})
     try:
         jobs = subprocess.run(["squeue", "-h", "-o", "%T"], capture_output=True, text=True,
                               env=slurm_queue["env"]).stdout.split()
