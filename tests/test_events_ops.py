@@ -87,6 +87,7 @@ def test_binning_and_cropping_equal_dense(rate):
     cropped = ev.crop(counted, k_y=slice(2, 9), k_x=slice(1, 10))
     np.testing.assert_array_equal(ev.to_dense(cropped).values, dense[:, :, 2:9, 1:10])
     assert cropped.attrs["beam_center_px"] == [3.5, 3.0]
+    assert counted.attrs["beam_center_px"] == [5.5, 4.0]  # the input is untouched
     np.testing.assert_array_equal(cropped.k_y.values, data.k_y.values[2:9])
     stemdask.validate(cropped)
     np.testing.assert_array_equal(ev.to_dense(ev.scan_crop(counted, scan_x=slice(1, 6))).values,

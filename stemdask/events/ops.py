@@ -435,7 +435,9 @@ def crop(counted: xr.DataArray, *, k_y: slice = slice(None), k_x: slice = slice(
         starts.append(start)
     out = counted.isel(k_y=k_y, k_x=k_x)
     if "beam_center_px" in out.attrs:
-        out.attrs["beam_center_px"] = [float(c) - s for c, s in zip(out.attrs["beam_center_px"], starts)]
+        # a new attrs dict: never touch the input's
+        centre = [float(c) - s for c, s in zip(out.attrs["beam_center_px"], starts)]
+        out.attrs = {**out.attrs, "beam_center_px": centre}
     return out
 
 
