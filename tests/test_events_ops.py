@@ -151,3 +151,19 @@ def test_operations_on_gpu_blocks():
     masks = np.random.default_rng(11).integers(0, 2, (2, 16, 16))
     got = ev.project(counted, masks).data.compute()
     np.testing.assert_array_equal(cupy.asnumpy(got), np.einsum("abij,mij->abm", dense.astype(np.int64), masks))
+
+
+@pytest.mark.parametrize("name", ["001_4x2_6bit.mib", "002_merlin_test_roi_sig256x128_nav4x2_hot_pixel_52x_39y.mib"])
+def test_real_merlin_counts_as_events(shared_data, name):
+    """Real counting-detector frames (dense 6-bit counts; a sparse 12-bit scan with a hot pixel)."""
+    data = stemdask.open_dataset(shared_data / "merlin" / name)
+    dense = data.values
+    counted = ev.from_dense(data)
+    np.testing.assert_array_equal(ev.to_dense(counted).values, dense)
+    np.testing.assert_array_equal(ev.frame_sum(counted).values, dense.sum((0, 1), dtype=np.int64))
+    recount = ev.count_electrons(data, threshold=1)
+    np.testing.assert_array_equal(ev.to_dense(recount).values, dense)
+    rle = ev.rle_decode(ev.rle_encode(counted.data.compute()))
+    np.testing.assert_array_equal(rle.to_dense(), dense)
+    masks = imaging.detectors.stack(imaging.detectors.disk(data, 20.0), imaging.detectors.annulus(data, 20.0, 60.0))
+    xr.testing.assert_equal(imaging.project(counted, masks).compute(), imaging.project(data, masks).compute())
