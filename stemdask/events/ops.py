@@ -126,9 +126,22 @@ def _gather_cupy(block: EventBlock, weights: Any, dtype: np.dtype) -> Any:
     return gather_block_vectorised(block, weights, dtype)
 
 
+@numba.njit(cache=True, nogil=True)
+def _histogram_kernel(indices, offsets, lut, out):  # pragma: no cover - compiled
+    for f in range(offsets.shape[0] - 1):
+        for i in range(offsets[f], offsets[f + 1]):
+            b = lut[indices[i]]
+            if b >= 0:
+                out[f, b] += 1
+
+
 def _histogram_block(block: EventBlock, lut: Any, n_bins: int) -> Any:
     """Electrons per (frame, bin) through a pixel -> bin table (-1: not counted)."""
     xp = block.xp
+    if xp is np:
+        out = np.zeros((block.n_frames, n_bins), np.int64)
+        _histogram_kernel(block.indices, block.offsets, np.asarray(lut, np.int64), out)
+        return out.reshape(*block.scan_shape, n_bins)
     bins = xp.asarray(lut)[block.indices.astype(np.int64)]
     keep = bins >= 0
     flat = block.frame_ids()[keep] * n_bins + bins[keep]
