@@ -63,6 +63,13 @@ def test_events_to_dense_round_trip(case):
     np.testing.assert_array_equal(again.to_dense(), ref)
 
 
+def test_big_endian_and_signed_counts():
+    dense = np.random.default_rng(6).poisson(1.5, (2, 3, 4, 5))
+    for dtype in (">u2", ">i4", "<i8", "u1"):
+        block = EventBlock.from_dense(dense.astype(dtype))
+        np.testing.assert_array_equal(block.to_dense(), dense)
+
+
 def test_index_dtype_follows_detector_size():
     assert index_dtype(256 * 256) == np.uint16
     assert index_dtype(256 * 256 + 1) == np.uint32

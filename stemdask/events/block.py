@@ -180,11 +180,16 @@ class EventBlock:
         flat = frames.reshape(ny * nx, ky * kx)
         if frames.dtype.kind == "i" and flat.size and bool((flat < 0).any()):
             raise bad_value("frames", "<array with negative values>", "non-negative electron counts")
-        frame_idx, pixel = xp.nonzero(flat)
-        counts = flat[frame_idx, pixel].astype(np.int64)
-        indices = xp.repeat(pixel.astype(index_dtype(ky * kx)), counts)
         per_frame = flat.sum(axis=1, dtype=np.int64)
         offsets = xp.concatenate([xp.zeros(1, np.int64), xp.cumsum(per_frame)])
+        if xp is np:
+            indices = np.empty(int(offsets[-1]), index_dtype(ky * kx))
+            native = flat if flat.dtype.isnative else flat.astype(flat.dtype.newbyteorder("="))
+            _dense_to_events(np.ascontiguousarray(native), offsets, indices)
+        else:
+            frame_idx, pixel = xp.nonzero(flat)
+            counts = flat[frame_idx, pixel].astype(np.int64)
+            indices = xp.repeat(pixel.astype(index_dtype(ky * kx)), counts)
         return cls(indices, offsets, (ny, nx), (ky, kx), dtype or frames.dtype, check=False)
 
     # -- conversion -----------------------------------------------------------
@@ -471,6 +476,16 @@ def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None
     if not keepdims:
         result = result.reshape([n for i, n in enumerate((oy, ox, oky, okx)) if i not in axes])
     return result
+
+
+@numba.njit(cache=True, nogil=True)
+def _dense_to_events(flat, offsets, out):  # pragma: no cover - compiled
+    for f in range(flat.shape[0]):
+        pos = offsets[f]
+        for p in range(flat.shape[1]):
+            for _ in range(flat[f, p]):
+                out[pos] = p
+                pos += 1
 
 
 @numba.njit(cache=True, nogil=True)
