@@ -19,12 +19,14 @@ def _timed(fn, reps):
     t0 = time.perf_counter()
     first = fn()
     cold = time.perf_counter() - t0
-    times = []
+    warm, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return {"cold_s": cold, "warm_s": times, "median_s": float(np.median(times))}, first
+        warm.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)  # this process only (not LocalCluster workers)
+    return {"cold_s": cold, "warm_s": warm, "median_s": float(np.median(warm)),
+            "cpu_s": cpu, "median_cpu_s": float(np.median(cpu))}, first
 
 
 def main() -> None:

@@ -53,14 +53,16 @@ PIXEL_MRAD = 0.5
 
 def timed(fn, reps):
     t0 = time.perf_counter()
-    out = fn()
+    first = fn()
     cold = time.perf_counter() - t0
-    warm = []
+    warm, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         warm.append(time.perf_counter() - t0)
-    return {"cold_s": cold, "warm_s": warm, "median_s": float(np.median(warm))}, out
+        cpu.append(time.process_time() - c0)  # this process only (not LocalCluster workers)
+    return {"cold_s": cold, "warm_s": warm, "median_s": float(np.median(warm)),
+            "cpu_s": cpu, "median_cpu_s": float(np.median(cpu))}, first
 
 
 def make_data(scan, det, seed=0):
@@ -88,8 +90,6 @@ def run_stemdask(data, adf, rings, reps, label, results, outputs, scheduler, dty
     }
     for task, make in tasks.items():
         for dt in dtypes:
-            if task == "CoM" and dt == "float32":
-                continue
             lazy = make(dt)
             res, out = timed(lambda: lazy.compute(**scheduler), reps)
             results[f"{label} ({dt})|{task}"] = res
@@ -189,7 +189,10 @@ def main():
     print(f"data: {arr.shape} uint16, {nbytes / 2**20:.0f} MiB", flush=True)
     npy = WORK / "imaging.npy"
     np.save(npy, arr)
-    data = stemdask.from_array(arr, detector_pixel_mrad=PIXEL_MRAD)
+    # chunk the numpy array directly: stemdask.from_array(numpy) makes one chunk and rechunks it,
+    # which copies the whole array on every compute (about 60 ms per 512 MiB here)
+    rows = max(1, (64 * 2**20) // (args.scan * args.det * args.det * 2))
+    data = stemdask.from_array(da.from_array(arr, chunks=(rows, -1, -1, -1)), detector_pixel_mrad=PIXEL_MRAD)
     adf, rings, edges = masks_for(data)
     center_px = data.attrs["beam_center_px"]
     np.savez(WORK / "imaging_masks.npz", adf=adf.values[0], rings=rings.values, center_px=np.asarray(center_px),
@@ -273,6 +276,21 @@ def table(results):
             gbps = nbytes / r["median_s"] / 1e9
             ratio = f" ({lib[t] / r['median_s']:.2f}×)" if lib.get(t) else ""
             cells.append(f"{gbps:.2f}{ratio}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    inproc = [lab for lab in labels if "threads-mem" in lab or lab == "py4dstem"]
+    lines += ["", "In-process runs by CPU time (GB per CPU-second of this process; less sensitive to "
+              "other load on the machine; ratio to LiberTEM threads):", "",
+              "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lib_cpu = {t: results.get(f"libertem-threads-mem|{t}", {}).get("median_cpu_s") for t in tasks}
+    for label in inproc:
+        cells = []
+        for t in tasks:
+            r = results.get(f"{label}|{t}")
+            if r is None or not r.get("median_cpu_s"):
+                cells.append("—")
+                continue
+            ratio = f" ({lib_cpu[t] / r['median_cpu_s']:.2f}×)" if lib_cpu.get(t) else ""
+            cells.append(f"{nbytes / r['median_cpu_s'] / 1e9:.2f}{ratio}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if "ooc" in results:
         lines += ["", table_ooc(results["ooc"])]

@@ -30,7 +30,6 @@ the pixels any mask touches and their weights.
 from __future__ import annotations
 
 import functools
-import math
 import threading
 from typing import Any
 
@@ -92,6 +91,13 @@ class MaskWeights:
         self.integer_bound: float | None = None
         if values.size and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
             self.integer_bound = float(max(np.abs(values).max(), 1.0))
+
+    def __dask_tokenize__(self) -> Any:
+        from dask.base import tokenize
+
+        m = self._matrix
+        parts = (m.indptr, m.indices, m.data, m.shape) if self.sparse else (m,)
+        return ("MaskWeights", tokenize(*parts), self.sparse)
 
     def __getstate__(self) -> dict[str, Any]:
         # the cache (converted / device copies) and the lock stay behind
@@ -203,13 +209,12 @@ def _matmul_exact(frames: np.ndarray, w32: np.ndarray, w64: np.ndarray, out: np.
     if step == 0:
         np.matmul(frames.astype(np.float64), w64, out=out)
         return
-    f32 = frames.astype(np.float32)
-    if step >= f32.shape[1]:
-        out[:] = f32 @ w32
+    if step >= frames.shape[1]:
+        out[:] = frames.astype(np.float32) @ w32
         return
     out[:] = 0.0
-    for k in range(0, f32.shape[1], step):  # exact float32 partial sums, added in float64
-        out += f32[:, k:k + step] @ w32[k:k + step]
+    for k in range(0, frames.shape[1], step):  # exact float32 partial sums, added in float64
+        out += frames[:, k:k + step].astype(np.float32) @ w32[k:k + step]
 
 
 @project_block.register(np.ndarray)
@@ -432,17 +437,6 @@ def project(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "float64",
     attrs["long_name"] = "mask projection"
     return xr.DataArray(out, dims=(*SCAN_DIMS, "mask"), coords=coords, attrs=attrs,
                         name=masks.name or "projection")
-
-
-def check_finite(name: str, value: Any) -> float:
-    """A finite float or a clear error naming ``name``."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise bad_type(name, value, "a real number") from None
-    if not math.isfinite(out):
-        raise bad_value(name, value, "a finite number")
-    return out
 
 
 __all__ = ["BATCH_BYTES", "MaskWeights", "check_masks", "mask_weights",
