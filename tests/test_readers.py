@@ -195,3 +195,18 @@ def test_readers_compute_on_a_local_cluster(local_client, shared_data, tmp_path,
         assert int(data.sum().compute()) == int(arr.sum())
     mib = shared_data / "merlin" / "001_4x2_6bit.mib"
     assert int(stemdask.open_dataset(mib).sum().compute()) == int(decode_mib(mib).sum(dtype=np.int64))
+
+
+@pytest.mark.parametrize("index", [
+    (slice(0, 3), slice(0, 5)), (slice(1, 2), slice(2, 4)), (slice(0, 3), slice(4, 5)),
+    (slice(2, 3), slice(0, 5), slice(1, 3)), (1, slice(None)), (slice(0, 3, 2), slice(None)),
+])
+def test_raw_source_reads_any_block_like_numpy(tmp_path, rng, index):
+    from stemdask.io.sources import RawSource
+
+    arr = rng.integers(0, 60000, size=(3, 5, 4, 6), dtype="uint16").astype(">u2")
+    (tmp_path / "b.raw").write_bytes(b"H" * 7 + arr.tobytes())
+    source = RawSource(str(tmp_path / "b.raw"), arr.shape, arr.dtype, header_bytes=7)
+    block = source[index]
+    assert block.dtype.isnative
+    np.testing.assert_array_equal(block, arr[index])
