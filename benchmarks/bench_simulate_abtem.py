@@ -77,8 +77,8 @@ def _abtem_worker(inp: str, out: str) -> None:
                               gpts=(nx, ny), endpoint=False)
         detector = abtem.PixelatedDetector(max_angle="full")
 
-        def run():
-            with dask.config.set(scheduler="threads", num_workers=2):
+        def run(scheduler="threads"):
+            with dask.config.set(scheduler=scheduler, num_workers=2):
                 return probe.scan(potential, scan=scan, detectors=detector).compute(progress_bar=False)
 
         t0 = time.perf_counter()
@@ -89,6 +89,12 @@ def _abtem_worker(inp: str, out: str) -> None:
             t0 = time.perf_counter()
             run()
             warm.append(time.perf_counter() - t0)
+        cpu = []
+        for _ in range(params["runs"]):
+            t0 = time.process_time()
+            run("sync")
+            cpu.append(time.process_time() - t0)
+        results[f"cpu_{i}"] = np.array(cpu)
         array = np.asarray(measurement.array)  # (x, y, kx, ky), fftshifted
         results[f"patterns_{i}"] = array.transpose(1, 0, 3, 2)
         results[f"cold_{i}"] = np.array(cold)
@@ -178,8 +184,13 @@ def main() -> None:
                 t0 = time.perf_counter()
                 run("threads")
                 threads.append(time.perf_counter() - t0)
+            cpu = []
+            for _ in range(args.runs):
+                t0 = time.process_time()
+                run("sync")
+                cpu.append(time.process_time() - t0)
             row = {"case": name, "ours_cold": cold, "ours_warm": float(np.median(warm)),
-                   "ours_threads": float(np.median(threads)),
+                   "ours_threads": float(np.median(threads)), "ours_cpu": float(np.median(cpu)),
                    "pixel_mrad": data.attrs["detector_pixel_mrad"]}
             if abtem_results is not None:
                 theirs = _crop_centre(abtem_results[f"patterns_{i}"], DETECTOR)
@@ -192,6 +203,7 @@ def main() -> None:
                            ours_total=float(a.sum(1).mean()), theirs_total=float(b.sum(1).mean()),
                            theirs_cold=float(abtem_results[f"cold_{i}"]),
                            theirs_warm=float(np.median(abtem_results[f"warm_{i}"])),
+                           theirs_cpu=float(np.median(abtem_results[f"cpu_{i}"])),
                            abtem_sampling=abtem_results[f"sampling_{i}"].tolist())
             rows.append(row)
     finally:
@@ -208,14 +220,16 @@ def main() -> None:
         f"{sampling[1]:.4f} Å ({window[0]}×{window[1]} window = the cell). abTEM {version} "
         f"(dask threads, 2 workers) vs stemdask (LocalCluster, 2 workers × 1 thread, and dask "
         f"threads, 2 workers), chunks of 8 × 32 positions, times of simulate_4dstem + compute "
-        f"(potentials included), warm time = "
+        f"(potentials included); CPU s = process CPU time of one run with dask's synchronous "
+        f"scheduler (least sensitive to the other users' load); warm time = "
         f"median of {args.runs} runs after a cold run; load average during the run "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) on a shared 2-core machine.",
         "",
         "| case | pattern r (min / median) | total intensity diff. (max / mean) | "
         "stemdask LocalCluster warm (cold) s | stemdask threads warm s | abTEM threads warm (cold) s | "
-        "time ratio abTEM / stemdask (cluster, threads) |",
-        "|---|---|---|---|---|---|---|",
+        "time ratio abTEM / stemdask (cluster, threads) | CPU s, one process (stemdask / abTEM) | "
+        "CPU ratio abTEM / stemdask |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "r_min" in row:
@@ -225,10 +239,12 @@ def main() -> None:
                 f"{row['ours_warm']:.2f} ({row['ours_cold']:.2f}) | {row['ours_threads']:.2f} | "
                 f"{row['theirs_warm']:.2f} ({row['theirs_cold']:.2f}) | "
                 f"{row['theirs_warm'] / row['ours_warm']:.2f}, "
-                f"{row['theirs_warm'] / row['ours_threads']:.2f} |")
+                f"{row['theirs_warm'] / row['ours_threads']:.2f} | "
+                f"{row['ours_cpu']:.2f} / {row['theirs_cpu']:.2f} | "
+                f"{row['theirs_cpu'] / row['ours_cpu']:.2f} |")
         else:
             lines.append(f"| {row['case']} | – | – | {row['ours_warm']:.2f} ({row['ours_cold']:.2f}) | "
-                         f"{row['ours_threads']:.2f} | – | – |")
+                         f"{row['ours_threads']:.2f} | – | – | {row['ours_cpu']:.2f} / – | – |")
     table = "\n".join(lines)
     print(table)
     print(json.dumps(rows, indent=1, default=float))
