@@ -308,13 +308,24 @@ def _open_stemdask_store(store: Any, attrs: dict, chunks: Sequence[int] | None) 
                               f"know (known: 'dense', 'events'): upgrade stemdask")
     name = attrs.get("stemdask_variable", "intensity")
     array = zarr.open_array(store, path=name, mode="r")
-    tile = _scan_tile("chunks", chunks, array.shape[:2]) or (array.shards or array.chunks)[:2]
+    tile = _scan_tile("chunks", chunks, array.shape[:2]) or _read_tile(array)
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False,
                       chunks={"scan_y": tile[0], "scan_x": tile[1], "k_y": -1, "k_x": -1})
     out = ds[name]
     out.attrs = dict(out.attrs)
     out.encoding = {}
     return validate(out)
+
+
+def _read_tile(array: zarr.Array) -> tuple[int, int]:
+    """Default dask tile for reading: whole inner chunks, about one default chunk of data.
+
+    Reads need not follow shards (zarr reads the inner chunks a task asks
+    for), so a shard is split over several tasks and workers.
+    """
+    inner = array.chunks[:2]
+    want = default_chunks(array.shape, array.dtype.itemsize)[:2]
+    return (max(1, want[0] // inner[0]) * inner[0], max(1, want[1] // inner[1]) * inner[1])
 
 
 def _open_foreign_store(store: Any, chunks: Any, variable: str | None, calibration: dict) -> xr.DataArray:
