@@ -21,8 +21,23 @@ def _native(block: np.ndarray) -> np.ndarray:
     return block
 
 
+class _NativeSource:
+    """What dask needs of an array-like: a native-endian dtype and ndim."""
+
+    shape: tuple[int, ...]
+    file_dtype: np.dtype
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.file_dtype.newbyteorder("=")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 @dataclass(frozen=True)
-class RawSource:
+class RawSource(_NativeSource):
     """Frames in a raw binary file: ``header_bytes``, then frames, each after
     an optional ``frame_header_bytes`` header.
 
@@ -34,14 +49,6 @@ class RawSource:
     file_dtype: np.dtype
     header_bytes: int = 0
     frame_header_bytes: int = 0
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.file_dtype.newbyteorder("=")
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -105,21 +112,13 @@ class RawSource:
 
 
 @dataclass(frozen=True)
-class HDF5Source:
+class HDF5Source(_NativeSource):
     """A dataset in an HDF5 file (external links and compression filters included)."""
 
     path: str
     dataset: str
     shape: tuple[int, ...]
     file_dtype: np.dtype
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.file_dtype.newbyteorder("=")
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         import h5py
