@@ -5,8 +5,9 @@ The measured crossover (``benchmarks/bench_events.py``, ``docs/events.md``,
 :data:`CROSSOVER_E_PER_PIXEL` electrons per pixel per frame the event
 representation is faster for CoM, virtual detectors and frame sums alike
 and stores no more bytes than compressed dense frames; the frame sum is the
-first operation where dense wins (at 0.72 e-/px/frame), while CoM and virtual
-detectors stay ahead (CoM 2.3x, virtual detector 1.4x at 4 e-/px/frame).
+first operation where dense wins (at 0.65-0.72 e-/px/frame in two runs),
+while CoM and virtual detectors stay ahead much longer (at 4 e-/px/frame:
+CoM 1.8-2.3x faster, virtual detector 0.9-1.4x).
 """
 
 from __future__ import annotations
