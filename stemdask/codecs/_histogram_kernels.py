@@ -104,6 +104,52 @@ def _enc(low, rng, pos, out, cum, f, tot):
     return low, rng, pos
 
 
+RECIP_MAX = 1 << 16
+
+
+@njit(cache=True)
+def _reciprocals(n):
+    """floor(2**31 / t) for t = 1 .. min(n, RECIP_MAX): division-free scales."""
+    top = n if n < RECIP_MAX else RECIP_MAX
+    rec = np.zeros(top + 1, dtype=np.int64)
+    for t in range(1, top + 1):
+        rec[t] = (np.int64(1) << 31) // t
+    return rec
+
+
+@njit(cache=True)
+def _scale(rng, left, rec):
+    """The range unit for a total of ``left`` frames: about rng / left, never more.
+
+    Up to RECIP_MAX frames it is computed with a multiplication by a
+    reciprocal (r * left <= rng still holds, the coding loss is < 2**-15
+    relative), beyond with a division.
+    """
+    if left <= RECIP_MAX:
+        return ((rng >> 9) * rec[left]) >> 22
+    return rng // left
+
+
+@njit(cache=True)
+def _enc_r(low, rng, pos, out, cum, f, r):
+    """Code with a given range unit ``r`` (cum + f <= total, r * total <= rng)."""
+    low += cum * r
+    rng = f * r
+    if low >= ONE40:
+        low -= ONE40
+        i = pos - 1
+        while out[i] == 255:
+            out[i] = 0
+            i -= 1
+        out[i] += 1
+    while rng < RMIN:
+        out[pos] = (low >> 32) & 255
+        pos += 1
+        low = (low << 8) & (ONE40 - 1)
+        rng <<= 8
+    return low, rng, pos
+
+
 @njit(cache=True)
 def _enc_bits(low, rng, pos, out, value, nbits):
     """Code ``nbits`` raw bits of ``value`` (uniform), at most 16 per step."""
@@ -317,6 +363,7 @@ def encode_local(x, flip, H, W, K, base, emin, out):
     binval = np.empty(K + 1, dtype=np.int64)
     bincnt = np.empty(K + 1, dtype=np.int64)
     slot = np.empty(K + 1, dtype=np.int64)
+    rec = _reciprocals(n)
     margin = 10 * n + 12 * (K + 2) + 64
     low = np.int64(0)
     rng = ONE40
@@ -369,7 +416,7 @@ def encode_local(x, flip, H, W, K, base, emin, out):
                 cum = np.int64(0)
                 for i in range(j):
                     cum += bincnt[i]
-                low, rng, pos = _enc(low, rng, pos, out, cum, bincnt[j], left)
+                low, rng, pos = _enc_r(low, rng, pos, out, cum, bincnt[j], _scale(rng, left, rec))
                 bincnt[j] -= 1
                 if bincnt[j] == 0:
                     nz -= 1
@@ -398,6 +445,7 @@ def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
     binval = np.empty(K + 1, dtype=np.int64)
     bincnt = np.empty(K + 1, dtype=np.int64)
     hist = np.zeros(K + 1, dtype=np.int64)
+    rec = _reciprocals(n)
     code = np.int64(0)
     for k in range(5):
         code = (code << 8) | _byte(inp, k)
@@ -443,7 +491,7 @@ def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
                 # find the bin whose scaled cumulative range holds code by
                 # multiplications (code >= k * r <=> code // r >= k): one division
                 # per symbol instead of two; the bins are sorted, so this stops early
-                r = rng // left
+                r = _scale(rng, left, rec)
                 j = 0
                 cum = np.int64(0)
                 while j < m - 1 and (cum + bincnt[j]) * r <= code:
