@@ -3,16 +3,22 @@
 A byte-wise range coder with a 40-bit window (``low`` < 2**40, ``range`` in
 [2**32, 2**40], carries propagated back into the output buffer) codes every
 symbol with an integer frequency ``f``, cumulative frequency ``cum`` and total
-``tot`` (any total up to 2**24, which the decrementing-count model needs).
-All arithmetic is int64 so that the format is the same on every platform.
+``tot`` (any total up to 2**24, which the decrementing-count model needs):
+the range unit is ``r = range // tot``, except in the frame coder, where it is
+``((range >> 9) * (2**31 // tot)) >> 22`` for totals up to 2**16 (no division
+on the critical path; still ``r * tot <= range``).  All arithmetic is int64,
+so the bytes are the same on every platform.
 
 Data are coded pixel-major: for each detector pixel its histogram over the
 chunk's frames, then its frames.  The self-contained model codes each
 pixel's frames with *decrementing counts* (the probability of a symbol is its
 count among the frames not yet coded), which costs exactly the log of the
 multinomial coefficient, i.e. slightly less than the pixel's empirical
-entropy; the histogram itself is coded with adaptive tables whose context is
-the counts of the left and upper neighbour pixels.
+entropy; the bins are visited by falling count, and the decoder finds a
+symbol by multiplications, not a division.  The histogram itself (highest
+non-empty bin, then the counts of bins 1..L) is coded with adaptive tables
+whose context is the same counts in four causal neighbour pixels and the
+number of frames left to share out.
 
 Kernels return a status code instead of raising, so that a corrupted chunk
 never crashes a worker: ``>= 0`` success, ``NEED_SPACE`` (encoder only: the
