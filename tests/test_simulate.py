@@ -318,6 +318,29 @@ def test_dataset_is_lazy_and_chunked_by_scan_tiles():
     assert np.abs(np.angle(truth.transmission.values / expected)).mean() < 0.05
 
 
+def test_frozen_phonons_average_displaced_configurations():
+    # (slices of 1.9 Å: no atom sits on a slice boundary, where a tiny move changes its slice)
+    static, truth0 = _mos2_case(slice_thickness_A=1.9)
+    # vanishing vibrations: the average of two configurations is the static result
+    tiny, truth_tiny = _mos2_case(slice_thickness_A=1.9, frozen_phonons=2, vibration_A=1e-6)
+    assert truth_tiny.transmission_configurations.shape == (2, *truth0.transmission.shape)
+    np.testing.assert_allclose(tiny.values, static.values, atol=1e-5 * static.values.max())
+    # real vibrations (per element): different configurations, deterministic for a seed
+    kw = dict(slice_thickness_A=1.9, frozen_phonons=3, vibration_A={"Mo": 0.05, "S": 0.08}, seed=3)
+    hot, truth = _mos2_case(**kw)
+    again, _ = _mos2_case(**kw)
+    np.testing.assert_array_equal(hot.values, again.values)
+    configs = truth.transmission_configurations.values
+    assert np.abs(configs[0] - configs[1]).max() > 0.05
+    assert not np.allclose(hot.values, static.values, atol=1e-3 * static.values.max())
+    # the static ground truth is kept apart from the configurations
+    np.testing.assert_array_equal(truth.transmission.values, truth0.transmission.values)
+    assert truth.attrs["vibration_A"] == {"S": 0.08, "Mo": 0.05} and truth.attrs["frozen_phonons"] == 3
+    # intensity still conserved up to what leaves the band limit
+    total = hot.sum(("k_y", "k_x")).values
+    assert np.all(total <= 1 + 1e-3) and np.all(total > 0.9)
+
+
 @pytest.mark.gpu
 def test_cupy_backend_matches_numpy():
     ref, _ = _mos2_case(slice_thickness_A=2.0)
@@ -359,6 +382,14 @@ def test_bad_inputs_raise_clear_errors():
         _mos2_case(scan_shape=(2.5, 3))
     with pytest.raises(InvalidArgumentError, match="backend"):
         _mos2_case(backend="torch")
+    with pytest.raises(InvalidArgumentError, match="frozen_phonons"):
+        _mos2_case(frozen_phonons=4)  # no vibration
+    with pytest.raises(InvalidArgumentError, match="vibration_A"):
+        _mos2_case(frozen_phonons=2, vibration_A={"Mo": 0.05})  # S missing
+    with pytest.raises(InvalidArgumentError, match="vibration_A"):
+        simulate_4dstem(samples.weak_phase_object((64, 64)), energy_ev=E, semiangle_mrad=20,
+                        scan_shape=(2, 2), scan_step_A=0.5, detector_shape=32, max_angle_mrad=50,
+                        vibration_A=0.1)
     with pytest.raises(InvalidTypeError, match="sample"):
         simulate_4dstem(np.zeros((4, 4)), energy_ev=E, semiangle_mrad=25, scan_shape=(2, 2),
                         scan_step_A=0.3, detector_shape=32, max_angle_mrad=50)

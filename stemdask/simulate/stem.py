@@ -25,6 +25,7 @@ How a pattern is made (see ``docs/simulate.md``):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,7 +42,8 @@ from ..errors import bad_type, bad_value
 from ..physics import interaction_constant, wavelength_A
 from . import dose as _dose
 from .multislice import BANDLIMIT_FRACTION, bandlimit, fresnel_propagator
-from .potentials import PARAMETRIZATION, slice_potentials
+from .potentials import PARAMETRIZATION, atomic_number, slice_potentials
+from .potentials import symbol as potentials_symbol
 from .samples import AtomicSample, PhaseObject, as_sample
 
 #: padding (Å) of the potential grid beyond the field: atoms outside it and
@@ -154,6 +156,8 @@ def simulate_4dstem(
     sampling_A: float | Sequence[float] | None = None,
     soft_aperture: bool = False,
     backend: str = "numpy",
+    frozen_phonons: int = 1,
+    vibration_A: float | Mapping[str | int, float] = 0.0,
 ) -> tuple[xr.DataArray, xr.Dataset]:
     """Simulate a 4D-STEM dataset (lazy, chunk-parallel) and return it with its ground truth.
 
@@ -208,6 +212,12 @@ def simulate_4dstem(
     backend : {"numpy", "cupy"}
         Where each chunk's FFTs run: ``"cupy"`` moves a chunk's specimen and
         probe to the worker's GPU (the patterns come back as numpy arrays).
+    frozen_phonons : int
+        Number of frozen-phonon configurations whose patterns are averaged
+        (thermal diffuse scattering); needs ``vibration_A > 0``.
+    vibration_A : float or mapping
+        RMS displacement of every atom along each axis (Å), or per element
+        (``{"Mo": 0.05, "S": 0.07}``); 0 for a static lattice.
 
     Returns
     -------
@@ -217,7 +227,8 @@ def simulate_4dstem(
     truth : xarray.Dataset
         ``transmission`` (slice, y, x) complex, ``potential`` (slice, y, x)
         and ``projected_potential`` (y, x) in V·Å on the field grid (Å, cell
-        frame), ``probe`` (probe_y, probe_x) with ``Σ|ψ|² = 1``,
+        frame), ``probe`` (probe_y, probe_x) with ``Σ|ψ|² = 1``, with frozen
+        phonons also ``transmission_configurations`` (configuration, slice, y, x),
         ``probe_position_y``/``_x`` (Å), and every parameter in ``attrs``.
 
     Raises
@@ -256,6 +267,12 @@ def simulate_4dstem(
         raise bad_value("semiangle_mrad", semiangle_mrad,
                         f"less than max_angle_mrad={min(max_angle)} so the bright field is on the detector")
 
+    if isinstance(frozen_phonons, bool) or not isinstance(frozen_phonons, (int, np.integer)) \
+            or frozen_phonons < 1:
+        raise bad_value("frozen_phonons", frozen_phonons, "a positive integer number of configurations")
+    vibration = _vibration(vibration_A, sample)
+    if frozen_phonons > 1 and not any(v > 0 for v in vibration.values()):
+        raise bad_value("frozen_phonons", frozen_phonons, "1 unless vibration_A > 0 (static atoms)")
     if isinstance(sample, PhaseObject):
         if slice_thickness_A is not None:
             raise bad_value("slice_thickness_A", slice_thickness_A,
@@ -303,8 +320,11 @@ def simulate_4dstem(
     field_shape = (int(start_y.max()) + m_y, int(start_x.max()) + m_x)
     field_origin_A = (f0_px[0] * d_y, f0_px[1] * d_x)
 
-    potential, transmission_field, slice_dz, n_slices = _specimen(
-        sample, energy_ev, slice_thickness_A, f0_px, field_shape, (d_y, d_x))
+    potential, static_transmission, configurations, slice_dz, n_slices = _specimen(
+        sample, energy_ev, slice_thickness_A, f0_px, field_shape, (d_y, d_x),
+        vibration, int(frozen_phonons), int(seed))
+    # the fields the patterns are made from: (configuration, slice, y, x)
+    transmission_field = static_transmission[None] if configurations is None else configurations
 
     probe_k = optics.probe_fourier((m_y, m_x), (d_y, d_x), energy_ev=energy_ev,
                                    semiangle_mrad=semiangle_mrad, aberrations=coefficients,
@@ -335,7 +355,7 @@ def simulate_4dstem(
             if shared:
                 field = field_key
             else:
-                field = transmission_field[:, bounds[0]:bounds[1], bounds[2]:bounds[3]]
+                field = transmission_field[..., bounds[0]:bounds[1], bounds[2]:bounds[3]]
                 bounds = (0, bounds[1] - bounds[0], 0, bounds[3] - bounds[2])
             task = dask.delayed(_simulate_chunk, pure=True)(
                 field, bounds, sy - sy.min(), sx - sx.min(), (u_y[iy] - sy) * d_y, (u_x[ix] - sx) * d_x,
@@ -358,6 +378,8 @@ def simulate_4dstem(
         "slice_thickness_A": slice_dz if n_slices > 1 else None, "n_slices": n_slices,
         "dose_e_per_pattern": dose, "source_size_A": source_size, "seed": int(seed),
         "soft_aperture": bool(soft_aperture), "sample": sample.name,
+        "frozen_phonons": int(frozen_phonons),
+        "vibration_A": {potentials_symbol(z): v for z, v in vibration.items()},
         "sample_cell_A": list(sample.cell_A),
         "potential_parametrization": PARAMETRIZATION if isinstance(sample, AtomicSample) else None,
     }
@@ -368,8 +390,12 @@ def simulate_4dstem(
         source=f"stemdask.simulate ({sample.name})", chunks=(cy, cx),
         attrs={"simulation": _jsonable(params)},
     )
-    truth = _truth(potential, transmission_field, probe_k, field_origin_A, (d_y, d_x),
+    truth = _truth(potential, static_transmission, probe_k, field_origin_A, (d_y, d_x),
                    origin, step, scan_shape, params, sample)
+    if configurations is not None:
+        truth["transmission_configurations"] = (
+            ("configuration", "slice", "y", "x"), configurations,
+            {"long_name": "band-limited transmission of each frozen-phonon configuration"})
     return dataset, truth
 
 
@@ -388,10 +414,35 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def _vibration(vibration_A: Any, sample: Any) -> dict[int, float]:
+    """RMS displacement (Å) per atomic number of the sample's elements."""
+    if isinstance(sample, PhaseObject):
+        if isinstance(vibration_A, Mapping) or _pair("vibration_A", vibration_A, allow_zero=True)[0] > 0:
+            raise bad_value("vibration_A", vibration_A, "0 for a PhaseObject (it has no atoms)")
+        return {}
+    numbers = sorted(set(sample.numbers.tolist()))
+    if isinstance(vibration_A, Mapping):
+        given = {}
+        for key, value in vibration_A.items():
+            given[atomic_number(key)] = _pair(f"vibration_A[{key!r}]", value, allow_zero=True)[0]
+        missing = [potentials_symbol(z) for z in numbers if z not in given]
+        if missing:
+            raise bad_value("vibration_A", dict(vibration_A), f"a value for every element, also {missing}")
+        return {z: given[z] for z in numbers}
+    value = _pair("vibration_A", vibration_A, allow_zero=True)[0]
+    return {z: value for z in numbers}
+
+
 def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickness_A: float | None,
-              f0_px: tuple[int, int], field_shape: tuple[int, int],
-              sampling: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Slice potentials (V·Å) and band-limited transmission functions on the field grid."""
+              f0_px: tuple[int, int], field_shape: tuple[int, int], sampling: tuple[float, float],
+              vibration: dict[int, float], frozen_phonons: int,
+              seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, int]:
+    """Slice potentials (V·Å) and band-limited transmission functions on the field grid.
+
+    Returns the static potential and transmission, the transmission of every
+    frozen-phonon configuration (None without thermal vibrations), the slice
+    thickness and the number of slices.
+    """
     d_y, d_x = sampling
     sigma = interaction_constant(energy_ev)
     if isinstance(sample, PhaseObject):
@@ -404,7 +455,7 @@ def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickn
         potential = sample.phase_rad[:, iy[:, None], ix[None, :]] / sigma
         transmission = t_obj[:, iy[:, None], ix[None, :]]
         return (potential.astype(np.float32), np.ascontiguousarray(transmission, dtype=np.complex64),
-                float(sample.slice_thickness_A), int(n_slices))
+                None, float(sample.slice_thickness_A), int(n_slices))
     pad = (int(math.ceil(POTENTIAL_PAD_A / d_y)), int(math.ceil(POTENTIAL_PAD_A / d_x)))
     ext_shape = tuple(scipy.fft.next_fast_len(field_shape[a] + 2 * pad[a]) for a in range(2))
     ext_origin = ((f0_px[0] - pad[0]) * d_y, (f0_px[1] - pad[1]) * d_x)
@@ -418,14 +469,26 @@ def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickn
         edges = np.arange(n + 1) * slice_thickness_A
         edges[0], edges[-1] = -np.inf, np.inf
         dz = slice_thickness_A
-    ext = slice_potentials(numbers, positions, origin_A=ext_origin, shape=ext_shape,
-                           sampling_A=(d_y, d_x), slice_edges_A=edges)
-    # band-limit the transmission on the (periodic, padded) grid, then crop to the field
-    t = scipy.fft.ifft2(scipy.fft.fft2(np.exp(1j * sigma * ext), axes=(-2, -1)) * bandlimit(ext_shape),
-                        axes=(-2, -1))
     sl = (slice(None), slice(pad[0], pad[0] + field_shape[0]), slice(pad[1], pad[1] + field_shape[1]))
-    return (ext[sl].astype(np.float32), np.ascontiguousarray(t[sl], dtype=np.complex64),
-            float(dz), int(ext.shape[0]))
+    mask = bandlimit(ext_shape)
+
+    def fields(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ext = slice_potentials(numbers, pos, origin_A=ext_origin, shape=ext_shape,
+                               sampling_A=(d_y, d_x), slice_edges_A=edges)
+        # band-limit the transmission on the (periodic, padded) grid, then crop to the field
+        t = scipy.fft.ifft2(scipy.fft.fft2(np.exp(1j * sigma * ext), axes=(-2, -1)) * mask, axes=(-2, -1))
+        return ext[sl].astype(np.float32), np.ascontiguousarray(t[sl], dtype=np.complex64)
+
+    potential, transmission = fields(positions)
+    configurations = None
+    if any(v > 0 for v in vibration.values()):
+        rms = np.array([vibration[int(z)] for z in numbers])[:, None]
+        configurations = np.empty((frozen_phonons, *transmission.shape), dtype=np.complex64)
+        for c in range(frozen_phonons):
+            # one stream per configuration (spawn key of length 1: apart from the dose streams)
+            rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(c,)))
+            configurations[c] = fields(positions + rms * rng.standard_normal(positions.shape))[1]
+    return potential, transmission, configurations, float(dz), int(potential.shape[0])
 
 
 def _atoms_in_box(sample: AtomicSample, origin_yx: tuple[float, float],
@@ -459,7 +522,7 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     from ..backend import array_module
 
     probe_k, propagator, mask = optics_arrays
-    region = field[:, bounds[0]:bounds[1], bounds[2]:bounds[3]]
+    region = field[..., bounds[0]:bounds[1], bounds[2]:bounds[3]]  # (configuration, slice, y, x)
     if backend == "cupy":
         import cupy
 
@@ -474,7 +537,7 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     kernel = propagator * mask
     grid_y, grid_x = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     grid_y, grid_x = grid_y.ravel(), grid_x.ravel()
-    intensity = np.empty((ny, nx, n_ky, n_kx), dtype=np.float64)
+    intensity = np.zeros((ny, nx, n_ky, n_kx), dtype=np.float64)
     # buffers reused by every batch: dask workers return freed memory to the OS
     # at once (MALLOC_TRIM_THRESHOLD_), so fresh big temporaries cost page faults
     batch = min(BATCH, grid_y.size)
@@ -483,7 +546,7 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     # the detector is the central n_k frequencies: two FFT-order runs per axis
     runs_y = _crop_runs(m_y, n_ky)
     runs_x = _crop_runs(m_x, n_kx)
-    for b0 in range(0, grid_y.size, batch):
+    for b0, c in itertools.product(range(0, grid_y.size, batch), range(region.shape[0])):
         by, bx = grid_y[b0:b0 + batch], grid_x[b0:b0 + batch]
         nb = len(by)
         w = work[:nb]
@@ -493,13 +556,13 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
         xp.multiply(probe_k[None], ramp_y[:, :, None], out=w)
         w *= ramp_x[:, None, :]
         w = _fft2(w, xp, inverse=True)
-        for s in range(region.shape[0]):
+        for s in range(region.shape[1]):
             if s:
                 w *= kernel
                 w = _fft2(w, xp, inverse=True)
             for b in range(nb):
                 y0, x0 = start_y[by[b]], start_x[bx[b]]
-                w[b] *= region[s, y0:y0 + m_y, x0:x0 + m_x]
+                w[b] *= region[c, s, y0:y0 + m_y, x0:x0 + m_x]
             w = _fft2(w, xp, inverse=False)
         w *= mask
         p = pattern[:nb]
@@ -511,8 +574,9 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
                 dst += q.imag * q.imag
         host = p.get() if hasattr(p, "get") else p
         for b in range(nb):
-            intensity[by[b], bx[b]] = host[b]
-    intensity /= m_y * m_x
+            intensity[by[b], bx[b]] += host[b]
+    # frozen phonons: the incoherent average of the configurations' patterns
+    intensity /= m_y * m_x * region.shape[0]
     if any(margin):
         intensity = _dose.source_blur(intensity, sigma_positions)
         intensity = intensity[margin[0]:ny - margin[0], margin[1]:nx - margin[1]]
