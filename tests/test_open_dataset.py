@@ -37,3 +37,21 @@ def test_representation_auto_picks_events_for_sparse_counts(tmp_path, sparse, rn
     assert not events.is_counted(stemdask.open_dataset(tmp_path / "dense.npy", representation="auto"))
     with pytest.raises(InvalidArgumentError, match="representation"):
         stemdask.open_dataset(tmp_path / "dense.npy", representation="sparse")
+
+
+def test_save_keeps_counted_data_as_events(tmp_path, sparse):
+    arr, data = sparse
+    counted = events.from_dense(data)
+    path = stemdask.save(counted, tmp_path / "c.zarr")
+    assert zarr_layout(path) == "events"
+    back = stemdask.open_dataset(path)
+    assert events.is_counted(back)
+    np.testing.assert_array_equal(events.to_dense(back).values, arr)
+    with pytest.raises(InvalidArgumentError, match="chunks/shards"):
+        stemdask.save(counted, tmp_path / "d.zarr", chunks=(2, 2))
+
+
+def zarr_layout(path):
+    import zarr
+
+    return zarr.open_group(path, mode="r").attrs["stemdask_layout"]

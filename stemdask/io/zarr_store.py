@@ -173,7 +173,10 @@ def save(
     Parameters
     ----------
     data : xarray.DataArray
-        A stemdask dataset (see :func:`stemdask.validate`).
+        A stemdask dataset (see :func:`stemdask.validate`). Counted data
+        (electron events) are written as an event store
+        (:func:`stemdask.events.save_events`; ``codec`` then names an event
+        codec).
     store : path or zarr store
         Destination. A local path is written under a temporary name and
         renamed into place when complete.
@@ -197,6 +200,17 @@ def save(
     The store (path as str for local stores).
     """
     validate(data)
+    from ..events.array import is_counted
+
+    if is_counted(data):
+        # electron events keep their own layout (indices + offsets), never densified
+        if chunks is not None or shards not in (None, True):
+            raise bad_value("chunks/shards", (chunks, shards),
+                            "None for counted data: its event blocks are its storage units")
+        from ..events.storage import save_events
+
+        return save_events(data, store, overwrite=overwrite,
+                           **({"codec": codec} if codec is not None else {}))
     name = str(data.name or "intensity")
     if name in DIMS:
         raise bad_value("data.name", name, f"a name other than the dims {DIMS}")
