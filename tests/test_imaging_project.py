@@ -171,3 +171,36 @@ def test_exact_float32_path_blocks_partial_sums(rng, dtype):
     got = project(data, masks).values
     ref = np.einsum("abkl,mkl->abm", arr.astype(object), weights.astype(object)).astype(np.float64)
     assert np.array_equal(got, ref), (info, np.abs(got - ref).max())
+
+
+def test_kernels_run_with_one_blas_thread_and_restore_it(rng):
+    import threading
+
+    from stemdask.imaging import _blas
+
+    controls = _blas.blas_controls()
+    if not controls:
+        pytest.skip("no BLAS thread control found in this process (neither threadpoolctl nor OpenBLAS)")
+    get0, put0 = controls[0]
+    before = [get() for get, _ in controls]
+    put0(2)
+    seen = []
+    barrier = threading.Barrier(2)
+
+    def kernel():
+        with _blas.single_blas_thread():
+            barrier.wait()  # both inside at once: the count must stay at 1 until both leave
+            seen.append(get0())
+            barrier.wait()
+
+    threads = [threading.Thread(target=kernel) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [1, 1]
+    assert get0() == 2  # restored once the last kernel left
+    arr, data = _data(rng, "uint16")
+    project(data, _masks(data, rng)).compute(scheduler="threads", num_workers=2)
+    assert get0() == 2
+    put0(before[0])

@@ -41,6 +41,7 @@ import xarray as xr
 from ..backend import is_cupy
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, validate
 from ..errors import bad_type, bad_value
+from ._blas import single_blas_thread
 
 #: bytes of frames converted to floating point at a time (measured optimum on 128x128 frames)
 BATCH_BYTES = 4 * 2**20
@@ -207,19 +208,29 @@ def _matmul_exact(frames: np.ndarray, w32: np.ndarray, w64: np.ndarray, out: np.
     """``out = frames @ w`` in float64 precision, through float32 BLAS where that is exact."""
     step = _exact_f32_step(frames, weight_bound)
     if step == 0:
-        np.matmul(frames.astype(np.float64), w64, out=out)
+        f64 = frames.astype(np.float64)
+        np.matmul(f64, w64, out=out)
         return
     if step >= frames.shape[1]:
-        out[:] = frames.astype(np.float32) @ w32
+        f32 = frames.astype(np.float32)
+        part = f32 @ w32
+        out[:] = part
         return
     out[:] = 0.0
     for k in range(0, frames.shape[1], step):  # exact float32 partial sums, added in float64
-        out += frames[:, k:k + step].astype(np.float32) @ w32[k:k + step]
+        f32 = frames[:, k:k + step].astype(np.float32)
+        part = f32 @ w32[k:k + step]
+        out += part
 
 
 @project_block.register(np.ndarray)
 def _project_numpy(block: np.ndarray, weights: MaskWeights, *, dtype: Any = np.float64,
                    batch_bytes: int = BATCH_BYTES) -> np.ndarray:
+    with single_blas_thread():  # this kernel is one of several dask threads: no BLAS threads on top
+        return _project_numpy_body(block, weights, dtype, batch_bytes)
+
+
+def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, batch_bytes: int) -> np.ndarray:
     ny, nx = block.shape[:2]
     frames = block.reshape(ny * nx, -1)
     out = np.empty((frames.shape[0], weights.n_masks), dtype=dtype)
@@ -240,7 +251,8 @@ def _project_numpy(block: np.ndarray, weights: MaskWeights, *, dtype: Any = np.f
         else:
             w = weights.on_support(dtype)
             for a, b in _batches(frames.shape[0], idx.size * itemsize, batch_bytes):
-                np.matmul(np.take(frames[a:b], idx, axis=1).astype(dtype, copy=False), w, out=out[a:b])
+                gathered = np.take(frames[a:b], idx, axis=1).astype(dtype, copy=False)
+                np.matmul(gathered, w, out=out[a:b])
     else:
         if exact32:
             w32, w64 = weights.dense(np.float32), weights.dense(np.float64)
@@ -249,7 +261,8 @@ def _project_numpy(block: np.ndarray, weights: MaskWeights, *, dtype: Any = np.f
         else:
             w = weights.dense(dtype)
             for a, b in _batches(frames.shape[0], frames.shape[1] * itemsize, batch_bytes):
-                np.matmul(frames[a:b].astype(dtype, copy=False), w, out=out[a:b])
+                converted = frames[a:b].astype(dtype, copy=False)
+                np.matmul(converted, w, out=out[a:b])
     return out.reshape(ny, nx, weights.n_masks)
 
 
