@@ -36,9 +36,7 @@ stempy writes them; root attr ``version``) is read lazily by
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,14 +50,12 @@ import zarr
 
 from ..dataset import DIMS, from_array
 from ..errors import FileFormatError, IncompleteStoreError, InvalidArgumentError, bad_type, bad_value
+from ..io.zarr_store import COMPLETE_ATTR, FORMAT_ATTR, LAYOUT_ATTR, atomic_directory, jsonable
 from .array import REPRESENTATION_ATTR, event_meta, require_counted, wrap_events
 from .block import EventBlock, index_dtype
 
 FORMAT_VERSION = 1
 LAYOUT = "events"
-COMPLETE_ATTR = "stemdask_complete"
-LAYOUT_ATTR = "stemdask_layout"
-FORMAT_ATTR = "stemdask_format"
 
 #: electrons per inner zarr chunk of ``indices`` (~2 MiB of uint16)
 INNER_EVENTS = 2**20
@@ -67,22 +63,6 @@ INNER_EVENTS = 2**20
 SHARD_CHUNKS = 32
 #: blocks computed at once while writing
 WRITE_BATCH = 8
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 def _checksum(indices: np.ndarray) -> int:
@@ -181,30 +161,9 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
         raise bad_value("codec", codec, f"one of {EVENT_CODECS}")
     if not isinstance(store, (str, os.PathLike)) or "://" in str(store):
         raise bad_type("store", store, "a local directory path")
-    final = Path(store).expanduser().absolute()
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_directory(store, overwrite=overwrite) as (tmp, final):
         _write_store(counted, tmp, codec)
-        _publish(tmp, final, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return str(final)
-
-
-def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
 
 
 def _write_store(counted: xr.DataArray, path: Path, codec: str) -> None:
@@ -255,13 +214,13 @@ def _write_store(counted: xr.DataArray, path: Path, codec: str) -> None:
         coord = counted.coords[dim]
         c = group.create_array(dim, shape=coord.shape, dtype=np.float64, chunks=(max(coord.size, 1),),
                                dimension_names=(dim,), compressors=None,
-                               attributes=_jsonable(dict(coord.attrs)))
+                               attributes=jsonable(dict(coord.attrs)))
         c[...] = np.asarray(coord.values, np.float64)
     attrs = {k: v for k, v in counted.attrs.items() if k != REPRESENTATION_ATTR}
     group.attrs.update({
         "shape": [ny, nx, ky, kx], "dtype": str(np.dtype(counted.dtype)),
         "chunks": [list(arr.chunks[0]), list(arr.chunks[1])], "n_events": int(event_pos),
-        "name": str(counted.name or "intensity"), "dataset_attrs": _jsonable(attrs), "codec": codec,
+        "name": str(counted.name or "intensity"), "dataset_attrs": jsonable(attrs), "codec": codec,
         "index_encoding": "frame-delta" if deltas else "linear",
     })
     group.attrs[COMPLETE_ATTR] = True
@@ -432,7 +391,7 @@ def write_stempy(counted: xr.DataArray, path: str | os.PathLike, *, overwrite: b
         with h5py.File(tmp, "w") as f:
             f.attrs["version"] = STEMPY_VERSION
             attrs = {k: v for k, v in counted.attrs.items() if k != REPRESENTATION_ATTR}
-            f.attrs["stemdask_attrs"] = json.dumps(_jsonable(attrs))
+            f.attrs["stemdask_attrs"] = json.dumps(jsonable(attrs))
             group = f.create_group("electron_events")
             positions = group.create_dataset("scan_positions", data=np.arange(ny * nx, dtype=np.int32))
             positions.attrs["Nx"] = nx

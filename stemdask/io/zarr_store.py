@@ -23,7 +23,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,14 @@ def _is_local(store: Any) -> bool:
     return isinstance(store, (str, os.PathLike)) and "://" not in str(store)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Attrs as plain JSON types (numpy scalars and arrays, tuples, nested dicts)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -126,7 +127,6 @@ def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
     """Move a finished store into place, replacing an old one only now."""
     if final.exists():
         if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)
@@ -148,6 +148,28 @@ def _remove_partial(tmp: Path) -> None:
         time.sleep(0.05)
         if not tmp.exists():
             return
+
+
+@contextmanager
+def atomic_directory(store: str | os.PathLike, *, overwrite: bool = False) -> Iterator[tuple[Path, Path]]:
+    """Write a local store under a temporary sibling name; publish it only on success.
+
+    Yields ``(tmp, final)``: write everything into ``tmp``. When the block
+    ends normally ``tmp`` is renamed to ``final`` (an existing store there is
+    replaced only now, when ``overwrite``); on any exception ``tmp`` is
+    removed and ``final`` is untouched.
+    """
+    final = Path(store).expanduser().absolute()
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp, final
+        _publish(tmp, final, overwrite)
+    except BaseException:
+        _remove_partial(tmp)
+        raise
 
 
 def _mark(store: Any, **attrs: Any) -> None:
@@ -218,30 +240,21 @@ def save(
     # one dask task per shard: shards must never be written by two tasks
     arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1)
     arr = arr.rechunk(write_tile)
-    ds = xr.Dataset({name: (DIMS, arr, _jsonable(dict(data.attrs)))},
+    ds = xr.Dataset({name: (DIMS, arr, jsonable(dict(data.attrs)))},
                     coords={d: data.coords[d].variable.copy(deep=False) for d in DIMS})
     for d in DIMS:
-        ds[d].attrs = _jsonable(dict(data.coords[d].attrs))
+        ds[d].attrs = jsonable(dict(data.coords[d].attrs))
     ds.attrs = {FORMAT_ATTR: FORMAT_VERSION, LAYOUT_ATTR: "dense", COMPLETE_ATTR: False,
                 "stemdask_variable": name}
 
     from ..progress import compute_with_progress
 
     if _is_local(store):
-        final = Path(store).expanduser().absolute()
-        if final.exists() and not overwrite:
-            raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic_directory(store, overwrite=overwrite) as (tmp, final):
             delayed = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False,
                                  encoding=encoding, compute=False)
             compute_with_progress(delayed, progress=progress, description=f"writing {final.name}")
             _mark(tmp, **{COMPLETE_ATTR: True})
-            _publish(tmp, final, overwrite)
-        except BaseException:
-            _remove_partial(tmp)
-            raise
         return str(final)
     delayed = ds.to_zarr(store, mode="w" if overwrite else "w-", zarr_format=3, consolidated=False,
                          encoding=encoding, compute=False)
@@ -432,13 +445,13 @@ class DatasetWriter:
         self._array = group.create_array(
             name, shape=(ny, nx, ky, kx), dtype=self.dtype, chunks=enc["chunks"], shards=enc.get("shards"),
             compressors=enc["compressors"], serializer=enc.get("serializer", "auto"),
-            dimension_names=DIMS, attributes=_jsonable(self.attrs), fill_value=0)
+            dimension_names=DIMS, attributes=jsonable(self.attrs), fill_value=0)
         for dim in DIMS:
             coord = template.coords[dim]
             values = coord.values if dim != "scan_y" else coord.values[:ny]
             arr = group.create_array(dim, shape=values.shape, dtype="float64",
                                      chunks=(max(values.size, 1024),), dimension_names=(dim,),
-                                     attributes=_jsonable(dict(coord.attrs)), compressors=None)
+                                     attributes=jsonable(dict(coord.attrs)), compressors=None)
             arr[...] = values
         self._scan_y = group[DIMS[0]]
         self._group = group
@@ -513,4 +526,4 @@ def store_nbytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-__all__ = ["DatasetWriter", "open_zarr", "read_group_attrs", "save", "storage_layout", "store_nbytes"]
+__all__ = ["DatasetWriter", "atomic_directory", "jsonable", "open_zarr", "read_group_attrs", "save", "storage_layout", "store_nbytes"]
