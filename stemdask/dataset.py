@@ -132,8 +132,9 @@ def _as_dask(array: Any, chunks: Any) -> da.Array:
         # numba and CuPy need native byte order; values are unchanged
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if chunks is None:
-        if array is not arr and isinstance(array, da.Array) and arr.chunks[2:] == ((arr.shape[2],), (arr.shape[3],)):
-            return arr
+        if isinstance(array, da.Array):
+            # a lazy input keeps its scan tiling; frames become whole
+            return arr if len(arr.chunks[2]) == len(arr.chunks[3]) == 1 else arr.rechunk({2: -1, 3: -1})
         chunks = default_chunks(arr.shape, arr.dtype.itemsize)
     chunks = tuple(chunks) if not isinstance(chunks, (str, int)) else chunks
     if isinstance(chunks, tuple):

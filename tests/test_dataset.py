@@ -126,3 +126,10 @@ def test_validate_rejects_mismatched_coordinates():
     no_coord = data.drop_vars("k_y")
     with pytest.raises(DatasetContractError, match="k_y"):
         stemdask.validate(no_coord)
+
+
+def test_lazy_input_keeps_its_scan_chunks():
+    lazy = da.zeros((8, 6, 4, 4), dtype="uint16", chunks=(3, 2, 2, 4))
+    data = stemdask.from_array(lazy)
+    assert data.chunks == ((3, 3, 2), (2, 2, 2), (4,), (4,))
+    assert stemdask.from_array(lazy, chunks=(4, 6)).chunks[:2] == ((4, 4), (6,))
