@@ -3,7 +3,7 @@
 ``project(data, masks)`` contracts each diffraction pattern with a stack of
 detector masks: for a chunk of frames it is one matrix product
 ``frames (n_frames, pixels) @ weights (pixels, n_masks)`` (BLAS on the CPU,
-cuBLAS through CuPy on a GPU), done a few hundred frames at a time so that a
+cuBLAS through CuPy on a GPU), done a few MiB of frames at a time so that a
 chunk is never converted to floating point as a whole (that halves the
 throughput and multiplies the memory of a chunk by up to 8).
 
