@@ -119,8 +119,12 @@ def _as_dask(array: Any, chunks: Any) -> da.Array:
     if isinstance(array, da.Array):
         arr = array
     elif hasattr(array, "__array_function__") or isinstance(array, np.ndarray):
-        # asarray=False keeps cupy (or other duck) arrays as chunks
-        arr = da.from_array(array, chunks=-1, asarray=False)
+        if getattr(array, "ndim", 0) == 4 and chunks is None:
+            chunks = default_chunks(array.shape, array.dtype.itemsize)
+        if isinstance(chunks, tuple) and len(chunks) == 2:
+            chunks = (*chunks, -1, -1)
+        # chunked directly (no rechunk, so no copy per compute); asarray=False keeps cupy chunks
+        arr = da.from_array(array, chunks=chunks if getattr(array, "ndim", 0) == 4 else -1, asarray=False)
     else:
         raise bad_type("array", array, "a numpy, dask or cupy array")
     if arr.ndim != 4:

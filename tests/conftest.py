@@ -59,7 +59,7 @@ def local_client():
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, memory_limit="2GiB",
+                           dashboard_address=":0", memory_limit="2GiB",
                            local_directory=str(_TMP / "dask-workers"))
     client = Client(cluster)
     yield client

@@ -8,10 +8,11 @@ for 16 masks). dask's distributed workers start with
 
 :func:`single_blas_thread` lowers the BLAS thread count to 1 while at least
 one kernel runs and restores it when the last one leaves (a reference count,
-since the setting is process-wide). It uses threadpoolctl when installed,
-else the ``{get,set}_num_threads`` entry points of the OpenBLAS build that
-numpy loaded, found in ``/proc/self/maps``; where neither is available it does
-nothing (set ``OPENBLAS_NUM_THREADS=1`` yourself).
+since the setting is process-wide). It calls the ``{get,set}_num_threads``
+entry points of the OpenBLAS builds loaded in the process, found in
+``/proc/self/maps``; where there are none (another BLAS, another OS) it does
+nothing (set ``OPENBLAS_NUM_THREADS=1`` yourself). threadpoolctl cannot do
+this job: it ignores limits set from any thread but the first that set one.
 """
 
 from __future__ import annotations
@@ -60,15 +61,11 @@ def blas_controls() -> list[tuple[Any, Any]]:
     """``(get_threads, set_threads)`` callables for the BLAS libraries in use (cached)."""
     global _controls
     if _controls is None:
-        try:
-            from threadpoolctl import ThreadpoolController
+        # Not threadpoolctl: since 3.6 its OpenBLAS limit is ignored when set from any thread
+        # but the first one that set it, and these kernels run in dask's worker threads.
+        import numpy  # noqa: F401  (make sure numpy's BLAS is loaded before looking)
 
-            libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-            _controls = [((lambda c=c: c.num_threads), (lambda n, c=c: c.set_num_threads(n))) for c in libs]
-        except ImportError:
-            import numpy  # noqa: F401  (make sure numpy's BLAS is loaded before looking)
-
-            _controls = _openblas_from_maps()
+        _controls = _openblas_from_maps()
     return _controls
 
 
