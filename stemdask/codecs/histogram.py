@@ -64,7 +64,8 @@ MODE_SHARED = 1
 #: most frames one chunk may hold (the decrementing-count coder's total)
 MAX_FRAMES = 1 << 24
 DEFAULT_MAX_SYMBOLS = 256
-MAX_SYMBOLS_LIMIT = 1 << 16
+#: bounds the coder's working memory (2 x detector width x (K + 1) int64 neighbour counts)
+MAX_SYMBOLS_LIMIT = 1 << 12
 
 _DTYPE_CODES = {"u1": 1, "u2": 2, "u4": 3, "i1": 4, "i2": 5, "i4": 6}
 _CODE_DTYPES = {v: np.dtype(k) for k, v in _DTYPE_CODES.items()}
