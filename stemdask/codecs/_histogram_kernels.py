@@ -489,14 +489,12 @@ def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
         _sort_bins(binval, bincnt, m)
         nz = m
         left = np.int64(n)
-        only = 0  # index of the single non-empty bin once nz == 1
-        if nz == 1:
-            only = 0
+        only = 0  # index of the single non-empty bin once nz == 1 (0 after sorting)
         for t in range(n):
             if nz > 1:
                 # find the bin whose scaled cumulative range holds code by
-                # multiplications (code >= k * r <=> code // r >= k): one division
-                # per symbol instead of two; the bins are sorted, so this stops early
+                # multiplications (code >= k * r <=> code // r >= k) instead of a
+                # division; the bins are sorted by count, so this usually stops at once
                 r = _scale(rng, left, rec)
                 j = 0
                 cum = np.int64(0)
