@@ -183,3 +183,9 @@ def test_save_validates_first(tmp_path):
     with pytest.raises(InvalidArgumentError, match="4 dims"):
         stemdask.save(xr.DataArray(np.zeros((2, 2)), dims=("a", "b")), tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_histogram_codec_gets_chunks_of_many_frames():
+    inner, shard = storage_layout((128, 128, 256, 256), 2, min_chunk_frames=256)
+    assert inner[0] * inner[1] >= 256 and shard[0] % inner[0] == 0 and shard[1] % inner[1] == 0
+    assert storage_layout((128, 128, 256, 256), 2)[0][:2] == (1, 64)  # 8 MiB of frames otherwise

@@ -85,16 +85,18 @@ def _scan_tile(name: str, value: Sequence[int] | None, scan_shape: tuple[int, in
 
 def storage_layout(
     shape: Sequence[int], itemsize: int, chunks: Sequence[int] | None = None,
-    shards: Sequence[int] | bool | None = None,
+    shards: Sequence[int] | bool | None = None, *, min_chunk_frames: int = 1,
 ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
     """Inner-chunk and shard shapes (4-D) for a dataset of ``shape``.
 
-    Inner chunks are whole frames, tiles of about 8 MiB; shards group inner
-    chunks into files of about 128 MiB (``shards=False`` disables sharding).
-    A shard is a whole number of inner chunks.
+    Inner chunks are whole frames, tiles of about 8 MiB (or of at least
+    ``min_chunk_frames`` frames, as a codec asks); shards group inner chunks
+    into files of about 128 MiB (``shards=False`` disables sharding). A shard
+    is a whole number of inner chunks.
     """
     ny, nx, ky, kx = (int(s) for s in shape)
-    inner = _scan_tile("chunks", chunks, (ny, nx)) or default_chunks(shape, itemsize, INNER_CHUNK_BYTES)[:2]
+    target = max(INNER_CHUNK_BYTES, min_chunk_frames * ky * kx * itemsize)
+    inner = _scan_tile("chunks", chunks, (ny, nx)) or default_chunks(shape, itemsize, target)[:2]
     inner = (min(inner[0], ny), min(inner[1], nx))
     if shards is False:
         return (*inner, ky, kx), None
@@ -113,8 +115,9 @@ def storage_layout(
 
 
 def _encoding(data: xr.DataArray, name: str, codec: Any, chunks: Any, shards: Any) -> tuple[dict, tuple]:
-    inner, shard = storage_layout(data.shape, data.dtype.itemsize, chunks, shards)
     choice = resolve_codec(codec)
+    inner, shard = storage_layout(data.shape, data.dtype.itemsize, chunks, shards,
+                                  min_chunk_frames=choice.min_chunk_frames)
     enc: dict[str, Any] = {"chunks": inner, "compressors": list(choice.compressors) or None}
     if shard is not None:
         enc["shards"] = shard
