@@ -204,23 +204,28 @@ def _exact_f32_step(batch: np.ndarray, weight_bound: float | None) -> int:
 
 
 def _matmul_exact(frames: np.ndarray, w32: np.ndarray, w64: np.ndarray, out: np.ndarray,
-                  weight_bound: float | None) -> None:
-    """``out = frames @ w`` in float64 precision, through float32 BLAS where that is exact."""
+                  weight_bound: float | None, buf32: np.ndarray) -> None:
+    """``out = frames @ w`` in float64 precision, through float32 BLAS where that is exact.
+
+    ``buf32`` is scratch of at least ``frames.shape`` float32 elements, reused
+    across batches (see :func:`_project_numpy_body`).
+    """
     step = _exact_f32_step(frames, weight_bound)
+    n, p = frames.shape
     if step == 0:
-        f64 = frames.astype(np.float64)
-        np.matmul(f64, w64, out=out)
+        np.matmul(frames.astype(np.float64), w64, out=out)
         return
-    if step >= frames.shape[1]:
-        f32 = frames.astype(np.float32)
-        part = f32 @ w32
-        out[:] = part
+    if step >= p:
+        f32 = buf32[:n * p].reshape(n, p)
+        f32[...] = frames
+        out[:] = f32 @ w32
         return
     out[:] = 0.0
-    for k in range(0, frames.shape[1], step):  # exact float32 partial sums, added in float64
-        f32 = frames[:, k:k + step].astype(np.float32)
-        part = f32 @ w32[k:k + step]
-        out += part
+    for k in range(0, p, step):  # exact float32 partial sums, added in float64
+        width = min(step, p - k)
+        f32 = buf32[:n * width].reshape(n, width)
+        f32[...] = frames[:, k:k + width]
+        out += f32 @ w32[k:k + width]
 
 
 @project_block.register(np.ndarray)
@@ -238,30 +243,47 @@ def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, bat
     exact32 = (np.dtype(dtype) == np.float64 and block.dtype.kind in "iu"
                and weights.integer_bound is not None and not weights.use_sparse_product)
     itemsize = 4 if exact32 else np.dtype(dtype).itemsize
+    # Conversion scratch is allocated once per block and reused by every batch: a fresh
+    # multi-MiB temporary per batch is returned to the OS and faulted in again each time
+    # (dask workers set MALLOC_TRIM_THRESHOLD_), which made the kernel 2-4x slower there.
+    width = weights.support.size if weights.use_support and not weights.use_sparse_product else frames.shape[1]
+    rows = max(1, int(batch_bytes // max(width * itemsize, 1)))
+    buf = np.empty(min(rows, frames.shape[0]) * width, dtype=np.float32 if exact32 else dtype)
     if weights.use_sparse_product:
         mt = weights.sparse_transposed(dtype)
         for a, b in _batches(frames.shape[0], frames.shape[1] * itemsize, batch_bytes):
-            out[a:b] = (mt @ frames[a:b].astype(dtype).T).T
+            converted = buf[:(b - a) * width].reshape(b - a, width)
+            converted[...] = frames[a:b]
+            out[a:b] = (mt @ converted.T).T
     elif weights.use_support:
         idx = weights.support
+        gathered = np.empty(min(rows, frames.shape[0]) * idx.size, dtype=frames.dtype)
         if exact32:
             w32, w64 = weights.on_support(np.float32), weights.on_support(np.float64)
-            for a, b in _batches(frames.shape[0], idx.size * itemsize, batch_bytes):
-                _matmul_exact(np.take(frames[a:b], idx, axis=1), w32, w64, out[a:b], weights.integer_bound)
         else:
             w = weights.on_support(dtype)
-            for a, b in _batches(frames.shape[0], idx.size * itemsize, batch_bytes):
-                gathered = np.take(frames[a:b], idx, axis=1).astype(dtype, copy=False)
-                np.matmul(gathered, w, out=out[a:b])
+        for a, b in _batches(frames.shape[0], idx.size * itemsize, batch_bytes):
+            picked = gathered[:(b - a) * idx.size].reshape(b - a, idx.size)
+            np.take(frames[a:b], idx, axis=1, out=picked)
+            if exact32:
+                _matmul_exact(picked, w32, w64, out[a:b], weights.integer_bound, buf)
+            else:
+                converted = buf[:picked.size].reshape(picked.shape)
+                converted[...] = picked
+                np.matmul(converted, w, out=out[a:b])
     else:
         if exact32:
             w32, w64 = weights.dense(np.float32), weights.dense(np.float64)
             for a, b in _batches(frames.shape[0], frames.shape[1] * itemsize, batch_bytes):
-                _matmul_exact(frames[a:b], w32, w64, out[a:b], weights.integer_bound)
+                _matmul_exact(frames[a:b], w32, w64, out[a:b], weights.integer_bound, buf)
         else:
             w = weights.dense(dtype)
             for a, b in _batches(frames.shape[0], frames.shape[1] * itemsize, batch_bytes):
-                converted = frames[a:b].astype(dtype, copy=False)
+                if frames.dtype == np.dtype(dtype):
+                    np.matmul(frames[a:b], w, out=out[a:b])
+                    continue
+                converted = buf[:(b - a) * width].reshape(b - a, width)
+                converted[...] = frames[a:b]
                 np.matmul(converted, w, out=out[a:b])
     return out.reshape(ny, nx, weights.n_masks)
 
