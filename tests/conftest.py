@@ -13,9 +13,15 @@ os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "mpl"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("NUMBA_CACHE_DIR", str(_TMP / "numba"))
 os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(_TMP / "dask-scratch"))
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(_TMP / "hypothesis"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# property tests: the same examples on every run, and no example database in the repository
+settings.register_profile("stemdask", derandomize=True, database=None)
+settings.load_profile("stemdask")
 
 
 
