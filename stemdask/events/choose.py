@@ -1,13 +1,11 @@
 """Choosing between the dense and the electron event representation.
 
 The measured crossover (``benchmarks/bench_events.py``, ``docs/events.md``,
-64x64 scan of 128x128 frames on 2 cores): below about
-:data:`CROSSOVER_E_PER_PIXEL` electrons per pixel per frame the event
-representation is faster for CoM, virtual detectors and frame sums alike
-and stores no more bytes than compressed dense frames; the frame sum is the
-first operation where dense wins (at 0.65-0.72 e-/px/frame in two runs),
-while CoM and virtual detectors stay ahead much longer (at 4 e-/px/frame:
-CoM 1.8-2.3x faster, virtual detector 0.9-1.4x).
+64x64 scan of 128x128 frames on 2 cores, run 3): dense wins first for the
+frame sum, at about 1 e-/px/frame, then for virtual detectors (1.4) and CoM
+(2.3). Below :data:`CROSSOVER_E_PER_PIXEL` the event representation is
+faster for all three and stores no more bytes than blosc-compressed dense
+frames (which it matches from about 0.5 e-/px/frame up).
 """
 
 from __future__ import annotations
