@@ -30,6 +30,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .checks import pair
 from .errors import (
     DatasetContractError,
     InvalidArgumentError,
@@ -62,23 +63,8 @@ def _positive_scalar(name: str, value: Any, *, allow_zero: bool = False) -> floa
 
 
 def _pair(name: str, value: Any, *, positive: bool = True) -> list[float]:
-    """Normalise a scalar or a (y, x) pair to a list of two floats."""
-    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
-        items = list(np.asarray(value, dtype=object).ravel()) if isinstance(value, np.ndarray) else list(value)
-        if len(items) != 2:
-            raise bad_value(name, value, "a number or a (y, x) pair of numbers")
-    else:
-        items = [value, value]
-    if positive:
-        return [_positive_scalar(name, v) for v in items]
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise bad_type(name, value, "a number or a (y, x) pair of numbers")
-        if not math.isfinite(float(v)):
-            raise bad_value(name, value, "finite numbers")
-        out.append(float(v))
-    return out
+    """Normalise a scalar or a (y, x) pair to a list of two floats (JSON-friendly attrs)."""
+    return [float(v) for v in pair(name, value, signed=not positive)]
 
 
 def default_chunks(shape: Sequence[int], itemsize: int,

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import pair
 from .errors import bad_type, bad_value
 from .physics import wavelength_A
 
@@ -60,29 +61,6 @@ POLAR_ALIASES: dict[str, str] = {
     "pentafoil": "C45", "pentafoil_angle": "phi45",
     "hexafoil": "C56", "hexafoil_angle": "phi56",
 }
-
-
-def _as_pair(name: str, value: Any, *, integer: bool = False) -> tuple[Any, Any]:
-    """A scalar or (y, x) pair as a pair of positive numbers."""
-    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
-        items = list(value)
-        if len(items) != 2:
-            raise bad_value(name, value, "a number or a (y, x) pair")
-    else:
-        items = [value, value]
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise bad_type(name, value, "a positive number or a (y, x) pair of them")
-        if integer:
-            if int(v) != v or v < 1:
-                raise bad_value(name, value, "positive integers")
-            out.append(int(v))
-        else:
-            if not math.isfinite(float(v)) or v <= 0:
-                raise bad_value(name, value, "positive finite numbers")
-            out.append(float(v))
-    return out[0], out[1]
 
 
 def polar_coefficients(aberrations: Mapping[str, float] | None) -> dict[str, float]:
@@ -137,8 +115,8 @@ def polar_coefficients(aberrations: Mapping[str, float] | None) -> dict[str, flo
 def spatial_frequencies(shape: Sequence[int], sampling_A: Sequence[float] | float,
                         xp: ModuleType = np) -> tuple[Any, Any]:
     """FFT-ordered spatial frequencies ``(k_y[:, None], k_x[None, :])`` in 1/Å."""
-    ny, nx = _as_pair("shape", shape, integer=True)
-    dy, dx = _as_pair("sampling_A", sampling_A)
+    ny, nx = pair("shape", shape, integer=True)
+    dy, dx = pair("sampling_A", sampling_A)
     ky = xp.fft.fftfreq(ny, dy)[:, None]
     kx = xp.fft.fftfreq(nx, dx)[None, :]
     return ky, kx
@@ -178,7 +156,7 @@ def aperture(alpha: Any, semiangle_mrad: float, *, soft: bool = False,
         return (alpha <= cutoff).astype(alpha.dtype)
     if angular_sampling_mrad is None:
         raise bad_value("angular_sampling_mrad", None, "the pixel size in mrad when soft=True")
-    dy, dx = _as_pair("angular_sampling_mrad", angular_sampling_mrad)
+    dy, dx = pair("angular_sampling_mrad", angular_sampling_mrad)
     # pixel size along the radial direction: edge softened over one pixel
     step = 1e-3 * min(dy, dx)
     return xp.clip((cutoff - alpha) / step + 0.5, 0.0, 1.0).astype(alpha.dtype)
@@ -219,8 +197,8 @@ def probe_fourier(shape: Sequence[int], sampling_A: Sequence[float] | float, *, 
     Normalised so that its inverse FFT (``xp.fft.ifft2``) has ``Σ |ψ|² = 1``;
     that real-space probe is centred on pixel ``(0, 0)``.
     """
-    ny, nx = _as_pair("shape", shape, integer=True)
-    dy, dx = _as_pair("sampling_A", sampling_A)
+    ny, nx = pair("shape", shape, integer=True)
+    dy, dx = pair("sampling_A", sampling_A)
     alpha, phi = polar_angles((ny, nx), (dy, dx), energy_ev, xp)
     lam = wavelength_A(energy_ev)
     pixel_mrad = (1e3 * lam / (ny * dy), 1e3 * lam / (nx * dx))
@@ -260,7 +238,7 @@ def probe(shape: Sequence[int], sampling_A: Sequence[float] | float, *, energy_e
     array
         Complex ``(ny, nx)`` array with ``Σ |ψ|² = 1``.
     """
-    ny, nx = _as_pair("shape", shape, integer=True)
+    ny, nx = pair("shape", shape, integer=True)
     psi_k = probe_fourier((ny, nx), sampling_A, energy_ev=energy_ev, semiangle_mrad=semiangle_mrad,
                           aberrations=aberrations, soft=soft, xp=xp, dtype=dtype)
     return xp.fft.fftshift(xp.fft.ifft2(psi_k), axes=(0, 1)).astype(dtype)

@@ -37,8 +37,9 @@ import scipy.fft
 import xarray as xr
 
 from .. import optics
+from ..checks import pair as _pair
 from ..dataset import from_array
-from ..errors import bad_type, bad_value
+from ..errors import bad_value
 from ..physics import interaction_constant, wavelength_A
 from . import dose as _dose
 from .multislice import BANDLIMIT_FRACTION, bandlimit, fresnel_propagator
@@ -57,28 +58,6 @@ BATCH = 32
 DEFAULT_POSITIONS_PER_CHUNK = 256
 #: default chunks keep a chunk's float64 patterns near this size
 CHUNK_BYTES = 32 * 2**20
-
-
-def _pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False,
-          signed: bool = False) -> tuple:
-    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
-        items = list(value)
-        if len(items) != 2:
-            raise bad_value(name, value, "a number or a (y, x) pair")
-    else:
-        items = [value, value]
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise bad_type(name, value, "a number or a (y, x) pair of numbers")
-        if not math.isfinite(float(v)):
-            raise bad_value(name, value, "finite values")
-        if not signed and (v < 0 or (v == 0 and not allow_zero)):
-            raise bad_value(name, value, "non-negative values" if allow_zero else "positive values")
-        if integer and int(v) != v:
-            raise bad_value(name, value, "integers")
-        out.append(int(v) if integer else float(v))
-    return tuple(out)
 
 
 def _fast_even(n: int) -> int:
