@@ -6,10 +6,7 @@ The public API; see ``docs/architecture.md`` for the data model.
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor)
-from . import errors, physics
-from . import optics, simulate
-from . import imaging
-from . import events
+from . import cluster, codecs, errors, events, imaging, io, optics, physics, simulate
 from .dataset import DIMS, calibrate, describe, from_array, validate
 from .io import DatasetWriter, open_dataset, save
 
@@ -19,11 +16,14 @@ __all__ = [
     "DIMS",
     "DatasetWriter",
     "calibrate",
+    "cluster",
+    "codecs",
     "describe",
     "errors",
     "events",
     "from_array",
     "imaging",
+    "io",
     "open_dataset",
     "optics",
     "physics",
