@@ -204,3 +204,31 @@ def test_kernels_run_with_one_blas_thread_and_restore_it(rng):
     project(data, _masks(data, rng)).compute(scheduler="threads", num_workers=2)
     assert get0() == 2
     put0(before[0])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int16", "int64", "float32", "float64"])
+def test_marginal_masks_use_row_column_sums_and_match_numpy(rng, dtype):
+    """Masks that vary along one detector axis (CoM: k_y, k_x, 1) take the one-pass kernel."""
+    arr, data = _data(rng, dtype)
+    ky = data.k_y.values[:, None] * np.ones((1, data.sizes["k_x"]))
+    kx = np.ones((data.sizes["k_y"], 1)) * data.k_x.values[None, :]
+    band = np.zeros_like(ky)
+    band[3:7] = 2.0  # a horizontal band with integer weight: a function of the row
+    weights = np.stack([ky, kx, np.ones_like(ky), band])
+    masks = detectors.custom(data, weights)
+    assert mask_weights(masks).marginal is not None
+    ref = np.einsum("abkl,mkl->abm", arr.astype(np.float64), weights)
+    got = project(data, masks).values  # int64 data (no int64 row sums: they could overflow) take BLAS
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-9 * np.abs(ref).max())
+    if np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize <= 4:  # integer weights, counts: exact
+        np.testing.assert_array_equal(got[..., 2], arr.sum(axis=(2, 3), dtype=np.int64))
+        np.testing.assert_array_equal(got[..., 3], 2 * arr[:, :, 3:7].sum(axis=(2, 3), dtype=np.int64))
+
+
+def test_masks_varying_along_both_axes_are_not_marginal(rng):
+    arr, data = _data(rng, "uint16")
+    disk = detectors.disk(data, 3.0)
+    assert mask_weights(disk).marginal is None
+    ky = data.k_y.values[:, None] * np.ones((1, data.sizes["k_x"]))
+    masked_com = detectors.custom(data, np.stack([ky * disk.values[0], disk.values[0]]))
+    assert mask_weights(masked_com).marginal is None

@@ -12,7 +12,9 @@ Sums are accumulated in float64 by default, exact for integer counts up to
 frames and integer weights (boolean masks) the product still runs through
 float32 BLAS, twice as fast, in runs of pixels short enough that every float32
 partial sum is an exact integer (below 2**24), added up in float64. float32
-output is used when asked for.
+output is used when asked for. Masks that each vary along one detector axis
+only (centre of mass: ``k_y``, ``k_x``, ``1``) skip the matrix product: one
+pass of exact row and column sums (``_marginals.py``), then tiny products.
 
 The per-block kernel :func:`project_block` is a ``functools.singledispatch``
 function so that other block types (electron-event lists, ...) can plug into
@@ -64,6 +66,21 @@ def resolve_dtype(dtype: Any) -> type:
     return _DTYPES[name]
 
 
+def _marginal_weights(matrix: np.ndarray, frame_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row/column weight profiles when each mask varies along one detector axis only."""
+    ky, kx = (int(v) for v in frame_shape)
+    if ky * kx != matrix.shape[0]:
+        return None
+    w = matrix.reshape(ky, kx, -1)
+    by_row = np.all(w == w[:, :1, :], axis=(0, 1))  # constant along each row: a function of k_y
+    by_col = np.all(w == w[:1, :, :], axis=(0, 1))
+    if not np.all(by_row | by_col):
+        return None
+    rows = np.where(by_row, w[:, 0, :], 0.0)
+    cols = np.where(by_row, 0.0, w[0, :, :])
+    return np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(cols, dtype=np.float64)
+
+
 class MaskWeights:
     """Detector masks flattened to a ``(pixels, n_masks)`` matrix, ready for a kernel.
 
@@ -73,11 +90,15 @@ class MaskWeights:
     backend.
     """
 
-    def __init__(self, matrix: Any, *, n_masks: int, n_pixels: int, sparse: bool = False):
+    def __init__(self, matrix: Any, *, n_masks: int, n_pixels: int, sparse: bool = False,
+                 frame_shape: tuple[int, int] | None = None):
         self.n_masks = int(n_masks)
         self.n_pixels = int(n_pixels)
         self.sparse = bool(sparse)
         self._matrix = matrix
+        #: (row weights (k_y, n_masks), column weights (k_x, n_masks)) when every mask depends
+        #: on the row only or on the column only (CoM: k_y, k_x, 1), else None
+        self.marginal = None if sparse or frame_shape is None else _marginal_weights(matrix, frame_shape)
         self._cache: dict[Any, Any] = {}
         self._lock = threading.RLock()
         if sparse:
@@ -237,6 +258,16 @@ def _project_numpy(block: np.ndarray, weights: MaskWeights, *, dtype: Any = np.f
 
 def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, batch_bytes: int) -> np.ndarray:
     ny, nx = block.shape[:2]
+    # int64 row sums cannot overflow for integers of up to 32 bits (2**32 * 2**31 pixels < 2**63)
+    summable = block.dtype.kind == "f" or (block.dtype.kind in "iub" and block.dtype.itemsize <= 4)
+    if weights.marginal is not None and summable:
+        # masks of one axis each (CoM): exact row/column sums in one pass, then tiny products
+        from ._marginals import row_col_sums
+
+        row_w, col_w = weights.marginal
+        rows, cols = row_col_sums(block.reshape(ny * nx, *block.shape[2:]))
+        out = rows.astype(np.float64) @ row_w + cols.astype(np.float64) @ col_w
+        return out.astype(dtype, copy=False).reshape(ny, nx, weights.n_masks)
     frames = block.reshape(ny * nx, -1)
     out = np.empty((frames.shape[0], weights.n_masks), dtype=dtype)
     # float64 results from integer data and integer weights: exact float32 BLAS, twice as fast
@@ -385,7 +416,8 @@ def mask_weights(masks: xr.DataArray, *, sparse: bool | None = None) -> MaskWeig
         import scipy.sparse as sp
 
         return MaskWeights(sp.csc_matrix(matrix), n_masks=n_masks, n_pixels=matrix.shape[0], sparse=True)
-    return MaskWeights(np.ascontiguousarray(matrix), n_masks=n_masks, n_pixels=matrix.shape[0])
+    return MaskWeights(np.ascontiguousarray(matrix), n_masks=n_masks, n_pixels=matrix.shape[0],
+                       frame_shape=host.shape[1:])
 
 
 def _block_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int) -> Any:
