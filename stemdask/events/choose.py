@@ -1,9 +1,9 @@
 """Choosing between the dense and the electron event representation.
 
 The measured crossover (``benchmarks/bench_events.py``, ``docs/events.md``,
-64x64 scan of 128x128 frames on 2 cores, run 3): dense wins first for the
-frame sum, at about 1 e-/px/frame, then for virtual detectors (1.4) and CoM
-(2.3). Below :data:`CROSSOVER_E_PER_PIXEL` the event representation is
+64x64 scan of 128x128 frames on 2 cores, run 4): dense wins first for CoM,
+at about 0.8 e-/px/frame, then for frame sums (1.0) and virtual detectors
+(1.5). Below :data:`CROSSOVER_E_PER_PIXEL` the event representation is
 faster for all three and stores no more bytes than blosc-compressed dense
 frames (which it matches from about 0.5 e-/px/frame up).
 """
