@@ -180,7 +180,7 @@ def test_kernels_run_with_one_blas_thread_and_restore_it(rng):
 
     controls = _blas.blas_controls()
     if not controls:
-        pytest.skip("no BLAS thread control found in this process (neither threadpoolctl nor OpenBLAS)")
+        pytest.skip("no OpenBLAS thread control found in this process (another BLAS or OS)")
     get0, put0 = controls[0]
     before = [get() for get, _ in controls]
     put0(2)
