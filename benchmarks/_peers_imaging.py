@@ -10,23 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import numpy as np
 
-
-def _timed(fn, reps):
-    t0 = time.perf_counter()
-    first = fn()
-    cold = time.perf_counter() - t0
-    warm, cpu = [], []
-    for _ in range(reps):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        warm.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)  # this process only (not LocalCluster workers)
-    return {"cold_s": cold, "warm_s": warm, "median_s": float(np.median(warm)),
-            "cpu_s": cpu, "median_cpu_s": float(np.median(cpu))}, first
+from _timing import timed  # this script's folder is on sys.path (run as a script)
 
 
 def main() -> None:
@@ -53,7 +40,7 @@ def main() -> None:
             for task, udf in (("1 mask", lambda: ApplyMasksUDF(mask_factories=one)),
                               ("16 masks", lambda: ApplyMasksUDF(mask_factories=many)),
                               ("CoM", lambda: CoMUDF.with_params(cy=float(center[0]), cx=float(center[1])))):
-                res, out = _timed(lambda: ctx.run_udf(dataset=ds, udf=udf()), reps)
+                res, out = timed(lambda: ctx.run_udf(dataset=ds, udf=udf()), reps)
                 results[f"{label}|{task}"] = res
                 if label == "libertem-threads-mem":
                     if task == "CoM":
@@ -67,7 +54,7 @@ def main() -> None:
 
         dc = py4DSTEM.DataCube(data=data)
         geometry = ((float(center[0]), float(center[1])), (float(radii[0]), float(radii[1])))
-        res, out = _timed(lambda: dc.get_virtual_image(mode="annulus", geometry=geometry, verbose=False,
+        res, out = timed(lambda: dc.get_virtual_image(mode="annulus", geometry=geometry, verbose=False,
                                                        name="adf", returncalc=True), max(2, reps // 2))
         results["py4dstem|1 mask"] = res
         checks["py4dstem 1 mask"] = np.asarray(out.data)[:2, :2].tolist()
@@ -78,7 +65,7 @@ def main() -> None:
                 dc.get_virtual_image(mode="annulus", geometry=((float(center[0]), float(center[1])),
                                                                (float(lo), float(hi))),
                                      verbose=False, name="ring", returncalc=True)
-        res, _ = _timed(sixteen, 1)
+        res, _ = timed(sixteen, 1)
         results["py4dstem|16 masks"] = res
     results["checks"] = checks
     print(json.dumps(results))

@@ -45,24 +45,12 @@ import numpy as np  # noqa: E402
 import stemdask  # noqa: E402
 from stemdask.imaging import center_of_mass, detectors, virtual_image  # noqa: E402
 
+from _timing import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
 PEER_PY = HERE / "_venv_peers" / "bin" / "python"
 PIXEL_MRAD = 0.5
-
-
-def timed(fn, reps):
-    t0 = time.perf_counter()
-    first = fn()
-    cold = time.perf_counter() - t0
-    warm, cpu = [], []
-    for _ in range(reps):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        warm.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)  # this process only (not LocalCluster workers)
-    return {"cold_s": cold, "warm_s": warm, "median_s": float(np.median(warm)),
-            "cpu_s": cpu, "median_cpu_s": float(np.median(cpu))}, first
 
 
 def make_data(scan, det, seed=0):
@@ -98,8 +86,6 @@ def run_stemdask(data, adf, rings, reps, label, results, outputs, scheduler, dty
 
 
 def peak_memory_sampler(client, stop, peaks):
-    import psutil  # noqa: F401  (available on workers)
-
     def rss():
         import psutil
 
