@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     data = open_dataset(args.input, **_reader_options(args))
     started = time.perf_counter()
     with session(args.scheduler, n_workers=args.workers, dashboard_address=":0") if args.cluster or args.scheduler \
-            else _no_cluster():
+            else nullcontext():
         out = save(data, args.output, codec=args.codec, chunks=_tile(args.chunks),
                    shards=False if args.no_shards else _tile(args.shards), overwrite=args.overwrite,
                    progress=not args.quiet)
@@ -104,14 +105,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {_human(written)} on disk for {_human(data.nbytes)} of data "
           f"({data.nbytes / max(written, 1):.2f}x) in {seconds:.2f} s, codec {args.codec or 'blosc (default)'}")
     return 0
-
-
-class _no_cluster:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -271,7 +271,7 @@ def read_group_attrs(store: Any) -> dict[str, Any]:
     try:
         node = zarr.open(store, mode="r")
     except FileNotFoundError:
-        raise
+        raise  # not a format problem: let it through unchanged
     except Exception as err:  # zarr raises several types for a non-zarr path
         raise FileFormatError(f"{store!r} is not a readable zarr store: {err}") from err
     return dict(node.attrs) if isinstance(node, zarr.Group) else {}
