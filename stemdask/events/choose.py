@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import bad_type, bad_value
+from ..io.layouts import register_representation
 from .array import from_dense, is_counted, to_dense
 
 #: electrons per pixel per frame where dense starts to win (benchmarks/bench_events.py)
@@ -98,3 +99,12 @@ def as_representation(data: xr.DataArray, representation: str = "auto", **kwargs
     if representation == "events":
         return data if is_counted(data) else from_dense(data)
     return to_dense(data)
+
+
+def _register(name: str) -> None:
+    register_representation(name, lambda data: as_representation(data, name))
+
+
+# open_dataset(representation=...) reaches these through stemdask.io.layouts (io never imports events)
+for _name in REPRESENTATIONS:
+    _register(_name)

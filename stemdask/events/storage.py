@@ -1,7 +1,8 @@
-"""Storage of electron events: stemdask zarr v3 stores and the stempy HDF5 layout.
+"""Electron events in files: the ``"events"`` zarr v3 store layout and the stempy wrappers.
 
-zarr v3 layout (a group; ``open_dataset`` routes it here through the group
-attr ``stemdask_layout == "events"``)::
+zarr v3 layout (a group; registered as the layout ``"events"`` with
+:mod:`stemdask.io.layouts`, so ``stemdask.save`` and ``stemdask.open_dataset``
+route counted data and event stores here)::
 
     store/
       zarr.json        attrs: stemdask_format, stemdask_layout="events",
@@ -25,20 +26,30 @@ attr ``stemdask_layout == "events"``)::
 A dask task reads one block: its slice of ``offsets``, then its run of
 ``indices`` (zarr reads only the inner chunks it needs).
 
-The stempy / 4D Camera layout (``electron_events/frames``, a variable-length
-``uint32`` dataset of the linear indices of each frame, and
-``electron_events/scan_positions`` with attrs ``Nx``/``Ny`` = scan width and
-height; ``frames`` attrs ``Nx``/``Ny`` hold ``frame_shape[0]``/``[1]`` as
-stempy writes them; root attr ``version``) is read lazily by
-:func:`open_stempy` and written by :func:`write_stempy`.
+Writing runs on the workers in two passes of dask tasks, because a block's
+place in ``indices`` is known only once the blocks before it are counted,
+and a shard of ``indices`` may hold events of several blocks:
+
+1. one task per block computes it and stages its (encoded) indices and
+   offsets as ``.npy`` files in the temporary store, returning its event
+   count and checksum (a few bytes) to the client;
+2. the client sums the counts into block offsets (O(blocks)), creates the
+   arrays, and one task per ``indices`` shard and per ``offsets`` chunk
+   copies its range from the staged files, so no file is written by two
+   tasks.
+
+The client writes only metadata, the checksums and the completion marker.
+
+The stempy / 4D Camera HDF5 format is read and written by
+:mod:`stemdask.io.stempy`; :func:`open_stempy` and :func:`write_stempy` here
+turn its arrays into event blocks and back.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +60,37 @@ import xarray as xr
 import zarr
 
 from ..dataset import DIMS, from_array
-from ..errors import FileFormatError, IncompleteStoreError, InvalidArgumentError, bad_type, bad_value
-from ..io.zarr_store import COMPLETE_ATTR, FORMAT_ATTR, LAYOUT_ATTR, atomic_directory, jsonable
-from .array import REPRESENTATION_ATTR, event_meta, require_counted, wrap_events
+from ..errors import (
+    FileFormatError,
+    IncompleteStoreError,
+    InvalidArgumentError,
+    bad_type,
+    bad_value,
+)
+from ..io import stempy as stempy_format
+from ..io.layouts import FileReader, Layout, register_file_reader, register_layout
+from ..io.publish import (
+    COMPLETE_ATTR,
+    LAYOUT_ATTR,
+    atomic_path,
+    check_header,
+    compute_writes,
+    create_guard,
+    header,
+    mark_complete,
+    write_guard,
+)
+from ..io.zarr_store import jsonable
+from .array import (
+    REPRESENTATION_ATTR,
+    event_meta,
+    is_counted,
+    require_counted,
+    wrap_events,
+)
 from .block import EventBlock, index_dtype
 
+#: format version of event stores (the on-disk layout above)
 FORMAT_VERSION = 1
 LAYOUT = "events"
 
@@ -61,8 +98,12 @@ LAYOUT = "events"
 INNER_EVENTS = 2**20
 #: inner chunks per shard (one shard file holds this many inner chunks)
 SHARD_CHUNKS = 32
-#: blocks computed at once while writing
+#: frame offsets per chunk of ``offsets`` (one file, written by one task)
+OFFSET_CHUNK = 2**20
+#: blocks computed at once while writing a stempy file (HDF5: one writer)
 WRITE_BATCH = 8
+#: staged blocks inside a temporary store (removed before it is published)
+STAGING = ".staging"
 
 
 def _checksum(indices: np.ndarray) -> int:
@@ -83,7 +124,7 @@ def _block_grid(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[int, int, int
 
 
 # ----------------------------------------------------------------------------
-# zarr v3
+# zarr v3: writing
 # ----------------------------------------------------------------------------
 def _compressors(name: str) -> list:
     """Bytes-to-bytes codecs of the stored event arrays for a codec name."""
@@ -129,11 +170,12 @@ def undo_frame_deltas(deltas: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: bool = False,
-                codec: str = "delta-blosc") -> str:
-    """Write a counted dataset to a sharded zarr v3 store, atomically.
+                codec: str = "delta-blosc", progress: bool = False) -> str:
+    """Write a counted dataset to a sharded zarr v3 store, atomically, from dask tasks.
 
-    Blocks are computed a few at a time and appended in order, so memory
-    holds only a few blocks of events. The store is written under a
+    Each dask block is computed once, on a worker, by the task that stages
+    it; the events are then copied into the store's shards by one task per
+    shard (see the module docstring). The store is written under a
     temporary name, marked complete, then renamed into place.
 
     Parameters
@@ -142,7 +184,7 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
         Counted dataset (event chunks); its dask blocks become the store's
         blocks.
     store : path
-        Local destination directory.
+        Local destination directory (on a file system the workers share).
     overwrite : bool
         Replace an existing store (only once the new one is complete).
     codec : {"delta-blosc", "blosc", "zstd", "none"}
@@ -150,6 +192,8 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
         index as the gap from the previous electron of its frame, then
         bit-shuffled zstd (blosc); ``"blosc"`` the same without gaps;
         ``"zstd"``; ``"none"``. See docs/events.md for bytes per electron.
+    progress : bool
+        Show a progress bar for each pass.
 
     Returns
     -------
@@ -161,52 +205,111 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
         raise bad_value("codec", codec, f"one of {EVENT_CODECS}")
     if not isinstance(store, (str, os.PathLike)) or "://" in str(store):
         raise bad_type("store", store, "a local directory path")
-    with atomic_directory(store, overwrite=overwrite) as (tmp, final):
-        _write_store(counted, tmp, codec)
+    with atomic_path(store, overwrite=overwrite) as (tmp, final):
+        _write_store(counted, tmp, codec, progress, final.name)
     return str(final)
 
 
-def _write_store(counted: xr.DataArray, path: Path, codec: str) -> None:
+def _stage_block(block: EventBlock, root: str, number: int, rows: int, cols: int,
+                 deltas: bool) -> tuple[int, int]:
+    """Pass 1, one task per block: stage its stored indices and offsets; return (events, checksum)."""
+    block = block.to_backend(np)
+    if block.scan_shape != (rows, cols):
+        raise FileFormatError(f"block {number} has scan shape {block.scan_shape}, expected {(rows, cols)}")
+    stored = frame_deltas(block) if deltas else block.indices
+    with write_guard(root) as alive:
+        if alive:
+            staging = Path(root) / STAGING
+            np.save(staging / f"{number}.indices.npy", stored)
+            np.save(staging / f"{number}.offsets.npy", np.asarray(block.offsets, np.int64))
+    return int(stored.size), _checksum(stored)
+
+
+def _staged(root: str, number: int, kind: str) -> np.ndarray:
+    # memory-mapped: a copy task reads only the part of a block its range needs
+    return np.load(Path(root) / STAGING / f"{number}.{kind}.npy", mmap_mode="r")
+
+
+def _copy_indices(root: str, lo: int, hi: int, event_starts: np.ndarray, blocks: range,
+                  dtype: str) -> int:
+    """Pass 2: write ``indices[lo:hi]`` (one whole shard) from the staged blocks it overlaps."""
+    parts = []
+    for b in blocks:
+        start = int(event_starts[b])
+        values = _staged(root, b, "indices")
+        parts.append(values[max(lo - start, 0):max(min(hi - start, values.size), 0)])
+    with write_guard(root) as alive:
+        if alive:
+            zarr.open_array(root, path="indices", mode="r+", zarr_format=3)[lo:hi] = \
+                np.concatenate(parts).astype(dtype, copy=False)
+    return hi - lo
+
+
+def _copy_offsets(root: str, lo: int, hi: int, frame_starts: np.ndarray, event_starts: np.ndarray,
+                  blocks: range, n_events: int) -> int:
+    """Pass 2: write ``offsets[lo:hi]`` (one chunk) from the staged blocks it overlaps."""
+    out = np.empty(hi - lo, np.int64)
+    for b in blocks:
+        f0 = int(frame_starts[b])
+        local = _staged(root, b, "offsets")[:-1]  # the last one is the next block's first
+        a, z = max(lo, f0), min(hi, f0 + local.size)
+        out[a - lo:z - lo] = local[a - f0:z - f0] + int(event_starts[b])
+    if hi == int(frame_starts[-1]) + 1:
+        out[-1] = n_events  # the end of the last frame
+    with write_guard(root) as alive:
+        if alive:
+            zarr.open_array(root, path="offsets", mode="r+", zarr_format=3)[lo:hi] = out
+    return hi - lo
+
+
+def _overlapping(starts: np.ndarray, lo: int, hi: int) -> range:
+    """Blocks whose range [starts[b], starts[b + 1]) meets [lo, hi) (``starts`` has n + 1 entries)."""
+    first = int(np.searchsorted(starts, lo, side="right")) - 1
+    last = int(np.searchsorted(starts, hi, side="left"))
+    return range(max(first, 0), min(last, starts.size - 1))
+
+
+def _write_store(counted: xr.DataArray, path: Path, codec: str, progress: bool, label: str) -> None:
     arr = counted.data
     ny, nx, ky, kx = (int(s) for s in arr.shape)
     idx_dtype = index_dtype(ky * kx)
-    group = zarr.open_group(path, mode="w-", zarr_format=3)
-    group.attrs.update({FORMAT_ATTR: FORMAT_VERSION, LAYOUT_ATTR: LAYOUT, COMPLETE_ATTR: False})
-    shard = INNER_EVENTS * SHARD_CHUNKS
-    indices = group.create_array("indices", shape=(0,), dtype=idx_dtype, chunks=(INNER_EVENTS,),
-                                 shards=(shard,), compressors=_compressors(codec), fill_value=0)
     deltas = codec == "delta-blosc"
-    n_blocks = len(arr.chunks[0]) * len(arr.chunks[1])
-    offsets = np.zeros(ny * nx + 1, np.int64)
-    checksums = np.zeros(n_blocks, np.uint64)
+    group = zarr.open_group(path, mode="w-", zarr_format=3)
+    group.attrs.update(header(LAYOUT, FORMAT_VERSION))
+    create_guard(path)
+    (path / STAGING).mkdir()
+    root = str(path)
     grid = _block_grid(arr.chunks[:2])
-    blocks = arr.to_delayed().ravel()
-    frame_pos, event_pos = 0, 0
-    pending = np.zeros(0, idx_dtype)
-    for start in range(0, n_blocks, WRITE_BATCH):
-        computed = dask.compute(*blocks[start:start + WRITE_BATCH])
-        for b, block in enumerate(computed):
-            block = block.to_backend(np)
-            _, rows, _, cols = grid[start + b]
-            if block.scan_shape != (rows, cols):
-                raise FileFormatError(f"block {start + b} has scan shape {block.scan_shape}, "
-                                      f"expected {(rows, cols)}")
-            f = block.n_frames
-            offsets[frame_pos + 1:frame_pos + f + 1] = block.offsets[1:] + event_pos
-            stored = frame_deltas(block) if deltas else block.indices
-            checksums[start + b] = _checksum(stored)
-            frame_pos += f
-            event_pos += block.n_events
-            pending = np.concatenate([pending, stored])
-        # append whole shards only, so no shard is rewritten
-        full = (pending.size // shard) * shard
-        if full:
-            _append(indices, pending[:full])
-            pending = pending[full:]
-    _append(indices, pending)
-    off = group.create_array("offsets", shape=offsets.shape, dtype=np.int64,
-                             chunks=(min(max(offsets.size, 1), 2**20),), compressors=_compressors(codec))
-    off[...] = offsets
+
+    # pass 1: one task per block, on the workers
+    stage = dask.delayed(_stage_block, pure=False)
+    tasks = [stage(block, root, b, rows, cols, deltas)
+             for b, (block, (_, rows, _, cols)) in enumerate(zip(arr.to_delayed().ravel(), grid))]
+    staged = compute_writes(tasks, progress=progress, description=f"counting blocks of {label}")
+    counts = np.array([n for n, _ in staged], np.int64)
+    checksums = np.array([c for _, c in staged], np.uint64)
+    event_starts = np.concatenate([[0], np.cumsum(counts)])
+    frame_starts = np.concatenate([[0], np.cumsum([rows * cols for _, rows, _, cols in grid])]).astype(np.int64)
+    n_events, n_frames = int(event_starts[-1]), ny * nx
+
+    # the arrays (metadata only), then pass 2: one task per shard / chunk
+    shard = INNER_EVENTS * SHARD_CHUNKS
+    group.create_array("indices", shape=(n_events,), dtype=idx_dtype, chunks=(INNER_EVENTS,),
+                       shards=(shard,), compressors=_compressors(codec), fill_value=0)
+    off_chunk = min(max(n_frames + 1, 1), OFFSET_CHUNK)
+    group.create_array("offsets", shape=(n_frames + 1,), dtype=np.int64, chunks=(off_chunk,),
+                       compressors=_compressors(codec))
+    copy_indices = dask.delayed(_copy_indices, pure=False)
+    copy_offsets = dask.delayed(_copy_offsets, pure=False)
+    copies = [copy_indices(root, lo, min(lo + shard, n_events), event_starts,
+                           _overlapping(event_starts, lo, min(lo + shard, n_events)), idx_dtype.str)
+              for lo in range(0, n_events, shard)]
+    copies += [copy_offsets(root, lo, min(lo + off_chunk, n_frames + 1), frame_starts, event_starts,
+                            _overlapping(frame_starts, lo, min(lo + off_chunk, n_frames)), n_events)
+               for lo in range(0, n_frames + 1, off_chunk)]
+    compute_writes(copies, progress=progress, description=f"writing {label}")
+    shutil.rmtree(path / STAGING)
+
     chk = group.create_array("checksums", shape=checksums.shape, dtype=np.uint64,
                              chunks=(max(checksums.size, 1),), compressors=None)
     chk[...] = checksums
@@ -219,21 +322,16 @@ def _write_store(counted: xr.DataArray, path: Path, codec: str) -> None:
     attrs = {k: v for k, v in counted.attrs.items() if k != REPRESENTATION_ATTR}
     group.attrs.update({
         "shape": [ny, nx, ky, kx], "dtype": str(np.dtype(counted.dtype)),
-        "chunks": [list(arr.chunks[0]), list(arr.chunks[1])], "n_events": int(event_pos),
+        "chunks": [list(arr.chunks[0]), list(arr.chunks[1])], "n_events": n_events,
         "name": str(counted.name or "intensity"), "dataset_attrs": jsonable(attrs), "codec": codec,
         "index_encoding": "frame-delta" if deltas else "linear",
     })
-    group.attrs[COMPLETE_ATTR] = True
+    mark_complete(path)
 
 
-def _append(array: zarr.Array, values: np.ndarray) -> None:
-    if values.size == 0:
-        return
-    start = array.shape[0]
-    array.resize((start + values.size,))
-    array[start:] = values
-
-
+# ----------------------------------------------------------------------------
+# zarr v3: reading
+# ----------------------------------------------------------------------------
 def _read_block(path: str, frame0: int, rows: int, cols: int, frame_shape: tuple[int, int],
                 dtype: str, checksum: int, block_no: int, deltas: bool) -> EventBlock:
     try:
@@ -307,12 +405,27 @@ def open_event_store(store: str | os.PathLike, *, chunks: Sequence[int] | None =
                         "False: an incomplete event store has no frame offsets to read")
     if attrs.get(LAYOUT_ATTR) != LAYOUT:
         raise FileFormatError(f"store {str(store)!r} has layout {attrs.get(LAYOUT_ATTR)!r}, not 'events'")
+    check_header(store, attrs, FORMAT_VERSION)
+    return _open_events(path, group, attrs, chunks, store)
+
+
+def _open_layout(store: Any, attrs: dict[str, Any], *, chunks: Sequence[int] | None = None,
+                 allow_incomplete: bool = False) -> xr.DataArray:
+    """The ``"events"`` layout's opener (header already checked by ``open_zarr``)."""
+    if not isinstance(store, (str, os.PathLike)):
+        raise bad_type("store", store, "a local store path for an event store")
     if not attrs.get(COMPLETE_ATTR, False):
+        # allow_incomplete cannot help: the frame offsets are written last
         raise IncompleteStoreError(f"event store {str(store)!r} was not completely written "
-                                   f"({COMPLETE_ATTR} is false)")
-    if attrs.get(FORMAT_ATTR, 0) > FORMAT_VERSION:
-        raise FileFormatError(f"event store {str(store)!r} has format {attrs[FORMAT_ATTR]}, newer "
-                              f"than this stemdask reads ({FORMAT_VERSION})")
+                                   f"({COMPLETE_ATTR} is false) and cannot be read even with "
+                                   f"allow_incomplete=True: it has no frame offsets yet")
+    path = str(Path(store).expanduser().absolute())
+    return _open_events(path, zarr.open_group(path, mode="r", zarr_format=3), attrs, chunks, store)
+
+
+def _open_events(path: str, group: zarr.Group, attrs: dict[str, Any], chunks: Sequence[int] | None,
+                 store: Any) -> xr.DataArray:
+    """A lazy counted dataset of the checked event store at ``path``."""
     try:
         ny, nx, ky, kx = (int(s) for s in attrs["shape"])
         dtype = np.dtype(attrs["dtype"])
@@ -364,10 +477,22 @@ def open_event_store(store: str | os.PathLike, *, chunks: Sequence[int] | None =
     return wrap_events(events, coords=coords, attrs=ds_attrs, name=attrs.get("name", "intensity"))
 
 
+
+
 # ----------------------------------------------------------------------------
-# stempy / 4D Camera HDF5
+# stempy / 4D Camera HDF5 (the format itself: stemdask.io.stempy)
 # ----------------------------------------------------------------------------
-STEMPY_VERSION = 3
+STEMPY_VERSION = stempy_format.STEMPY_VERSION
+
+
+def _computed_tiles(arr: da.Array) -> Iterator[stempy_format.Tile]:
+    """The blocks of ``arr`` as stempy tiles, computed ``WRITE_BATCH`` at a time."""
+    grid = _block_grid(arr.chunks[:2])
+    blocks = arr.to_delayed().ravel()
+    for start in range(0, len(grid), WRITE_BATCH):
+        for b, block in enumerate(dask.compute(*blocks[start:start + WRITE_BATCH])):
+            block = block.to_backend(np)
+            yield grid[start + b], block.indices, block.offsets
 
 
 def write_stempy(counted: xr.DataArray, path: str | os.PathLike, *, overwrite: bool = False) -> str:
@@ -377,107 +502,19 @@ def write_stempy(counted: xr.DataArray, path: str | os.PathLike, *, overwrite: b
     linear indices per scan position (C order), ``electron_events/scan_positions``
     the position numbers with attrs ``Nx`` (scan width) and ``Ny`` (height).
     Calibration attrs are kept as JSON in the root attr ``stemdask_attrs``.
+    HDF5 has one writer, so blocks are computed a few at a time and written
+    by this process (see :func:`stemdask.io.stempy.write_file`).
     """
-    import h5py
-
     counted = require_counted(counted, "counted")
-    p = Path(path).expanduser()
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{str(p)!r} exists: pass overwrite=True to replace it")
-    arr = counted.data
-    ny, nx, ky, kx = (int(s) for s in arr.shape)
-    tmp = p.with_name(f".{p.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["version"] = STEMPY_VERSION
-            attrs = {k: v for k, v in counted.attrs.items() if k != REPRESENTATION_ATTR}
-            f.attrs["stemdask_attrs"] = json.dumps(jsonable(attrs))
-            group = f.create_group("electron_events")
-            positions = group.create_dataset("scan_positions", data=np.arange(ny * nx, dtype=np.int32))
-            positions.attrs["Nx"] = nx
-            positions.attrs["Ny"] = ny
-            frames = group.create_dataset("frames", (ny * nx,), dtype=h5py.vlen_dtype(np.uint32))
-            frames.attrs["Nx"] = ky
-            frames.attrs["Ny"] = kx
-            grid = _block_grid(arr.chunks[:2])
-            blocks = arr.to_delayed().ravel()
-            for start in range(0, len(grid), WRITE_BATCH):
-                for b, block in enumerate(dask.compute(*blocks[start:start + WRITE_BATCH])):
-                    block = block.to_backend(np)
-                    y0, rows, x0, cols = grid[start + b]
-                    ind = block.indices.astype(np.uint32)
-                    off = block.offsets
-                    for r in range(rows):
-                        first = (y0 + r) * nx + x0
-                        for c in range(cols):
-                            fr = r * cols + c
-                            # one element at a time: h5py would broadcast a row of equal-length arrays
-                            frames[first + c] = ind[off[fr]:off[fr + 1]]
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return str(p)
-
-
-def _stempy_meta(path: str) -> dict[str, Any]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "electron_events/frames" not in f or "electron_events/scan_positions" not in f:
-                raise FileFormatError(f"{path!r} has no electron_events/frames and scan_positions "
-                                      f"(not a stempy sparse file)")
-            frames = f["electron_events/frames"]
-            positions = f["electron_events/scan_positions"]
-            if frames.ndim != 1 or frames.dtype.kind != "O":
-                raise FileFormatError(f"{path!r}: electron_events/frames is {frames.dtype} of shape "
-                                      f"{frames.shape}, expected 1-D variable-length integers")
-            meta = {
-                "version": int(f.attrs.get("version", 1)),
-                "scan": (int(positions.attrs["Ny"]), int(positions.attrs["Nx"]))
-                if "Nx" in positions.attrs and "Ny" in positions.attrs else None,
-                "frame": (int(frames.attrs["Nx"]), int(frames.attrs["Ny"]))
-                if "Nx" in frames.attrs and "Ny" in frames.attrs else None,
-                "n_frames": int(frames.shape[0]),
-                "n_positions": int(positions.shape[0]),
-                "attrs": json.loads(f.attrs["stemdask_attrs"]) if "stemdask_attrs" in f.attrs else {},
-            }
-    except FileFormatError:
-        raise
-    except OSError as err:
-        raise FileFormatError(f"cannot read {path!r} as HDF5: {err}") from err
-    return meta
+    ny, nx, ky, kx = (int(s) for s in counted.shape)
+    attrs = jsonable({k: v for k, v in counted.attrs.items() if k != REPRESENTATION_ATTR})
+    return stempy_format.write_file(path, (ny, nx), (ky, kx), _computed_tiles(counted.data),
+                                    attrs=attrs, overwrite=overwrite)
 
 
 def _stempy_block(path: str, y0: int, rows: int, x0: int, cols: int, nx: int, per_position: int,
                   frame_shape: tuple[int, int], dtype: str) -> EventBlock:
-    import h5py
-
-    parts, counts = [], []
-    try:
-        with h5py.File(path, "r") as f:
-            frames = f["electron_events/frames"]
-            for r in range(rows):
-                first = ((y0 + r) * nx + x0) * per_position
-                row = frames[first:first + cols * per_position]
-                if len(row) != cols * per_position:
-                    raise FileFormatError(f"{path!r} is truncated: scan row {y0 + r} lacks frames")
-                for c in range(cols):
-                    group = row[c * per_position:(c + 1) * per_position]
-                    n = 0
-                    for events in group:
-                        parts.append(np.asarray(events))
-                        n += len(events)
-                    counts.append(n)
-    except FileFormatError:
-        raise
-    except OSError as err:
-        raise FileFormatError(f"cannot read events of {path!r}: {err}") from err
-    indices = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
-    if indices.dtype.kind not in "ui":
-        raise FileFormatError(f"{path!r}: electron events of dtype {indices.dtype}, expected integers")
-    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    indices, offsets = stempy_format.read_tile(path, y0, rows, x0, cols, nx, per_position)
     try:
         return EventBlock(indices, offsets, (rows, cols), frame_shape, dtype)
     except InvalidArgumentError as err:
@@ -511,12 +548,10 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
         ``scan_step_A``, ``detector_pixel_mrad`` ...); they override what the
         file carries.
     """
-    path = str(Path(path).expanduser().absolute())
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no file at {path!r}")
-    meta = _stempy_meta(path)
-    scan = _resolve_shape("scan_shape", scan_shape, meta["scan"], path)
-    frame = _resolve_shape("frame_shape", frame_shape, meta["frame"], path)
+    path = stempy_format.file_exists(path)
+    meta = stempy_format.read_meta(path)
+    scan = stempy_format.resolve_shape("scan_shape", scan_shape, meta["scan"], path)
+    frame = stempy_format.resolve_shape("frame_shape", frame_shape, meta["frame"], path)
     ny, nx = scan
     ky, kx = frame
     dtype = np.dtype(dtype)
@@ -525,8 +560,8 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
             raise FileFormatError(f"{path!r} holds {meta['n_frames']} frames, not a multiple of the "
                                   f"{ny}x{nx} scan positions (truncated?)")
         per_position = meta["n_frames"] // (ny * nx)
-        tile = _tile(chunks, scan)
-        ch = (_split(ny, tile[0]), _split(nx, tile[1]))
+        tile = stempy_format.scan_tile(chunks, scan)
+        ch = (stempy_format.split(ny, tile[0]), stempy_format.split(nx, tile[1]))
         name = "stempy-" + dask.base.tokenize(path, os.path.getmtime(path), ch, frame, dtype.str)
         graph = {}
         for b, (y0, rows, x0, cols) in enumerate(_block_grid(ch)):
@@ -535,9 +570,14 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
                                          frame, dtype.str)
         events = da.Array(graph, name, chunks=(*ch, (ky,), (kx,)), dtype=dtype, meta=event_meta(frame, dtype))
     else:
-        events = da.from_array(_read_old_stempy(path, scan, frame, dtype), chunks=-1, asarray=False)
+        indices, offsets = stempy_format.read_placed(path, scan)
+        try:
+            whole = EventBlock(indices, offsets, scan, frame, dtype)
+        except InvalidArgumentError as err:
+            raise FileFormatError(f"{path!r}: malformed events: {err}") from err
+        events = da.from_array(whole, chunks=-1, asarray=False)
         if chunks is not None:
-            tile = _tile(chunks, scan)
+            tile = stempy_format.scan_tile(chunks, scan)
             events = events.rechunk((tile[0], tile[1], -1, -1))
     stored = dict(meta["attrs"])
     keys = ("energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad", "beam_center_px",
@@ -550,56 +590,27 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
     return data
 
 
-def _read_old_stempy(path: str, scan: tuple[int, int], frame: tuple[int, int], dtype: np.dtype) -> EventBlock:
-    import h5py
+# ----------------------------------------------------------------------------
+# registration with stemdask.io (io never imports events)
+# ----------------------------------------------------------------------------
 
-    with h5py.File(path, "r") as f:
-        frames = f["electron_events/frames"][...]
-        positions = np.asarray(f["electron_events/scan_positions"][...], np.int64)
-    n = scan[0] * scan[1]
-    if positions.shape[0] != frames.shape[0]:
-        raise FileFormatError(f"{path!r}: {frames.shape[0]} frames but {positions.shape[0]} scan positions")
-    if positions.size and (positions.min() < 0 or positions.max() >= n):
-        raise FileFormatError(f"{path!r}: scan positions outside the {scan} scan")
-    order = np.argsort(positions, kind="stable")
-    counts = np.bincount(positions, weights=[len(e) for e in frames], minlength=n).astype(np.int64) \
-        if frames.size else np.zeros(n, np.int64)
-    parts = [np.asarray(frames[i]) for i in order]
-    indices = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    try:
-        return EventBlock(indices, offsets, scan, frame, dtype)
-    except InvalidArgumentError as err:
-        raise FileFormatError(f"{path!r}: malformed events: {err}") from err
+def _claims(data: Any) -> bool:
+    return isinstance(data, xr.DataArray) and is_counted(data)
 
 
-def _resolve_shape(name: str, given: Any, stored: Any, path: str) -> tuple[int, int]:
-    if given is not None:
-        shape = tuple(int(s) for s in given)
-        if len(shape) != 2 or min(shape) < 1:
-            raise bad_value(name, given, "a (y, x) pair of positive integers")
-        if stored is not None and tuple(stored) != shape:
-            raise bad_value(name, given, f"the {name} {tuple(stored)} the file {path!r} records")
-        return shape
-    if stored is None:
-        raise FileFormatError(f"{path!r} does not record its {name} (Nx/Ny attrs): pass {name}=(y, x)")
-    return tuple(stored)
+def _write_layout(data: xr.DataArray, store: Any, *, codec: Any = None, chunks: Any = None,
+                  shards: Any = None, overwrite: bool = False, progress: bool = False) -> str:
+    """The ``"events"`` layout's writer: :func:`save_events` with ``stemdask.save``'s options."""
+    # electron events keep their own layout (indices + offsets), never densified
+    if chunks is not None or shards not in (None, True):
+        raise bad_value("chunks/shards", (chunks, shards),
+                        "None for counted data: its event blocks are its storage units")
+    return save_events(data, store, overwrite=overwrite, progress=progress,
+                       **({"codec": codec} if codec is not None else {}))
 
 
-def _tile(chunks: Any, scan: tuple[int, int]) -> tuple[int, int]:
-    if chunks is None:
-        ny, nx = scan
-        rows = max(1, min(ny, 1024 // max(nx, 1)))
-        return (rows, nx) if nx <= 1024 else (1, 1024)
-    tile = tuple(chunks)[:2]
-    if len(tile) != 2 or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1 for t in tile):
-        raise bad_value("chunks", chunks, "(scan_y, scan_x) positive integer tile sizes")
-    return int(tile[0]), int(tile[1])
-
-
-def _split(n: int, step: int) -> tuple[int, ...]:
-    step = min(step, n)
-    return tuple([step] * (n // step) + ([n % step] if n % step else []))
-
+register_layout(Layout(LAYOUT, version=FORMAT_VERSION, claims=_claims, write=_write_layout, open=_open_layout))
+register_file_reader(FileReader("stempy", suffixes=(".h5", ".hdf5", ".hdf", ".nxs", ".emd"),
+                                detect=stempy_format.is_stempy, open=open_stempy))
 
 __all__ = ["open_event_store", "open_stempy", "save_events", "write_stempy"]

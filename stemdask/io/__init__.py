@@ -5,17 +5,24 @@
 ===========================  ==============================================
 path                         reader
 ===========================  ==============================================
-zarr store (directory)       :func:`stemdask.io.zarr_store.open_zarr` (dense), or
-                             :func:`stemdask.events.open_event_store` (events)
-``.h5``/``.hdf5``/``.emd``   :func:`stemdask.io.hdf5.open_hdf5` (dataset path,
-                             EMD 1.0 / py4DSTEM, DECTRIS ARINA master), or
-                             :func:`stemdask.events.open_stempy` (4D Camera sparse)
+zarr store (directory)       :func:`stemdask.io.zarr_store.open_zarr`, which opens
+                             the store's layout from :mod:`stemdask.io.layouts`
+                             (``"dense"``; ``"events"``: :func:`stemdask.events.open_event_store`)
+``.h5``/``.hdf5``/``.emd``   a registered file reader that recognises the file
+                             (4D Camera sparse: :func:`stemdask.events.open_stempy`,
+                             format in :mod:`stemdask.io.stempy`), else
+                             :func:`stemdask.io.hdf5.open_hdf5` (dataset path,
+                             EMD 1.0 / py4DSTEM, DECTRIS ARINA master)
 ``.npy``                     :func:`stemdask.io.raw.open_npy`
 ``.raw``/``.bin``/``.dat``   :func:`stemdask.io.raw.open_raw` (needs shape, dtype)
 anything RosettaSciIO reads  :func:`stemdask.io.rsciio_reader.open_rsciio`
 (``.mib``, ``.dm4``, EMPAD
 ``.xml``, ...)
 ===========================  ==============================================
+
+``io`` imports nothing from ``stemdask.events``: the event store, the stempy
+reader and the representations are registered by ``stemdask.events`` through
+:mod:`stemdask.io.layouts`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import xarray as xr
 
 from ..errors import FileFormatError
 from .hdf5 import open_hdf5
+from .layouts import convert_representation, file_reader_for
 from .raw import open_npy, open_raw
 from .rsciio_reader import open_rsciio, rsciio_plugin
 from .zarr_store import DatasetWriter, open_zarr, save, store_nbytes
@@ -76,9 +84,7 @@ def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = 
     data = _open(path, **kwargs)
     if representation is None:
         return data
-    from ..events import as_representation
-
-    return as_representation(data, representation)
+    return convert_representation(data, representation)
 
 
 def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
@@ -96,10 +102,9 @@ def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
         raise FileFormatError(f"{text!r} is a directory but not a zarr v3 store (no zarr.json)")
     suffix = p.suffix.lower()
     if suffix in _HDF5 or (suffix == ".emd" and _looks_like_hdf5(p)):
-        if "dataset" not in kwargs and _is_stempy(p):
-            from ..events.storage import open_stempy
-
-            return open_stempy(p, **kwargs)
+        reader = file_reader_for(p, suffix) if "dataset" not in kwargs else None
+        if reader is not None:
+            return reader.open(p, **kwargs)
         return open_hdf5(p, **kwargs)
     if suffix == ".npy":
         return open_npy(p, **kwargs)
@@ -111,17 +116,6 @@ def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
         f"cannot tell the format of {text!r} (suffix {suffix!r}); supported: zarr stores, "
         f"HDF5 {sorted(_HDF5)}, .npy, raw {sorted(_RAW)} with shape= and dtype=, and the "
         f"RosettaSciIO formats")
-
-
-def _is_stempy(path: Path) -> bool:
-    """A 4D Camera / stempy sparse file: an ``electron_events`` group."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return "electron_events" in f
-    except OSError:
-        return False  # open_hdf5 reports what is wrong with the file
 
 
 def _looks_like_hdf5(path: Path) -> bool:

@@ -13,7 +13,11 @@ Layout of a store written by stemdask (a zarr v3 group)::
 A write never leaves a store that opens as complete unless it finished:
 local stores are written under a temporary sibling name and renamed into
 place (atomic on POSIX); every store carries ``stemdask_complete``, set last,
-and :func:`open_zarr` refuses a store where it is false.
+and :func:`open_zarr` refuses a store where it is false. The header, the
+publish and the write tasks are shared with every layout
+(:mod:`stemdask.io.publish`); :func:`save` and :func:`open_zarr` pick the
+layout from the registry (:mod:`stemdask.io.layouts`), where this module
+registers ``"dense"``.
 """
 
 from __future__ import annotations
@@ -21,13 +25,11 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -36,11 +38,25 @@ import zarr
 from ..codecs import resolve_codec
 from ..dataset import DIMS, default_chunks, from_array, validate
 from ..errors import FileFormatError, IncompleteStoreError, bad_type, bad_value
+from .layouts import Layout, get_layout, layout_for, register_layout
+from .publish import (
+    COMPLETE_ATTR,
+    LAYOUT_ATTR,
+    atomic_directory,
+    atomic_path,
+    check_header,
+    compute_writes,
+    create_guard,
+    header,
+    is_local,
+    is_stemdask_store,
+    mark_complete,
+    write_guard,
+)
 
+#: format version of dense stores
 FORMAT_VERSION = 1
-COMPLETE_ATTR = "stemdask_complete"
-LAYOUT_ATTR = "stemdask_layout"
-FORMAT_ATTR = "stemdask_format"
+LAYOUT = "dense"
 
 #: bytes of one inner (compressed, randomly readable) chunk
 INNER_CHUNK_BYTES = 8 * 2**20
@@ -51,10 +67,6 @@ SHARD_BYTES = 128 * 2**20
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-def _is_local(store: Any) -> bool:
-    return isinstance(store, (str, os.PathLike)) and "://" not in str(store)
-
-
 def jsonable(value: Any) -> Any:
     """Attrs as plain JSON types (numpy scalars and arrays, tuples, nested dicts)."""
     if isinstance(value, dict):
@@ -126,65 +138,11 @@ def _encoding(data: xr.DataArray, name: str, codec: Any, chunks: Any, shards: An
     return {name: enc}, (shard or inner)
 
 
-def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move a finished store into place, replacing an old one only now."""
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-
-
-def _remove_partial(tmp: Path) -> None:
-    """Remove a failed write's temporary store.
-
-    Tasks already running when another one failed may still be writing
-    shards for a moment after the exception reaches us, so retry briefly.
-    The temporary name never opens as a dataset either way.
-    """
-    for _ in range(20):
-        shutil.rmtree(tmp, ignore_errors=True)
-        time.sleep(0.05)
-        if not tmp.exists():
-            return
-
-
-@contextmanager
-def atomic_directory(store: str | os.PathLike, *, overwrite: bool = False) -> Iterator[tuple[Path, Path]]:
-    """Write a local store under a temporary sibling name; publish it only on success.
-
-    Yields ``(tmp, final)``: write everything into ``tmp``. When the block
-    ends normally ``tmp`` is renamed to ``final`` (an existing store there is
-    replaced only now, when ``overwrite``); on any exception ``tmp`` is
-    removed and ``final`` is untouched.
-    """
-    final = Path(store).expanduser().absolute()
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp, final
-        _publish(tmp, final, overwrite)
-    except BaseException:
-        _remove_partial(tmp)
-        raise
-
-
-def _mark(store: Any, **attrs: Any) -> None:
-    group = zarr.open_group(store, mode="r+", zarr_format=3)
-    group.attrs.update(attrs)
-
-
 # ----------------------------------------------------------------------------
 # save / open
 # ----------------------------------------------------------------------------
 def save(
-    data: xr.DataArray,
+    data: xr.DataArray | Any,
     store: str | os.PathLike | Any,
     *,
     codec: Any = None,
@@ -194,6 +152,12 @@ def save(
     progress: bool = False,
 ) -> str | Any:
     """Write a dataset to a sharded zarr v3 store, atomically.
+
+    The layout is the registered one that claims ``data``
+    (:func:`stemdask.io.layouts.layout_for`): ``"dense"`` for a stemdask
+    DataArray, ``"events"`` for counted data. The data are written by dask
+    tasks (on the workers of a ``distributed`` client); the client writes
+    only metadata and, last, the completion marker.
 
     Parameters
     ----------
@@ -224,18 +188,52 @@ def save(
     -------
     The store (path as str for local stores).
     """
+    layout = layout_for(data)
+    return layout.write(data, store, codec=codec, chunks=chunks, shards=shards,
+                        overwrite=overwrite, progress=progress)
+
+
+def _to_host(block: Any) -> np.ndarray:
+    # zarr encodes host buffers; a cupy block (GPU worker) is copied to the host here
+    return block.get() if hasattr(block, "__cuda_array_interface__") else np.asarray(block)
+
+
+def _write_region(block: Any, store: Any, path: str, region: tuple[slice, ...],
+                  guard: str | None) -> int:
+    """One write task: store one shard-aligned block; return the bytes written (0 if abandoned)."""
+    with write_guard(guard) as alive:
+        if not alive:
+            return 0
+        zarr.open_array(store, path=path, mode="r+", zarr_format=3)[region] = _to_host(block)
+        return int(block.nbytes)
+
+
+def _block_regions(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]]:
+    """Region of every block of a dask array, in the C order of ``to_delayed().ravel()``."""
+    edges = [np.cumsum((0,) + c) for c in chunks]
+    return [tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
+            for index in np.ndindex(*(len(c) for c in chunks))]
+
+
+def write_blocks(arr: da.Array, store: Any, path: str, guard: str | os.PathLike | None, *,
+                 progress: bool = False, description: str = "writing") -> int:
+    """Write every block of ``arr`` into the existing zarr array ``path`` of ``store``, one task each.
+
+    Blocks must be whole shards (or inner chunks when unsharded) so no two
+    tasks touch one file. Returns the bytes written.
+    """
+    guard = None if guard is None else str(guard)
+    write = dask.delayed(_write_region, pure=False)
+    tasks = [write(block, store, path, region, guard)
+             for block, region in zip(arr.to_delayed().ravel(), _block_regions(arr.chunks))]
+    return sum(compute_writes(tasks, progress=progress, description=description))
+
+
+def _write_dense(data: xr.DataArray, store: str | os.PathLike | Any, *, codec: Any = None,
+                 chunks: Sequence[int] | None = None, shards: Sequence[int] | bool | None = None,
+                 overwrite: bool = False, progress: bool = False) -> str | Any:
+    """The ``"dense"`` layout's writer (see :func:`save`)."""
     validate(data)
-    from ..events.array import is_counted
-
-    if is_counted(data):
-        # electron events keep their own layout (indices + offsets), never densified
-        if chunks is not None or shards not in (None, True):
-            raise bad_value("chunks/shards", (chunks, shards),
-                            "None for counted data: its event blocks are its storage units")
-        from ..events.storage import save_events
-
-        return save_events(data, store, overwrite=overwrite,
-                           **({"codec": codec} if codec is not None else {}))
     name = str(data.name or "intensity")
     if name in DIMS:
         raise bad_value("data.name", name, f"a name other than the dims {DIMS}")
@@ -247,22 +245,23 @@ def save(
                     coords={d: data.coords[d].variable.copy(deep=False) for d in DIMS})
     for d in DIMS:
         ds[d].attrs = jsonable(dict(data.coords[d].attrs))
-    ds.attrs = {FORMAT_ATTR: FORMAT_VERSION, LAYOUT_ATTR: "dense", COMPLETE_ATTR: False,
-                "stemdask_variable": name}
+    ds.attrs = {**header(LAYOUT, FORMAT_VERSION), "stemdask_variable": name}
 
-    from ..progress import compute_with_progress
+    def write(target: Any, mode: str, guard: Path | None, description: str) -> None:
+        # xarray writes the metadata and the coordinates now; the returned
+        # delayed write is dropped: our tasks write the data under the guard
+        ds.to_zarr(target, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=False)
+        if guard is not None:
+            create_guard(guard)
+        write_blocks(arr, str(target) if guard is not None else target, name, guard,
+                     progress=progress, description=description)
+        mark_complete(target)
 
-    if _is_local(store):
-        with atomic_directory(store, overwrite=overwrite) as (tmp, final):
-            delayed = ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False,
-                                 encoding=encoding, compute=False)
-            compute_with_progress(delayed, progress=progress, description=f"writing {final.name}")
-            _mark(tmp, **{COMPLETE_ATTR: True})
+    if is_local(store):
+        with atomic_path(store, overwrite=overwrite) as (tmp, final):
+            write(tmp, "w-", tmp, f"writing {final.name}")
         return str(final)
-    delayed = ds.to_zarr(store, mode="w" if overwrite else "w-", zarr_format=3, consolidated=False,
-                         encoding=encoding, compute=False)
-    compute_with_progress(delayed, progress=progress, description="writing store")
-    _mark(store, **{COMPLETE_ATTR: True})
+    write(store, "w" if overwrite else "w-", None, "writing store")
     return store
 
 
@@ -307,35 +306,24 @@ def open_zarr(
     IncompleteStoreError
         When the store's write did not complete.
     """
-    if _is_local(store) and not Path(store).exists():
+    if is_local(store) and not Path(store).exists():
         raise FileNotFoundError(f"no zarr store at {str(store)!r}")
     attrs = read_group_attrs(store)
-    if LAYOUT_ATTR in attrs or COMPLETE_ATTR in attrs:
-        if not attrs.get(COMPLETE_ATTR, False) and not allow_incomplete:
-            raise IncompleteStoreError(
-                f"store {str(store)!r} was not completely written (interrupted or failed write; "
-                f"{COMPLETE_ATTR} is false); pass allow_incomplete=True to read what is there")
-        if attrs.get(FORMAT_ATTR, 0) > FORMAT_VERSION:
-            raise FileFormatError(
-                f"store {str(store)!r} has stemdask format {attrs[FORMAT_ATTR]}, newer than this "
-                f"stemdask reads ({FORMAT_VERSION}): upgrade stemdask")
+    if is_stemdask_store(attrs):
+        # the layout first: a format version means something only for a known layout
+        layout = get_layout(attrs.get(LAYOUT_ATTR, LAYOUT), store)
+        check_header(store, attrs, layout.version, allow_incomplete=allow_incomplete)
         if calibration:
             raise bad_value("calibration", sorted(calibration),
                             "no calibration keywords for a store written by stemdask "
                             "(use stemdask.calibrate on the result)")
-        return _open_stemdask_store(store, attrs, chunks)
+        return layout.open(store, attrs, chunks=chunks, allow_incomplete=allow_incomplete)
     return _open_foreign_store(store, chunks, variable, calibration)
 
 
-def _open_stemdask_store(store: Any, attrs: dict, chunks: Sequence[int] | None) -> xr.DataArray:
-    layout = attrs.get(LAYOUT_ATTR, "dense")
-    if layout == "events":
-        from ..events.storage import open_event_store
-
-        return open_event_store(store, chunks=chunks)
-    if layout != "dense":
-        raise FileFormatError(f"store {str(store)!r} has layout {layout!r}, which this stemdask does not "
-                              f"know (known: 'dense', 'events'): upgrade stemdask")
+def _open_dense(store: Any, attrs: dict, *, chunks: Sequence[int] | None = None,
+                allow_incomplete: bool = False) -> xr.DataArray:
+    """The ``"dense"`` layout's opener (header already checked by :func:`open_zarr`)."""
     name = attrs.get("stemdask_variable", "intensity")
     array = zarr.open_array(store, path=name, mode="r")
     tile = _scan_tile("chunks", chunks, array.shape[:2]) or _read_tile(array)
@@ -420,7 +408,7 @@ class DatasetWriter:
                  detector_shape: Sequence[int], dtype: Any, codec: Any = None,
                  chunks: Sequence[int] | None = None, shards: Sequence[int] | bool | None = None,
                  overwrite: bool = False, name: str = "intensity", **calibration: Any):
-        if not _is_local(store):
+        if not is_local(store):
             raise bad_type("store", store, "a local path for incremental writes")
         self.path = Path(store).expanduser().absolute()
         if self.path.exists():
@@ -443,8 +431,7 @@ class DatasetWriter:
         enc = encoding[name]
         # zarr directly: rows arrive one at a time, so shards are read-modify-written in order
         group = zarr.open_group(self.path, mode="w-", zarr_format=3)
-        group.attrs.update({FORMAT_ATTR: FORMAT_VERSION, LAYOUT_ATTR: "dense", COMPLETE_ATTR: False,
-                            "stemdask_variable": name})
+        group.attrs.update({**header(LAYOUT, FORMAT_VERSION), "stemdask_variable": name})
         self._array = group.create_array(
             name, shape=(ny, nx, ky, kx), dtype=self.dtype, chunks=enc["chunks"], shards=enc.get("shards"),
             compressors=enc["compressors"], serializer=enc.get("serializer", "auto"),
@@ -529,4 +516,8 @@ def store_nbytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-__all__ = ["DatasetWriter", "atomic_directory", "jsonable", "open_zarr", "read_group_attrs", "save", "storage_layout", "store_nbytes"]
+register_layout(Layout(LAYOUT, version=FORMAT_VERSION, claims=lambda data: isinstance(data, xr.DataArray),
+                       write=_write_dense, open=_open_dense))
+
+__all__ = ["DatasetWriter", "atomic_directory", "atomic_path", "jsonable", "open_zarr", "read_group_attrs",
+           "save", "storage_layout", "store_nbytes", "write_blocks"]
