@@ -11,7 +11,7 @@ from scipy import optimize, special
 from stemdask import optics
 from stemdask.errors import InvalidArgumentError, InvalidTypeError
 from stemdask.physics import wavelength_A
-from stemdask.simulate.multislice import fresnel_propagator
+from stemdask.optics import fresnel_propagator
 
 E = 200e3
 LAM = wavelength_A(E)

@@ -14,7 +14,8 @@ import stemdask
 from stemdask.errors import InvalidArgumentError, InvalidTypeError
 from stemdask.physics import interaction_constant, wavelength_A
 from stemdask.simulate import PhaseObject, potentials, samples, simulate_4dstem
-from stemdask.simulate.multislice import bandlimit, exit_spectrum, fresnel_propagator
+from stemdask.multislice import multislice_step
+from stemdask.optics import bandlimit, fresnel_propagator
 from stemdask import optics
 
 E = 80e3
@@ -153,6 +154,14 @@ def test_ase_atoms_are_accepted_and_non_orthorhombic_cells_rejected():
 
 
 # -- multislice ------------------------------------------------------------------
+
+
+def exit_spectrum(psi, transmissions, propagator, mask):
+    """``B F[t_N ψ_N]`` by repeated multislice steps (``B P`` between slices, ``B`` after the last)."""
+    *middle, last = transmissions
+    for t in middle:
+        psi = multislice_step(psi, t, propagator * mask)
+    return multislice_step(psi, last, mask, return_spectrum=True)
 
 
 def test_propagation_conserves_intensity_and_vacuum_slices_change_nothing():

@@ -39,10 +39,12 @@ import xarray as xr
 from .. import optics
 from ..checks import pair as _pair
 from ..dataset import from_array
-from ..errors import bad_value
-from ..physics import interaction_constant, wavelength_A
+from ..errors import bad_type, bad_value
+from ..multislice import fft2, multislice_step, propagation_kernel
+from ..optics import bandlimit
+from ..physics import interaction_constant
+from ..scan_geometry import ScanGeometry
 from . import dose as _dose
-from .multislice import BANDLIMIT_FRACTION, bandlimit, fresnel_propagator
 from .potentials import PARAMETRIZATION, atomic_number, slice_potentials
 from .potentials import symbol as potentials_symbol
 from .samples import AtomicSample, PhaseObject, as_sample
@@ -58,44 +60,6 @@ BATCH = 32
 DEFAULT_POSITIONS_PER_CHUNK = 256
 #: default chunks keep a chunk's float64 patterns near this size
 CHUNK_BYTES = 32 * 2**20
-
-
-def _fast_even(n: int) -> int:
-    m = scipy.fft.next_fast_len(int(n))
-    while m % 2:
-        m = scipy.fft.next_fast_len(m + 1)
-    return m
-
-
-def _geometry(energy_ev: float, max_angle_mrad: tuple[float, float], detector_shape: tuple[int, int],
-              sampling_A: tuple[float, float] | None) -> dict[str, Any]:
-    """Window size and sampling from the detector (see the module doc)."""
-    lam = wavelength_A(energy_ev)
-    geo: dict[str, Any] = {"wavelength_A": lam}
-    window, sampling, pixel = [], [], []
-    for axis in range(2):
-        n = detector_shape[axis]
-        length = lam / (2 * max_angle_mrad[axis] * 1e-3 / n)
-        if sampling_A is None:
-            m = _fast_even(math.ceil(1.5 * n))
-            d = length / m
-        else:
-            d = sampling_A[axis]
-            m = int(round(length / d))
-            limit_mrad = 1e3 * lam * BANDLIMIT_FRACTION / (2 * d)
-            if 2 * m < 3 * n or limit_mrad < max_angle_mrad[axis] * (1 - 1e-9):
-                raise bad_value("max_angle_mrad", max_angle_mrad[axis],
-                                f"at most {limit_mrad:.4g} mrad along {'yx'[axis]}: the potential "
-                                f"sampling {d:.4g} Å band-limits scattering to 2/3 of Nyquist "
-                                f"(λ / 3d); use a finer sampling_A or a smaller max_angle_mrad")
-        window.append(m)
-        sampling.append(d)
-        pixel.append(1e3 * lam / (m * d))
-    geo["window_px"] = tuple(window)
-    geo["sampling_A"] = tuple(sampling)
-    geo["pixel_mrad"] = tuple(pixel)
-    geo["bandlimit_mrad"] = tuple(1e3 * lam * BANDLIMIT_FRACTION / (2 * d) for d in sampling)
-    return geo
 
 
 def _positions(sample_cell: tuple[float, float, float], scan_shape: tuple[int, int],
@@ -240,6 +204,10 @@ def simulate_4dstem(
     if backend not in ("numpy", "cupy"):
         raise bad_value("backend", backend, "'numpy' or 'cupy'")
     coefficients = optics.polar_coefficients(aberrations)
+    if not all(isinstance(v, float) for v in coefficients.values()):
+        raise bad_type("aberrations", aberrations,
+                       "numbers: the simulator runs on numpy or cupy (tensors that require grad "
+                       "are for stemdask.optics and stemdask.multislice with torch)")
     if min(det) < 4:
         raise bad_value("detector_shape", detector_shape, "at least 4 pixels along each axis")
     if semiangle_mrad >= min(max_angle):
@@ -264,11 +232,11 @@ def simulate_4dstem(
         sampling = None if sampling_A is None else _pair("sampling_A", sampling_A)
         if slice_thickness_A is not None:
             slice_thickness_A = _pair("slice_thickness_A", slice_thickness_A)[0]
-    geo = _geometry(energy_ev, max_angle, det, sampling)
-    m_y, m_x = geo["window_px"]
-    d_y, d_x = geo["sampling_A"]
-    lam = geo["wavelength_A"]
-    window_A = (m_y * d_y, m_x * d_x)
+    geo = ScanGeometry(energy_ev, det, max_angle, sampling)
+    m_y, m_x = geo.window_px
+    d_y, d_x = geo.sampling_A
+    lam = geo.wavelength_A
+    window_A = geo.window_A
 
     # the probe must fit in the window (else it wraps around and the patterns are wrong)
     radius = optics.geometric_probe_radius_A(energy_ev, semiangle_mrad, coefficients) \
@@ -290,13 +258,9 @@ def simulate_4dstem(
     # field grid (pixel size d): covers the window of every position, margins included
     pos_y = origin[0] + np.arange(-margin[0], scan_shape[0] + margin[0]) * step[0]
     pos_x = origin[1] + np.arange(-margin[1], scan_shape[1] + margin[1]) * step[1]
-    f0_px = (int(math.floor(pos_y.min() / d_y)) - m_y // 2 - 1,
-             int(math.floor(pos_x.min() / d_x)) - m_x // 2 - 1)
-    u_y = pos_y / d_y - f0_px[0]  # position in field pixels
-    u_x = pos_x / d_x - f0_px[1]
-    start_y = np.floor(u_y).astype(np.int64) - m_y // 2
-    start_x = np.floor(u_x).astype(np.int64) - m_x // 2
-    field_shape = (int(start_y.max()) + m_y, int(start_x.max()) + m_x)
+    f0_px, field_shape = geo.field_px(pos_y, pos_x)
+    # each position's window corner in the field and the probe's place in its window (Å)
+    (start_y, start_x), (offset_y, offset_x) = geo.windows(pos_y, pos_x, f0_px)
     field_origin_A = (f0_px[0] * d_y, f0_px[1] * d_x)
 
     potential, static_transmission, configurations, slice_dz, n_slices = _specimen(
@@ -308,9 +272,8 @@ def simulate_4dstem(
     probe_k = optics.probe_fourier((m_y, m_x), (d_y, d_x), energy_ev=energy_ev,
                                    semiangle_mrad=semiangle_mrad, aberrations=coefficients,
                                    soft=soft_aperture, dtype=np.complex64)
-    propagator = fresnel_propagator((m_y, m_x), (d_y, d_x), energy_ev, slice_dz)
+    kernel = propagation_kernel((m_y, m_x), (d_y, d_x), energy_ev, slice_dz)
     mask = bandlimit((m_y, m_x))
-    crop = (((np.arange(det[0]) - det[0] // 2) % m_y), ((np.arange(det[1]) - det[1] // 2) % m_x))
     out_dtype = np.dtype(np.float32) if dose is None else _dose.count_dtype(dose)
 
     cy, cx = _chunks(chunks, scan_shape, det)
@@ -319,7 +282,7 @@ def simulate_4dstem(
     # a big one is cut into the region of each chunk (memory bounded by the chunk)
     shared = n_chunks > 1 and transmission_field.nbytes <= SHARED_FIELD_BYTES
     field_key = dask.delayed(transmission_field, pure=True) if shared else None
-    optics_key = dask.delayed((probe_k, propagator, mask), pure=True)
+    optics_key = dask.delayed((probe_k, kernel, mask), pure=True)
     blocks = []
     for y0 in range(0, scan_shape[0], cy):
         y1 = min(y0 + cy, scan_shape[0])
@@ -337,8 +300,8 @@ def simulate_4dstem(
                 field = transmission_field[..., bounds[0]:bounds[1], bounds[2]:bounds[3]]
                 bounds = (0, bounds[1] - bounds[0], 0, bounds[3] - bounds[2])
             task = dask.delayed(_simulate_chunk, pure=True)(
-                field, bounds, sy - sy.min(), sx - sx.min(), (u_y[iy] - sy) * d_y, (u_x[ix] - sx) * d_x,
-                optics_key, crop, (d_y, d_x), margin, sigma_pos, dose,
+                field, bounds, sy - sy.min(), sx - sx.min(), offset_y[iy], offset_x[ix],
+                optics_key, geo.detector_runs(), (d_y, d_x), margin, sigma_pos, dose,
                 int(seed), np.arange(y0, y1), np.arange(x0, x1), out_dtype, backend)
             row.append(da.from_delayed(task, shape=(y1 - y0, x1 - x0, det[0], det[1]),
                                        dtype=out_dtype, meta=np.empty((0, 0, 0, 0), out_dtype)))
@@ -350,8 +313,8 @@ def simulate_4dstem(
         "aberrations": {k: v for k, v in coefficients.items() if v != 0.0},
         "scan_shape": list(scan_shape), "scan_step_A": list(step), "scan_origin_A": list(origin),
         "detector_shape": list(det), "max_angle_mrad": list(max_angle),
-        "detector_pixel_mrad": list(geo["pixel_mrad"]),
-        "bandlimit_mrad": list(geo["bandlimit_mrad"]),
+        "detector_pixel_mrad": list(geo.detector_pixel_mrad),
+        "bandlimit_mrad": list(geo.bandlimit_mrad),
         "potential_sampling_A": [d_y, d_x], "window_px": [m_y, m_x], "window_A": list(window_A),
         "wavelength_A": lam, "interaction_constant_rad_per_V_A": interaction_constant(energy_ev),
         "slice_thickness_A": slice_dz if n_slices > 1 else None, "n_slices": n_slices,
@@ -364,7 +327,7 @@ def simulate_4dstem(
     }
     dataset = from_array(
         array, energy_ev=energy_ev, semiangle_mrad=semiangle_mrad, scan_step_A=step,
-        detector_pixel_mrad=geo["pixel_mrad"], dose_e_per_pattern=dose,
+        detector_pixel_mrad=geo.detector_pixel_mrad, dose_e_per_pattern=dose,
         units="probability" if dose is None else "counts",
         source=f"stemdask.simulate ({sample.name})", chunks=(cy, cx),
         attrs={"simulation": _jsonable(params)},
@@ -488,7 +451,7 @@ def _atoms_in_box(sample: AtomicSample, origin_yx: tuple[float, float],
 def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_y: np.ndarray,
                     start_x: np.ndarray, centre_y_A: np.ndarray, centre_x_A: np.ndarray,
                     optics_arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
-                    crop: tuple[np.ndarray, np.ndarray],
+                    runs: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]],
                     sampling: tuple[float, float], margin: tuple[int, int],
                     sigma_positions: tuple[float, float], dose: float | None, seed: int,
                     iy: np.ndarray, ix: np.ndarray, out_dtype: np.dtype,
@@ -496,24 +459,27 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     """Patterns of one tile of probe positions (plus ``margin`` extra around it).
 
     ``field[:, bounds]`` is the transmission around the tile; ``start_y``/``_x``
-    the window corners in it, ``centre_*_A`` the probe positions in the windows.
+    the window corners in it, ``centre_*_A`` the probe positions in the windows;
+    ``optics_arrays`` the probe spectrum, the propagation kernel ``B · P`` and
+    the band limit ``B``; ``runs`` the detector crop (:meth:`ScanGeometry.detector_runs`).
     """
     from ..backend import array_module
 
-    probe_k, propagator, mask = optics_arrays
+    probe_k, kernel, mask = optics_arrays
     region = field[..., bounds[0]:bounds[1], bounds[2]:bounds[3]]  # (configuration, slice, y, x)
     if backend == "cupy":
         import cupy
 
-        region, probe_k, propagator, mask = (cupy.asarray(a) for a in (region, probe_k, propagator, mask))
+        region, probe_k, kernel, mask = (cupy.asarray(a) for a in (region, probe_k, kernel, mask))
 
     xp = array_module(region)
     m_y, m_x = probe_k.shape
-    n_ky, n_kx = len(crop[0]), len(crop[1])
+    runs_y, runs_x = runs
+    n_ky = sum(stop - start for _, start, stop in runs_y)
+    n_kx = sum(stop - start for _, start, stop in runs_x)
     ny, nx = len(start_y), len(start_x)
     ky = xp.fft.fftfreq(m_y, sampling[0]).astype(np.float32)
     kx = xp.fft.fftfreq(m_x, sampling[1]).astype(np.float32)
-    kernel = propagator * mask
     grid_y, grid_x = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     grid_y, grid_x = grid_y.ravel(), grid_x.ravel()
     intensity = np.zeros((ny, nx, n_ky, n_kx), dtype=np.float64)
@@ -522,9 +488,6 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     batch = min(BATCH, grid_y.size)
     work = xp.empty((batch, m_y, m_x), dtype=np.complex64)
     pattern = xp.empty((batch, n_ky, n_kx), dtype=np.float32)
-    # the detector is the central n_k frequencies: two FFT-order runs per axis
-    runs_y = _crop_runs(m_y, n_ky)
-    runs_x = _crop_runs(m_x, n_kx)
     for b0, c in itertools.product(range(0, grid_y.size, batch), range(region.shape[0])):
         by, bx = grid_y[b0:b0 + batch], grid_x[b0:b0 + batch]
         nb = len(by)
@@ -534,16 +497,16 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
         ramp_x = xp.exp((-2j * np.pi) * kx[None, :] * xp.asarray(centre_x_A[bx], dtype=np.float32)[:, None])
         xp.multiply(probe_k[None], ramp_y[:, :, None], out=w)
         w *= ramp_x[:, None, :]
-        w = _fft2(w, xp, inverse=True)
-        for s in range(region.shape[1]):
-            if s:
-                w *= kernel
-                w = _fft2(w, xp, inverse=True)
-            for b in range(nb):
-                y0, x0 = start_y[by[b]], start_x[bx[b]]
-                w[b] *= region[c, s, y0:y0 + m_y, x0:x0 + m_x]
-            w = _fft2(w, xp, inverse=False)
-        w *= mask
+        w = fft2(w, inverse=True, overwrite=True)
+        n_slices = region.shape[1]
+        corners = [(int(start_y[by[b]]), int(start_x[bx[b]])) for b in range(nb)]
+        for s in range(n_slices):
+            # each wave's window of the slice, as views (no copy)
+            windows = [region[c, s, y0:y0 + m_y, x0:x0 + m_x] for y0, x0 in corners]
+            last = s == n_slices - 1
+            # after the last slice only the band limit: the propagation is a phase there
+            w = multislice_step(w, windows, mask if last else kernel, overwrite=True,
+                                return_spectrum=last)
         p = pattern[:nb]
         for (dy0, sy0, sy1) in runs_y:
             for (dx0, sx0, sx1) in runs_x:
@@ -562,21 +525,6 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     if dose is None:
         return intensity.astype(np.float32)
     return _dose.poisson_counts(intensity, dose, seed, iy, ix, out_dtype)
-
-
-def _crop_runs(m: int, n: int) -> list[tuple[int, int, int]]:
-    """(destination start, source start, source stop) of the central ``n`` of ``m`` FFT frequencies."""
-    half = n // 2
-    return [(0, m - half, m), (half, 0, n - half)] if half else [(0, 0, n)]
-
-
-def _fft2(a: Any, xp: Any, *, inverse: bool) -> Any:
-    """2-D FFT over the last two axes, in place for numpy (scipy.fft, overwrite_x)."""
-    if xp is np:
-        f = scipy.fft.ifft2 if inverse else scipy.fft.fft2
-        return f(a, axes=(-2, -1), overwrite_x=True)
-    f = xp.fft.ifft2 if inverse else xp.fft.fft2
-    return f(a, axes=(-2, -1))
 
 
 def _truth(potential: np.ndarray, transmission: np.ndarray, probe_k: np.ndarray,
