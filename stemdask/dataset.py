@@ -12,8 +12,14 @@ chunked in whole detector frames and tiles of scan positions.
 * attrs (present only when known): ``energy_ev``, ``semiangle_mrad``,
   ``scan_step_A`` ([y, x]), ``detector_pixel_mrad`` ([y, x]),
   ``beam_center_px`` ([y, x], the beam position on the detector in pixels),
-  ``scan_rotation_deg``, ``dose_e_per_pattern``, ``units`` (of the values)
-  and ``source``.
+  ``scan_origin_A`` ([y, x], the stage position of the first probe position:
+  the ``scan_y``/``scan_x`` coordinates start there), ``scan_rotation_deg``,
+  ``dose_e_per_pattern``, ``units`` (of the values) and ``source``.
+
+Chunking is not part of the contract: a dataset may be chunked along any dim
+(SSB, for one, wants every probe position for a subset of detector pixels).
+The kernels that need whole detector frames per chunk say so through
+:func:`require_whole_frames`.
 
 Unknown calibration is allowed (a real Merlin file carries none) and is
 represented by a missing attribute, never by NaN; operations that need it
@@ -44,9 +50,18 @@ SCAN_DIMS: tuple[str, str] = DIMS[:2]
 DETECTOR_DIMS: tuple[str, str] = DIMS[2:]
 
 #: calibration attributes that are pairs (y, x)
-PAIR_ATTRS = ("scan_step_A", "detector_pixel_mrad", "beam_center_px")
+PAIR_ATTRS = ("scan_step_A", "detector_pixel_mrad", "beam_center_px", "scan_origin_A")
+#: pair attributes that may take any sign
+SIGNED_PAIR_ATTRS = ("beam_center_px", "scan_origin_A")
 #: calibration attributes that are positive scalars
 POSITIVE_ATTRS = ("energy_ev", "semiangle_mrad", "dose_e_per_pattern")
+#: every calibration attribute of the data model, in the order they are shown
+CALIBRATION_ATTRS: tuple[str, ...] = (
+    "energy_ev", "semiangle_mrad", "scan_step_A", "scan_origin_A", "detector_pixel_mrad",
+    "beam_center_px", "scan_rotation_deg", "dose_e_per_pattern",
+)
+#: calibration plus the descriptive attrs that :func:`calibrate` and :func:`describe` handle
+MODEL_ATTRS: tuple[str, ...] = (*CALIBRATION_ATTRS, "units", "source")
 
 #: target bytes of one default chunk (whole frames, a tile of scan positions)
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -82,11 +97,15 @@ def default_chunks(shape: Sequence[int], itemsize: int,
     return (1, max(frames, 1), ky, kx)
 
 
-def scan_coords(n: int, step_A: float | None, dim: str) -> xr.Variable:
-    """Probe-position coordinate in Å (or scan pixels when the step is unknown)."""
+def scan_coords(n: int, step_A: float | None, dim: str, origin_A: float = 0.0) -> xr.Variable:
+    """Probe-position coordinate: stage positions in Å from ``origin_A``, or scan pixels.
+
+    Without a known step the coordinate is the scan pixel index (``units="px"``)
+    and ``origin_A`` does not enter it.
+    """
     if step_A is None:
         return xr.Variable(dim, np.arange(n, dtype=np.float64), {"units": "px", "long_name": dim})
-    return xr.Variable(dim, np.arange(n, dtype=np.float64) * step_A,
+    return xr.Variable(dim, origin_A + np.arange(n, dtype=np.float64) * step_A,
                        {"units": "Å", "long_name": f"probe position {dim[-1]}"})
 
 
@@ -143,6 +162,7 @@ def from_array(
     scan_step_A: float | Sequence[float] | None = None,
     detector_pixel_mrad: float | Sequence[float] | None = None,
     beam_center_px: Sequence[float] | None = None,
+    scan_origin_A: float | Sequence[float] | None = None,
     scan_rotation_deg: float = 0.0,
     dose_e_per_pattern: float | None = None,
     units: str = "counts",
@@ -169,6 +189,10 @@ def from_array(
     beam_center_px : (float, float), optional
         Position of the unscattered beam on the detector in pixels (y, x);
         default the FFT centre ``(k_y // 2, k_x // 2)``.
+    scan_origin_A : float or (float, float), optional
+        Stage position (y, x) in Å of the first probe position; the scan
+        coordinates start there (default 0). Tiles of a montage carry their
+        own origins.
     scan_rotation_deg : float
         Rotation of the scan relative to the detector in degrees.
     dose_e_per_pattern : float, optional
@@ -178,8 +202,9 @@ def from_array(
     source : str
         Where the data came from (file name, simulation, ...).
     chunks : tuple, optional
-        ``(scan_y, scan_x)`` or full 4-D chunks; detector dims are always
-        whole frames. Default: tiles of about 64 MiB.
+        ``(scan_y, scan_x)`` chunks (whole frames) or full 4-D chunks.
+        Default: whole frames in tiles of about 64 MiB (a lazy input keeps
+        its scan tiling).
     name : str
         Name of the DataArray.
     attrs : mapping, optional
@@ -209,8 +234,11 @@ def from_array(
     pixel = _pair("detector_pixel_mrad", detector_pixel_mrad) if detector_pixel_mrad is not None else None
     center = (_pair("beam_center_px", beam_center_px, positive=False)
               if beam_center_px is not None else [float(nky // 2), float(nkx // 2)])
+    origin = _pair("scan_origin_A", scan_origin_A, positive=False) if scan_origin_A is not None else None
     if step is not None:
         out_attrs["scan_step_A"] = step
+    if origin is not None:
+        out_attrs["scan_origin_A"] = origin
     if pixel is not None:
         out_attrs["detector_pixel_mrad"] = pixel
     out_attrs["beam_center_px"] = center
@@ -228,8 +256,8 @@ def from_array(
         for key, value in attrs.items():
             out_attrs.setdefault(key, value)
     coords = {
-        "scan_y": scan_coords(ny, step[0] if step else None, "scan_y"),
-        "scan_x": scan_coords(nx, step[1] if step else None, "scan_x"),
+        "scan_y": scan_coords(ny, step[0] if step else None, "scan_y", origin[0] if origin else 0.0),
+        "scan_x": scan_coords(nx, step[1] if step else None, "scan_x", origin[1] if origin else 0.0),
         "k_y": detector_coords(nky, pixel[0] if pixel else None, center[0], "k_y"),
         "k_x": detector_coords(nkx, pixel[1] if pixel else None, center[1], "k_x"),
     }
@@ -264,8 +292,9 @@ def validate(data: xr.DataArray) -> xr.DataArray:
     """Check that ``data`` follows the stemdask 4D-STEM data model.
 
     Checks dims and their order, calibrated coordinates consistent with the
-    calibration attrs, positive finite calibration values and whole-frame
-    chunks. Returns ``data`` unchanged so calls can be chained.
+    calibration attrs and positive finite calibration values. Chunking is
+    free (see :func:`require_whole_frames` for the kernels that need whole
+    frames). Returns ``data`` unchanged so calls can be chained.
 
     Raises
     ------
@@ -288,7 +317,7 @@ def validate(data: xr.DataArray) -> xr.DataArray:
     for key in PAIR_ATTRS:
         if key in attrs:
             try:
-                _pair(key, attrs[key], positive=key != "beam_center_px")
+                _pair(key, attrs[key], positive=key not in SIGNED_PAIR_ATTRS)
             except (InvalidArgumentError, TypeError) as err:
                 raise DatasetContractError(f"attribute {err}") from None
     step = attrs.get("scan_step_A")
@@ -297,13 +326,21 @@ def validate(data: xr.DataArray) -> xr.DataArray:
         _check_axis(data, dim, None if step is None else float(step[i]), "px" if step is None else "Å")
     for i, dim in enumerate(DETECTOR_DIMS):
         _check_axis(data, dim, None if pixel is None else float(pixel[i]), "px" if pixel is None else "mrad")
-    if isinstance(data.data, da.Array):
-        chunks = data.data.chunks
-        if len(chunks[2]) != 1 or len(chunks[3]) != 1:
-            raise DatasetContractError(
-                f"data is chunked along the detector dims {chunks[2:]}: chunks must hold whole "
-                f"frames (rechunk with {{'k_y': -1, 'k_x': -1}})")
     return data
+
+
+def require_whole_frames(data: xr.DataArray | da.Array, operation: str = "this operation") -> None:
+    """Raise unless every chunk of ``data`` holds whole detector frames.
+
+    For the kernels that work frame by frame (mask projections, counting,
+    event conversion, the histogram codec's writer); other operations accept
+    any chunking, e.g. all probe positions for a subset of detector pixels.
+    """
+    arr = data.data if isinstance(data, xr.DataArray) else data
+    if isinstance(arr, da.Array) and (len(arr.chunks[2]) != 1 or len(arr.chunks[3]) != 1):
+        raise DatasetContractError(
+            f"{operation} needs chunks of whole detector frames, but the data are chunked along "
+            f"the detector dims {arr.chunks[2:]}; rechunk with {{'k_y': -1, 'k_x': -1}}")
 
 
 def require(data: xr.DataArray, *keys: str) -> list[Any]:
@@ -319,12 +356,12 @@ def require(data: xr.DataArray, *keys: str) -> list[Any]:
 def calibrate(data: xr.DataArray, **calibration: Any) -> xr.DataArray:
     """Return a copy of ``data`` with calibration updated (coords follow the attrs).
 
-    Accepts the keyword arguments of :func:`from_array` (``energy_ev``,
-    ``semiangle_mrad``, ``scan_step_A``, ``detector_pixel_mrad``,
-    ``beam_center_px``, ``scan_rotation_deg``, ``dose_e_per_pattern``).
+    Accepts the keyword arguments of :func:`from_array` that set calibration
+    (:data:`MODEL_ATTRS`: ``energy_ev``, ``semiangle_mrad``, ``scan_step_A``,
+    ``scan_origin_A``, ``detector_pixel_mrad``, ``beam_center_px``,
+    ``scan_rotation_deg``, ``dose_e_per_pattern``, ``units``, ``source``).
     """
-    allowed = {"energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad",
-               "beam_center_px", "scan_rotation_deg", "dose_e_per_pattern", "units", "source"}
+    allowed = set(MODEL_ATTRS)
     unknown = set(calibration) - allowed
     if unknown:
         raise bad_value("calibration", sorted(unknown), f"keywords among {sorted(allowed)}")
@@ -332,15 +369,16 @@ def calibrate(data: xr.DataArray, **calibration: Any) -> xr.DataArray:
     merged.update({k: v for k, v in calibration.items()})
     extra = {k: v for k, v in data.attrs.items() if k not in allowed}
     merged = {k: v for k, v in merged.items() if v is not None}
-    return from_array(data.data, chunks=None, name=data.name or "intensity", attrs=extra, **merged)
+    # the chunking stays as it is (a detector-split layout too)
+    chunks = data.data.chunks if isinstance(data.data, da.Array) else None
+    return from_array(data.data, chunks=chunks, name=data.name or "intensity", attrs=extra, **merged)
 
 
 def describe(data: xr.DataArray) -> dict[str, Any]:
     """Summary of a dataset: shape, dtype, chunks, calibration (None if unknown)."""
     arr = data.data
     chunks = tuple(c[0] for c in arr.chunks) if isinstance(arr, da.Array) else tuple(data.shape)
-    keys = ("energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad",
-            "beam_center_px", "scan_rotation_deg", "dose_e_per_pattern", "units", "source")
+    keys = MODEL_ATTRS
     return {
         "shape": tuple(int(s) for s in data.shape),
         "dtype": str(data.dtype),

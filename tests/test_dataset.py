@@ -61,7 +61,42 @@ def test_chunks_keep_whole_frames():
     assert data.chunks[2] == (6,) and data.chunks[3] == (6,)
     split = xr.DataArray(data.data.rechunk((2, 4, 3, 6)), dims=data.dims, coords=data.coords, attrs=data.attrs)
     with pytest.raises(DatasetContractError, match="whole"):
-        stemdask.validate(split)
+        stemdask.dataset.require_whole_frames(split)
+
+
+def test_detector_split_layout_is_a_valid_dataset_and_frame_kernels_refuse_it():
+    """All probe positions x a subset of detector pixels (the SSB layout) passes validate."""
+    dense, data = make(shape=(4, 6, 8, 10), chunks=(2, 3))
+    transposed = data.chunk({"scan_y": -1, "scan_x": -1, "k_y": 4, "k_x": 5})
+    assert stemdask.validate(transposed) is transposed
+    recal = stemdask.calibrate(transposed, energy_ev=200e3)
+    assert recal.chunks == transposed.chunks and recal.attrs["energy_ev"] == 200e3
+    # reductions over scan positions accept it; frame-wise kernels say what they need
+    np.testing.assert_allclose(stemdask.imaging.pacbed(transposed, "sum").values, dense.sum((0, 1)))
+    with pytest.raises(DatasetContractError, match="whole detector frames"):
+        stemdask.imaging.virtual_image(transposed, stemdask.imaging.detectors.disk(transposed, 3.0))
+    with pytest.raises(DatasetContractError, match="whole detector frames"):
+        stemdask.events.from_dense(transposed)
+
+
+def test_scan_origin_sets_the_coordinates_and_survives_calibrate_and_save(tmp_path):
+    dense = np.arange(3 * 4 * 5 * 6, dtype=np.uint16).reshape(3, 4, 5, 6)
+    data = stemdask.from_array(dense, scan_step_A=(0.5, 0.25), scan_origin_A=(-10.0, 2.5), detector_pixel_mrad=1.0)
+    assert data.attrs["scan_origin_A"] == [-10.0, 2.5]
+    np.testing.assert_allclose(data.scan_y.values, -10.0 + 0.5 * np.arange(3))
+    np.testing.assert_allclose(data.scan_x.values, 2.5 + 0.25 * np.arange(4))
+    recal = stemdask.calibrate(data, scan_step_A=1.0)
+    np.testing.assert_allclose(recal.scan_x.values, 2.5 + np.arange(4))
+    assert stemdask.describe(recal)["scan_origin_A"] == [-10.0, 2.5]
+    stemdask.save(data, tmp_path / "s.zarr")
+    back = stemdask.open_dataset(tmp_path / "s.zarr")
+    assert back.attrs["scan_origin_A"] == [-10.0, 2.5]
+    np.testing.assert_allclose(back.scan_y.values, data.scan_y.values)
+    # results carry it
+    img = stemdask.imaging.virtual_image(data, stemdask.imaging.detectors.disk(data, 2.0))
+    assert img.attrs["scan_origin_A"] == [-10.0, 2.5]
+    with pytest.raises(InvalidArgumentError, match="scan_origin_A"):
+        stemdask.from_array(dense, scan_origin_A=(np.nan, 0.0))
 
 
 def test_accessor_describes():

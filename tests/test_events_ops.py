@@ -1,4 +1,4 @@
-"""O(counts) operations on counted datasets equal the dense path exactly."""
+"""Counted datasets through the one imaging engine, and the O(counts) operations, equal the dense path exactly."""
 
 from __future__ import annotations
 
@@ -23,17 +23,28 @@ def make(rate: float, shape=(6, 8, 12, 10), chunks=(4, 3), seed=0):
     return dense, data, ev.from_dense(data)
 
 
+def as_masks(values, data):
+    """Plain weights (mask, k_y, k_x) as a mask stack with the dataset's detector coordinates."""
+    values = np.asarray(values)
+    dims = ("k_y", "k_x") if values.ndim == 2 else ("mask", "k_y", "k_x")
+    return xr.DataArray(values, dims=dims, coords={"k_y": data.k_y, "k_x": data.k_x})
+
+
 @pytest.mark.parametrize("rate", SPARSITIES)
 def test_projection_and_virtual_detectors_equal_dense(rate):
     dense, data, counted = make(rate)
-    masks = np.random.default_rng(1).integers(-2, 3, (3, 12, 10))
-    want = np.einsum("abij,mij->abm", dense.astype(np.int64), masks)
-    got = ev.project(counted, masks)
-    assert got.dims == ("scan_y", "scan_x", "mask") and got.dtype == np.int64
+    masks = as_masks(np.random.default_rng(1).integers(-2, 3, (3, 12, 10)), data)
+    want = np.einsum("abij,mij->abm", dense.astype(np.int64), masks.values)
+    got = imaging.project(counted, masks)
+    # one engine: the same result type as the dense path, exact integer values in float64
+    assert got.dims == ("scan_y", "scan_x", "mask") and got.dtype == np.float64
     np.testing.assert_array_equal(got.values, want)
-    fmask = np.random.default_rng(2).random((12, 10))
-    np.testing.assert_allclose(ev.virtual_image(counted, fmask).values,
-                               np.einsum("abij,ij->ab", dense, fmask), rtol=1e-12)
+    assert "representation" not in got.attrs
+    fmask = as_masks(np.random.default_rng(2).random((12, 10)), data)
+    img = imaging.virtual_image(counted, fmask)
+    assert img.dims == ("scan_y", "scan_x")
+    np.testing.assert_allclose(img.values, np.einsum("abij,ij->ab", dense, fmask.values), rtol=1e-12)
+    np.testing.assert_allclose(img.values, imaging.virtual_image(data, fmask).values, rtol=1e-12)
     # the imaging engine on events: exactly the dense engine's result
     stack = imaging.detectors.stack(imaging.detectors.disk(data, 4.0),
                                     imaging.detectors.annulus(data, 4.0, 9.0))
@@ -44,19 +55,22 @@ def test_projection_and_virtual_detectors_equal_dense(rate):
 def test_sums_com_radial_equal_dense(rate):
     dense, data, counted = make(rate)
     np.testing.assert_array_equal(ev.frame_sum(counted).values, dense.sum((0, 1)))
-    np.testing.assert_array_equal(ev.pacbed(counted).values, dense.sum((0, 1)))
+    for reduce, want in (("sum", dense.sum((0, 1))), ("mean", dense.mean((0, 1))), ("max", dense.max((0, 1)))):
+        got = imaging.pacbed(counted, reduce)
+        np.testing.assert_allclose(got.values, want, rtol=1e-12)
+        assert got.dtype == imaging.pacbed(data, reduce).dtype
     np.testing.assert_array_equal(ev.total_counts(counted).values, dense.sum((2, 3)))
     np.testing.assert_array_equal(ev.events_per_frame(counted).values, dense.sum((2, 3)))
-    com = ev.center_of_mass(counted).compute()
+    com = imaging.center_of_mass(counted).compute()
     ky, kx = data.k_y.values, data.k_x.values
     total = dense.sum((2, 3)).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         want_y = (dense * ky[:, None]).sum((2, 3)) / total
         want_x = (dense * kx[None, :]).sum((2, 3)) / total
-    np.testing.assert_allclose(com.com_y.values, want_y, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(com.com_x.values, want_x, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(com.total.values, total)
-    assert com.com_y.attrs["units"] == "mrad"
+    np.testing.assert_allclose(com.sel(component="y").values, want_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(com.sel(component="x").values, want_x, rtol=1e-12, atol=1e-12)
+    xr.testing.assert_allclose(com, imaging.center_of_mass(data).compute(), rtol=1e-12, atol=1e-12)
+    assert com.attrs["units"] == "mrad"
     r = np.hypot(ky[:, None], kx[None, :])
     bins = np.floor(r / 1.5).astype(int)
     radial = ev.radial_sum(counted)
@@ -107,25 +121,30 @@ def test_gather_kernels_agree():
                                rtol=1e-12)
 
 
-def test_masks_are_checked():
-    _, _, counted = make(0.1)
-    with pytest.raises(InvalidArgumentError, match=r"\(mask, k_y, k_x\)"):
-        ev.project(counted, np.ones((2, 5, 5)))
+def test_masks_are_checked_as_for_dense_data():
+    _, data, counted = make(0.1)
+    with pytest.raises(InvalidArgumentError, match="detector shape"):
+        imaging.project(counted, xr.DataArray(np.ones((2, 5, 5)), dims=("mask", "k_y", "k_x")))
     with pytest.raises(InvalidArgumentError, match="finite"):
-        ev.project(counted, np.full((12, 10), np.nan))
+        imaging.project(counted, as_masks(np.full((12, 10), np.nan), data))
+    with pytest.raises(InvalidArgumentError, match="zero everywhere"):
+        imaging.virtual_image(counted, as_masks(np.zeros((12, 10)), data))
+    other = stemdask.from_array(np.zeros((2, 2, 12, 10), np.uint16), detector_pixel_mrad=0.5)
+    with pytest.raises(InvalidArgumentError, match="coordinates"):
+        imaging.project(counted, imaging.detectors.disk(other, 2.0))
     with pytest.raises(InvalidArgumentError, match="counted dataset"):
         ev.frame_sum(stemdask.from_array(np.zeros((2, 2, 3, 3), np.uint16)))
 
 
 def test_operations_on_local_cluster(local_client):
     dense, data, counted = make(0.05, shape=(8, 8, 16, 16), chunks=(4, 4), seed=7)
-    masks = np.random.default_rng(8).integers(0, 2, (2, 16, 16))
-    got_proj, got_sum, got_com, got_bin = local_client.compute(
-        [ev.project(counted, masks), ev.frame_sum(counted), ev.center_of_mass(counted).total,
+    masks = as_masks(np.random.default_rng(8).integers(0, 2, (2, 16, 16)), data)
+    got_proj, got_sum, got_total, got_bin = local_client.compute(
+        [imaging.project(counted, masks), ev.frame_sum(counted), ev.total_counts(counted),
          ev.to_dense(ev.bin_scan(counted, 2))], sync=True)
-    np.testing.assert_array_equal(got_proj.values, np.einsum("abij,mij->abm", dense.astype(np.int64), masks))
+    np.testing.assert_array_equal(got_proj.values, np.einsum("abij,mij->abm", dense.astype(np.int64), masks.values))
     np.testing.assert_array_equal(got_sum.values, dense.sum((0, 1)))
-    np.testing.assert_array_equal(got_com.values, dense.sum((2, 3)))
+    np.testing.assert_array_equal(got_total.values, dense.sum((2, 3)))
     np.testing.assert_array_equal(got_bin.values, dense.reshape(4, 2, 4, 2, 16, 16).sum((1, 3)))
     raw = stemdask.from_array(dense.astype(np.float32) * 2 + 5, chunks=(4, 4))
     counted2 = ev.count_electrons(raw, threshold=0.5, dark=5.0, gain=0.5)
@@ -148,9 +167,11 @@ def test_operations_on_gpu_blocks():
     data = stemdask.from_array(cupy.asarray(dense), chunks=(2, 3))
     counted = ev.from_dense(data)
     np.testing.assert_array_equal(cupy.asnumpy(ev.frame_sum(counted).data.compute()), dense.sum((0, 1)))
-    masks = np.random.default_rng(11).integers(0, 2, (2, 16, 16))
-    got = ev.project(counted, masks).data.compute()
-    np.testing.assert_array_equal(cupy.asnumpy(got), np.einsum("abij,mij->abm", dense.astype(np.int64), masks))
+    masks = as_masks(np.random.default_rng(11).integers(0, 2, (2, 16, 16)), data)
+    got = imaging.project(counted, masks).data.compute()
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(got), np.einsum("abij,mij->abm", dense.astype(np.int64), masks.values))
+    np.testing.assert_array_equal(cupy.asnumpy(imaging.pacbed(counted, "max").data.compute()), dense.max((0, 1)))
 
 
 @pytest.mark.parametrize("name", ["001_4x2_6bit.mib", "002_merlin_test_roi_sig256x128_nav4x2_hot_pixel_52x_39y.mib"])

@@ -3,7 +3,9 @@
 A counted dataset is a stemdask DataArray (same dims, coords and attrs as a
 dense one) whose dask chunks are :class:`EventBlock` s: linear detector
 indices of every electron plus per-frame offsets. Operations here cost
-O(electrons), not O(pixels); see ``docs/events.md``.
+O(electrons), not O(pixels); see ``docs/events.md``. Mask projections
+(virtual images, CoM, PACBED, radial profiles) are the functions of
+:mod:`stemdask.imaging`, which take counted data as they take dense data.
 """
 
 from . import project as _project_registration  # noqa: F401  (EventBlock in the imaging engine)
@@ -14,15 +16,11 @@ from .count import count_electrons
 from .ops import (
     bin_detector,
     bin_scan,
-    center_of_mass,
     crop,
     frame_sum,
-    pacbed,
-    project,
     radial_sum,
     scan_crop,
     total_counts,
-    virtual_image,
 )
 from .rle import RunLengthEvents, rle_decode, rle_encode
 from .storage import open_event_store, open_stempy, save_events, write_stempy
@@ -34,7 +32,6 @@ __all__ = [
     "as_representation",
     "bin_detector",
     "bin_scan",
-    "center_of_mass",
     "choose_representation",
     "count_electrons",
     "crop",
@@ -46,8 +43,6 @@ __all__ = [
     "is_counted",
     "open_event_store",
     "open_stempy",
-    "pacbed",
-    "project",
     "radial_sum",
     "rle_decode",
     "rle_encode",
@@ -55,6 +50,5 @@ __all__ = [
     "scan_crop",
     "to_dense",
     "total_counts",
-    "virtual_image",
     "write_stempy",
 ]

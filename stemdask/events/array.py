@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..dataset import DIMS, validate
+from ..dataset import DIMS, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from .block import EventBlock
 
@@ -85,6 +85,7 @@ def from_dense(data: xr.DataArray, *, dtype: Any = None) -> xr.DataArray:
         counts (when computed).
     """
     validate(data)
+    require_whole_frames(data, "conversion to electron events")
     if data.dtype.kind not in "ui":
         raise bad_value("data", f"<dataset of dtype {data.dtype}>",
                         "integer electron counts (use stemdask.events.count_electrons for raw frames)")

@@ -288,6 +288,8 @@ class EventBlock:
             return concatenate_blocks(*args, **kwargs)
         if func is np.sum:
             return _sum(*args, **kwargs)
+        if func in (np.max, np.amax):
+            return _max(*args, **kwargs)
         if func is np.take:
             return _take(*args, **kwargs)
         raise InvalidTypeError(
@@ -302,6 +304,10 @@ class EventBlock:
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, **kwargs: Any):
         """Sum of counts over ``axis`` in O(counts) (see :func:`numpy.sum`)."""
         return _sum(self, axis=axis, dtype=dtype, keepdims=keepdims, **kwargs)
+
+    def max(self, axis: Any = None, keepdims: bool = False, **kwargs: Any):
+        """Largest count over ``axis`` in O(counts log counts) (see :func:`numpy.max`)."""
+        return _max(self, axis=axis, keepdims=keepdims, **kwargs)
 
 
 def _rebuild(indices, offsets, scan_shape, frame_shape, dtype):
@@ -436,17 +442,59 @@ def _take(block: EventBlock, indices: Any, axis: Any = None, out: Any = None, mo
     return block[tuple(key)]
 
 
+def _axes(axis: Any) -> set[int]:
+    if axis is None:
+        return {0, 1, 2, 3}
+    items = axis if isinstance(axis, tuple) else (axis,)
+    return {operator.index(a) % 4 for a in items}
+
+
+def _output_keys(block: EventBlock, axes: set[int], fid: Any, ind: Any) -> tuple[Any, tuple[int, ...]]:
+    """Flat output index of every (frame, pixel) pair for a reduction over ``axes``."""
+    xp = block.xp
+    (ny, nx), (ky, kx) = block.scan_shape, block.frame_shape
+    oy, ox, oky, okx = (1 if 0 in axes else ny, 1 if 1 in axes else nx,
+                        1 if 2 in axes else ky, 1 if 3 in axes else kx)
+    zero = xp.zeros_like(fid)
+    fy, fx = (fid // nx, fid % nx) if nx else (zero, zero)
+    py, px = (ind // kx, ind % kx) if kx else (zero, zero)
+    g = (zero if 0 in axes else fy) * ox + (zero if 1 in axes else fx)
+    h = (zero if 2 in axes else py) * okx + (zero if 3 in axes else px)
+    return g * (oky * okx) + h, (oy, ox, oky, okx)
+
+
+def _max(block: EventBlock, axis: Any = None, out: Any = None, keepdims: bool = False, **kwargs: Any):
+    """np.max of the dense counts: counts per (frame, pixel) from the events, then a scatter-max."""
+    kwargs.pop("computing_meta", None)
+    if out is not None or kwargs.get("where", True) is not True or kwargs.get("initial") is not None:
+        raise bad_value("max", kwargs, "a plain maximum (no out=, where= or initial=) on electron events")
+    axes = _axes(axis)
+    xp = block.xp
+    n_pixels = block.frame_shape[0] * block.frame_shape[1]
+    pairs = block.frame_ids().astype(np.int64) * n_pixels + block.indices.astype(np.int64)
+    unique, counts = xp.unique(pairs, return_counts=True)
+    keys, shape = _output_keys(block, axes, unique // n_pixels, unique % n_pixels)
+    result = xp.zeros(int(np.prod(shape)), dtype=np.int64)  # pixels without electrons count 0
+    if counts.size:
+        if xp is np:
+            np.maximum.at(result, keys, counts.astype(np.int64))
+        else:  # cupy has no ufunc.at for maximum
+            import cupyx
+
+            cupyx.scatter_max(result, keys, counts.astype(np.int64))
+    result = result.astype(block.dtype).reshape(shape)
+    if not keepdims:
+        result = result.reshape([n for i, n in enumerate(shape) if i not in axes])
+    return result
+
+
 def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None,
          keepdims: bool = False, **kwargs: Any):
     """np.sum of the dense counts computed from the events in O(counts + output)."""
     kwargs.pop("computing_meta", None)
     if out is not None or kwargs.get("where", True) is not True or kwargs.get("initial", 0) != 0:
         raise bad_value("sum", kwargs, "a plain sum (no out=, where= or initial=) on electron events")
-    if axis is None:
-        axes = {0, 1, 2, 3}
-    else:
-        items = axis if isinstance(axis, tuple) else (axis,)
-        axes = {operator.index(a) % 4 for a in items}
+    axes = _axes(axis)
     dtype = np.dtype(dtype) if dtype is not None else np.zeros(0, block.dtype).sum().dtype
     xp = block.xp
     (ny, nx), (ky, kx) = block.scan_shape, block.frame_shape
@@ -463,15 +511,9 @@ def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None
         shape = [1 if i in axes else n for i, n in enumerate(block.shape)]
         result = flat.astype(dtype).reshape(shape)
         return result if keepdims else result.reshape([n for i, n in enumerate(block.shape) if i not in axes])
-    fid = block.frame_ids()
-    ind = block.indices.astype(np.int64)
-    zero = xp.zeros_like(fid)
-    fy, fx = (fid // nx, fid % nx) if nx else (zero, zero)
-    py, px = (ind // kx, ind % kx) if kx else (zero, zero)
-    g = (zero if 0 in axes else fy) * ox + (zero if 1 in axes else fx)
-    h = (zero if 2 in axes else py) * okx + (zero if 3 in axes else px)
+    keys, _ = _output_keys(block, axes, block.frame_ids(), block.indices.astype(np.int64))
     n_out = oy * ox * oky * okx
-    flat = xp.bincount(g * (oky * okx) + h, minlength=n_out) if block.n_events else xp.zeros(n_out, np.int64)
+    flat = xp.bincount(keys, minlength=n_out) if block.n_events else xp.zeros(n_out, np.int64)
     result = flat.astype(dtype).reshape(oy, ox, oky, okx)
     if not keepdims:
         result = result.reshape([n for i, n in enumerate((oy, ox, oky, okx)) if i not in axes])

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from ..backend import array_module, is_cupy
-from ..dataset import DETECTOR_DIMS, validate
+from ..dataset import DETECTOR_DIMS, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from .array import event_meta, wrap_events
 from .block import EventBlock, index_dtype
@@ -177,6 +177,7 @@ def count_electrons(data: xr.DataArray, *, threshold: float, dark: Any = None, g
         ``counting_centroid`` and ``units="electrons"``.
     """
     validate(data)
+    require_whole_frames(data, "electron counting")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
         raise bad_type("threshold", threshold, "a positive number (corrected detector units)")
     if not math.isfinite(float(threshold)) or float(threshold) <= 0:

@@ -4,11 +4,12 @@ Every operation touches each electron once (plus, at most, one pass over the
 detector pixels to build a lookup table), never the empty pixels of every
 frame:
 
-* virtual detectors with any mask and mask projections: a gather
-  ``weights[index]`` summed per frame;
-* centre of mass: exact integer first moments, then one division;
+* the gather kernel ``weights[index]`` summed per frame, which the imaging
+  engine uses for every mask projection of event blocks (virtual detectors,
+  CoM, PACBED and radial profiles go through :mod:`stemdask.imaging`, which
+  takes dense and counted data alike; see ``events/project.py``);
 * radial sums: a pixel -> radius-bin lookup table and a histogram per frame;
-* frame sums / PACBED: a histogram of all indices;
+* frame sums: a histogram of all indices;
 * detector binning and cropping: a pixel -> pixel lookup table;
 * scan binning: a reordering of whole frames.
 
@@ -55,32 +56,6 @@ def _gather_sum1(indices, offsets, weights, out):  # pragma: no cover - compiled
         out[f] = acc
 
 
-@numba.njit(cache=True, nogil=True)
-def _moments(indices, offsets, rows, cols, out):  # pragma: no cover - compiled
-    for f in range(offsets.shape[0] - 1):
-        sy = 0
-        sx = 0
-        for i in range(offsets[f], offsets[f + 1]):
-            p = indices[i]
-            sy += rows[p]
-            sx += cols[p]
-        out[f, 0] = offsets[f + 1] - offsets[f]
-        out[f, 1] = sy
-        out[f, 2] = sx
-
-
-def moments_block(block: EventBlock) -> Any:
-    """Exact first moments per frame: electrons, sum of rows, sum of columns (int64)."""
-    ky, kx = block.frame_shape
-    if block.xp is not np:
-        rows, cols = np.divmod(np.arange(ky * kx, dtype=np.int64), kx)
-        return gather_block_vectorised(block, np.stack([np.ones(ky * kx, np.int64), rows, cols], 1), np.int64)
-    rows, cols = np.divmod(np.arange(ky * kx, dtype=np.int32), np.int32(max(kx, 1)))
-    out = np.zeros((block.n_frames, 3), np.int64)
-    _moments(block.indices, block.offsets, rows, cols, out)
-    return out.reshape(*block.scan_shape, 3)
-
-
 def gather_block(block: EventBlock, weights: Any, dtype: Any = np.float64) -> Any:
     """``out[f, m] = sum of weights[index, m]`` over the electrons of frame ``f``.
 
@@ -89,8 +64,8 @@ def gather_block(block: EventBlock, weights: Any, dtype: Any = np.float64) -> An
     """
     dtype = np.dtype(dtype)
     n = weights.shape[1]
-    if block.xp is not np:
-        return _gather_cupy(block, weights, dtype)
+    if block.xp is not np:  # CuPy: the array-operation gather (no numba)
+        return gather_block_vectorised(block, weights, dtype)
     w = np.ascontiguousarray(weights, dtype=dtype)
     out = np.zeros((block.n_frames, n), dtype)
     if block.n_events:
@@ -120,10 +95,6 @@ def gather_block_vectorised(block: EventBlock, weights: Any, dtype: Any = np.flo
         xp.cumsum(w[block.indices.astype(np.int64)], axis=0, out=running[1:])
     out = running[block.offsets[1:]] - running[block.offsets[:-1]]
     return out.reshape(*block.scan_shape, n)
-
-
-def _gather_cupy(block: EventBlock, weights: Any, dtype: np.dtype) -> Any:
-    return gather_block_vectorised(block, weights, dtype)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -157,84 +128,9 @@ def _scan_coords(data: xr.DataArray) -> dict[str, Any]:
     return {d: data.coords[d] for d in SCAN_DIMS}
 
 
-def _weights_matrix(masks: Any, data: xr.DataArray) -> tuple[np.ndarray, Any, Any]:
-    """Masks as a ``(pixels, n_masks)`` numpy matrix, its dtype and mask coordinate."""
-    if isinstance(masks, xr.DataArray):
-        if masks.ndim == 2:
-            if tuple(masks.dims) != DETECTOR_DIMS:
-                raise bad_value("masks", f"<DataArray with dims {masks.dims}>", f"dims {DETECTOR_DIMS}")
-            masks = masks.expand_dims("mask")
-        if tuple(masks.dims) != ("mask", *DETECTOR_DIMS):
-            raise bad_value("masks", f"<DataArray with dims {masks.dims}>", "dims ('mask', 'k_y', 'k_x')")
-        names = masks.coords["mask"].values if "mask" in masks.coords else np.arange(masks.sizes["mask"])
-        values = np.asarray(masks.values)
-    else:
-        values = np.asarray(masks)
-        if values.ndim == 2:
-            values = values[None]
-        names = np.arange(values.shape[0]) if values.ndim == 3 else None
-    shape = tuple(int(data.sizes[d]) for d in DETECTOR_DIMS)
-    if values.ndim != 3 or values.shape[1:] != shape or values.shape[0] == 0:
-        raise bad_value("masks", f"<masks of shape {values.shape}>", f"(mask, k_y, k_x) with (k_y, k_x) = {shape}")
-    if values.dtype.kind not in "biuf":
-        raise bad_value("masks", f"<masks of dtype {values.dtype}>", "boolean or real-valued weights")
-    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-        raise bad_value("masks", "<masks with non-finite weights>", "finite weights")
-    dtype = np.dtype(np.float64) if values.dtype.kind == "f" else np.dtype(np.int64)
-    matrix = np.ascontiguousarray(values.reshape(values.shape[0], -1).T, dtype=dtype)
-    return matrix, dtype, names
-
-
-def _project_events(arr: da.Array, matrix: np.ndarray, dtype: np.dtype) -> da.Array:
-    import dask
-
-    w = dask.delayed(matrix, pure=True, traverse=False)
-    n = matrix.shape[1]
-    return da.map_blocks(gather_block, arr, w, dtype, drop_axis=(2, 3), new_axis=2,
-                         chunks=(arr.chunks[0], arr.chunks[1], (n,)), dtype=dtype,
-                         meta=np.empty((0, 0, 0), dtype))
-
-
 # ----------------------------------------------------------------------------
 # public operations
 # ----------------------------------------------------------------------------
-def project(counted: xr.DataArray, masks: Any) -> xr.DataArray:
-    """Project every frame of a counted dataset onto masks by gather, O(counts).
-
-    Parameters
-    ----------
-    counted : xarray.DataArray
-        Counted dataset (event chunks).
-    masks : xarray.DataArray or array
-        Weights ``(mask, k_y, k_x)`` (or one ``(k_y, k_x)`` mask): boolean,
-        integer or real.
-
-    Returns
-    -------
-    xarray.DataArray
-        Lazy ``(scan_y, scan_x, mask)``: int64 sums for boolean/integer masks
-        (exact), float64 for real weights.
-    """
-    counted = require_counted(counted, "counted")
-    matrix, dtype, names = _weights_matrix(masks, counted)
-    out = _project_events(counted.data, matrix, dtype)
-    coords = _scan_coords(counted)
-    coords["mask"] = names
-    attrs = {k: v for k, v in counted.attrs.items() if k != "representation"}
-    attrs["long_name"] = "mask projection"
-    name = masks.name if isinstance(masks, xr.DataArray) and masks.name else "projection"
-    return xr.DataArray(out, dims=(*SCAN_DIMS, "mask"), coords=coords, attrs=attrs, name=name)
-
-
-def virtual_image(counted: xr.DataArray, mask: Any) -> xr.DataArray:
-    """Virtual detector image ``(scan_y, scan_x)`` of one mask ``(k_y, k_x)``, O(counts)."""
-    if isinstance(mask, xr.DataArray) and mask.ndim == 3:
-        if mask.sizes.get("mask") != 1:
-            raise bad_value("mask", f"<{mask.sizes.get('mask')} masks>", "one mask (use project for several)")
-    out = project(counted, mask).isel(mask=0, drop=True)
-    return out.rename(mask.name if isinstance(mask, xr.DataArray) and mask.name else "virtual_image")
-
-
 def frame_sum(counted: xr.DataArray) -> xr.DataArray:
     """Sum of all frames (PACBED) ``(k_y, k_x)`` in electrons (int64), O(counts)."""
     counted = require_counted(counted, "counted")
@@ -245,8 +141,6 @@ def frame_sum(counted: xr.DataArray) -> xr.DataArray:
                         attrs=attrs, name="frame_sum")
 
 
-pacbed = frame_sum
-
 
 def total_counts(counted: xr.DataArray) -> xr.DataArray:
     """Electrons per frame ``(scan_y, scan_x)`` (int64): the all-pixel detector, O(frames)."""
@@ -254,45 +148,6 @@ def total_counts(counted: xr.DataArray) -> xr.DataArray:
     total = counted.data.sum(axis=(2, 3), dtype=np.int64)
     attrs = {k: v for k, v in counted.attrs.items() if k != "representation"}
     return xr.DataArray(total, dims=SCAN_DIMS, coords=_scan_coords(counted), attrs=attrs, name="total_counts")
-
-
-def center_of_mass(counted: xr.DataArray) -> xr.Dataset:
-    """Centre of mass of every frame in the units of the ``k`` coordinates.
-
-    Exact integer moments ``sum(n)``, ``sum(n * row)``, ``sum(n * col)`` are
-    gathered per frame in O(counts), then mapped to the ``k_y``/``k_x``
-    coordinates (mrad from the beam centre when calibrated, else pixels).
-
-    Returns
-    -------
-    xarray.Dataset
-        ``com_y``, ``com_x`` (float64, NaN for a frame without electrons) and
-        ``total`` (int64 electrons), all ``(scan_y, scan_x)``.
-    """
-    counted = require_counted(counted, "counted")
-    arr = counted.data
-    moments = arr.map_blocks(moments_block, drop_axis=(2, 3), new_axis=2,
-                             chunks=(arr.chunks[0], arr.chunks[1], (3,)), dtype=np.int64,
-                             meta=np.empty((0, 0, 0), np.int64))
-    total = moments[..., 0]
-    out = {}
-    for i, dim in enumerate(DETECTOR_DIMS):
-        coord = np.asarray(counted.coords[dim].values, np.float64)
-        step = coord[1] - coord[0] if coord.size > 1 else 1.0
-        mean_px = da.map_blocks(_ratio, moments[..., i + 1], total, dtype=np.float64)
-        out[f"com_{dim[-1]}"] = xr.DataArray(
-            coord[0] + mean_px * step, dims=SCAN_DIMS, coords=_scan_coords(counted),
-            attrs={"units": counted.coords[dim].attrs.get("units", "px"),
-                   "long_name": f"centre of mass {dim[-1]}"})
-    out["total"] = xr.DataArray(total, dims=SCAN_DIMS, coords=_scan_coords(counted),
-                                attrs={"units": "electrons"})
-    attrs = {k: v for k, v in counted.attrs.items() if k != "representation"}
-    return xr.Dataset(out, attrs=attrs)
-
-
-def _ratio(num: Any, den: Any) -> Any:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den.astype(np.float64)
 
 
 def radial_sum(counted: xr.DataArray, *, bin_width: float | None = None,
@@ -426,6 +281,9 @@ def bin_scan(counted: xr.DataArray, factor: int) -> xr.DataArray:
     attrs = dict(counted.attrs)
     if "scan_step_A" in attrs:
         attrs["scan_step_A"] = [float(s) * f for s in attrs["scan_step_A"]]
+    if "scan_origin_A" in attrs:  # the first binned position is the mean of its f x f positions
+        attrs["scan_origin_A"] = [float(coords[d].values[0]) if counted.coords[d].attrs.get("units") == "Å"
+                                  else float(o) for d, o in zip(SCAN_DIMS, attrs["scan_origin_A"])]
     if "dose_e_per_pattern" in attrs:
         attrs["dose_e_per_pattern"] = float(attrs["dose_e_per_pattern"]) * f * f
     return wrap_events(events, coords=coords, attrs=attrs, name=counted.name)
@@ -455,10 +313,17 @@ def crop(counted: xr.DataArray, *, k_y: slice = slice(None), k_x: slice = slice(
 
 
 def scan_crop(counted: xr.DataArray, *, scan_y: slice = slice(None), scan_x: slice = slice(None)) -> xr.DataArray:
-    """Keep a rectangle of scan positions (O(selected counts)); lazy."""
+    """Keep a rectangle of scan positions (O(selected counts)); lazy.
+
+    ``scan_origin_A`` follows the first kept position.
+    """
     counted = require_counted(counted, "counted")
-    return counted.isel(scan_y=scan_y, scan_x=scan_x)
+    out = counted.isel(scan_y=scan_y, scan_x=scan_x)
+    if "scan_origin_A" in out.attrs and out.sizes["scan_y"] and out.sizes["scan_x"] \
+            and out.coords["scan_y"].attrs.get("units") == "Å":
+        out.attrs = {**out.attrs, "scan_origin_A": [float(out.coords[d].values[0]) for d in SCAN_DIMS]}
+    return out
 
 
-__all__ = ["bin_detector", "bin_scan", "center_of_mass", "crop", "frame_sum", "gather_block",
-           "pacbed", "project", "radial_sum", "scan_crop", "total_counts", "virtual_image"]
+__all__ = ["bin_detector", "bin_scan", "crop", "frame_sum", "gather_block", "gather_block_vectorised",
+           "radial_sum", "scan_crop", "total_counts"]

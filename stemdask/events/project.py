@@ -1,10 +1,11 @@
 """Event blocks in the imaging engine: ``stemdask.imaging.project`` on counted data.
 
 Registers :class:`~stemdask.events.block.EventBlock` with the engine's
-per-block kernel ``project_block`` (a ``functools.singledispatch``), so that
-every virtual image, CoM and mask basis of :mod:`stemdask.imaging` runs on
-electron events by gather in O(counts), with results equal to the dense path
-(float64 accumulation is exact for integer counts).
+per-block kernel ``project_block`` (a ``dask.utils.Dispatch``), so that every
+virtual image, CoM, PACBED, radial profile and mask basis of
+:mod:`stemdask.imaging` runs on electron events by gather in O(counts), with
+results equal to the dense path (float64 accumulation is exact for integer
+counts and integer weights). This is the only projection path for events.
 """
 
 from __future__ import annotations

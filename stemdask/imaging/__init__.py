@@ -17,11 +17,12 @@ from .com import (
     rotate_com,
 )
 from .phase import dpc, icom
-from .project import MaskWeights, project, project_block
+from .project import MaskWeights, back_project, project, project_block
 from .virtual import beam_center, pacbed, radial_profile, virtual_image
 
 __all__ = [
     "MaskWeights",
+    "back_project",
     "beam_center",
     "center_of_mass",
     "correct_com",

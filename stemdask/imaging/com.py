@@ -29,7 +29,7 @@ import xarray as xr
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, validate
 from ..errors import MissingCalibrationError, bad_type, bad_value
 from ..physics import interaction_constant, wavelength_A
-from .project import BATCH_BYTES, check_masks, project
+from .project import BATCH_BYTES, check_masks, project_checked
 
 
 def _com_masks(data: xr.DataArray, mask: xr.DataArray | None) -> xr.DataArray:
@@ -77,12 +77,12 @@ def center_of_mass(data: xr.DataArray, *, mask: xr.DataArray | None = None, dtyp
     """
     validate(data)
     masks = _com_masks(data, mask)
-    sums = project(data, masks, dtype=dtype, batch_bytes=batch_bytes)
+    sums = project_checked(data, masks, dtype=dtype, batch_bytes=batch_bytes)
     total = sums.sel(mask="total")
     safe = xr.where(total != 0, total, np.nan)
     com = xr.concat([sums.sel(mask="k_y") / safe, sums.sel(mask="k_x") / safe], dim="component")
     com = com.drop_vars("mask", errors="ignore").assign_coords(component=["y", "x"]).transpose(*SCAN_DIMS, "component")
-    attrs = dict(data.attrs)
+    attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
     attrs["units"] = data.coords["k_x"].attrs.get("units", "mrad")
     attrs["long_name"] = "centre-of-mass shift"
     if "energy_ev" in data.attrs and attrs["units"] == "mrad":

@@ -40,7 +40,7 @@ from ..errors import MissingCalibrationError, bad_value
 from ..physics import wavelength_A
 from . import detectors
 from .com import _check_com
-from .project import project
+from .project import check_masks, project_checked
 
 
 def _cutoff(name: str, value: Any) -> float | None:
@@ -219,7 +219,7 @@ def dpc(data: xr.DataArray, *, n_segments: int = 4, inner_mrad: float = 0.0, out
                         f"inner < semiangle ({alpha} mrad) <= outer: the disk edge must fall on the segments")
     masks = detectors.segments(data, int(n_segments), inner_mrad=inner, outer_mrad=outer,
                                rotation_deg=rotation_deg, center_mrad=center_mrad)
-    signals = project(data, masks, dtype=dtype)
+    signals = project_checked(data, check_masks(masks, data), dtype=dtype)
     phi = np.radians(masks.coords["phi_deg"].values)
     uy = xr.DataArray(np.sin(phi), dims=("mask",))
     ux = xr.DataArray(np.cos(phi), dims=("mask",))

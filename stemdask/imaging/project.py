@@ -16,9 +16,11 @@ output is used when asked for. Masks that each vary along one detector axis
 only (centre of mass: ``k_y``, ``k_x``, ``1``) skip the matrix product: one
 pass of exact row and column sums (``_marginals.py``), then tiny products.
 
-The per-block kernel :func:`project_block` is a ``functools.singledispatch``
-function so that other block types (electron-event lists, ...) can plug into
-the same engine::
+The per-block kernel :func:`project_block` is a :class:`dask.utils.Dispatch`
+on the block's type, as dask's own ``concatenate_lookup`` and friends: numpy is
+registered here, cupy lazily (``register_lazy("cupy")``: nothing imports cupy
+until a cupy block arrives) and electron-event blocks by
+``events/project.py``::
 
     @project_block.register(MyEventBlock)
     def _(block, weights, *, dtype=np.float64, batch_bytes=BATCH_BYTES):
@@ -27,11 +29,16 @@ the same engine::
 ``weights`` is a :class:`MaskWeights`; ``weights.dense()`` is the full
 ``(pixels, n_masks)`` matrix and ``weights.support``/``weights.on_support``
 the pixels any mask touches and their weights.
+
+The engine is a linear operator pair: :meth:`MaskWeights.forward` (patterns
+-> coefficients, ``d @ W``) and :meth:`MaskWeights.adjoint` (coefficients ->
+patterns, ``c @ W^H``, which is ``c @ W^T`` for real masks), lazily over a
+dataset as :func:`project` and :func:`back_project`. Output dtypes follow
+``np.result_type`` of data and weights (complex weights give complex results).
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any
 
@@ -39,9 +46,10 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.utils import Dispatch
 
-from ..backend import is_cupy
-from ..dataset import DETECTOR_DIMS, SCAN_DIMS, validate
+from ..backend import array_module, is_cupy, to_numpy
+from ..dataset import DETECTOR_DIMS, SCAN_DIMS, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from ._blas import single_blas_thread
 
@@ -66,6 +74,18 @@ def resolve_dtype(dtype: Any) -> type:
     return _DTYPES[name]
 
 
+def output_dtype(precision: Any, data_dtype: Any, weights_dtype: Any) -> np.dtype:
+    """Result dtype of a projection: ``precision`` (float64/float32), complex when either side is.
+
+    This is ``np.result_type`` of data and weights with the real precision the
+    caller chose (integer counts never set it: their sums are floats).
+    """
+    real = np.dtype(resolve_dtype(precision))
+    if np.dtype(data_dtype).kind == "c" or np.dtype(weights_dtype).kind == "c":
+        return np.result_type(real, np.complex64)
+    return real
+
+
 def _marginal_weights(matrix: np.ndarray, frame_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
     """Row/column weight profiles when each mask varies along one detector axis only."""
     ky, kx = (int(v) for v in frame_shape)
@@ -82,12 +102,13 @@ def _marginal_weights(matrix: np.ndarray, frame_shape: tuple[int, int]) -> tuple
 
 
 class MaskWeights:
-    """Detector masks flattened to a ``(pixels, n_masks)`` matrix, ready for a kernel.
+    """Detector masks flattened to a ``(pixels, n_masks)`` matrix: the projection operator.
 
     Holds the matrix in the forms the kernels need: the full matrix (dense
     numpy or ``scipy.sparse``), the pixels any mask touches (``support``) and
     the dense weights on them (``on_support``), converted once per dtype and
-    backend.
+    backend. :meth:`forward` and :meth:`adjoint` apply the operator and its
+    adjoint to a block of patterns or coefficients.
     """
 
     def __init__(self, matrix: Any, *, n_masks: int, n_pixels: int, sparse: bool = False,
@@ -96,9 +117,14 @@ class MaskWeights:
         self.n_pixels = int(n_pixels)
         self.sparse = bool(sparse)
         self._matrix = matrix
+        #: float64 for real masks, complex128 for complex ones
+        self.dtype = np.dtype(np.complex128 if np.dtype(matrix.dtype).kind == "c" else np.float64)
+        #: detector shape (k_y, k_x) of one mask, when known
+        self.frame_shape = None if frame_shape is None else tuple(int(v) for v in frame_shape)
         #: (row weights (k_y, n_masks), column weights (k_x, n_masks)) when every mask depends
         #: on the row only or on the column only (CoM: k_y, k_x, 1), else None
-        self.marginal = None if sparse or frame_shape is None else _marginal_weights(matrix, frame_shape)
+        self.marginal = (None if sparse or frame_shape is None or self.dtype.kind == "c"
+                         else _marginal_weights(matrix, frame_shape))
         self._cache: dict[Any, Any] = {}
         self._lock = threading.RLock()
         if sparse:
@@ -109,9 +135,10 @@ class MaskWeights:
             self.support = np.flatnonzero(np.any(matrix != 0, axis=1))
             self.nnz = int(np.count_nonzero(matrix))
         values = csr.data if sparse else matrix
-        #: max |weight| when every weight is an integer (exact float32 products), else None
+        #: max |weight| when every weight is a real integer (exact float32 products), else None
         self.integer_bound: float | None = None
-        if values.size and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+        if values.size and self.dtype.kind == "f" and np.all(np.isfinite(values)) \
+                and np.all(values == np.round(values)):
             self.integer_bound = float(max(np.abs(values).max(), 1.0))
 
     def __dask_tokenize__(self) -> Any:
@@ -169,6 +196,53 @@ class MaskWeights:
         """A backend-specific copy (e.g. cupy arrays), built once by ``make()``."""
         return self._cached((kind, np.dtype(dtype).name), make)
 
+    def result_dtype(self, data_dtype: Any, precision: Any = "float64") -> np.dtype:
+        """dtype of ``forward`` on data of ``data_dtype`` (see :func:`output_dtype`)."""
+        return output_dtype(precision, data_dtype, self.dtype)
+
+    def forward(self, patterns: Any, *, precision: Any = "float64", batch_bytes: int = BATCH_BYTES) -> Any:
+        """Apply the operator: patterns ``(..., k_y, k_x)`` -> coefficients ``(..., n_masks)``.
+
+        ``coefficients[..., m] = sum_k patterns[..., k] * W[k, m]`` through the
+        engine's block kernel (numpy, cupy or an event block), so it is exactly
+        what :func:`project` computes. The dtype is :meth:`result_dtype`.
+        """
+        shape = tuple(patterns.shape)
+        if len(shape) < 2 or shape[-2] * shape[-1] != self.n_pixels:
+            raise bad_value("patterns", f"<array of shape {shape}>",
+                            f"(..., k_y, k_x) with k_y * k_x = {self.n_pixels} pixels")
+        lead = shape[:-2]
+        dtype = self.result_dtype(patterns.dtype, precision)
+        if len(lead) == 2:
+            return project_block(patterns, self, dtype=dtype, batch_bytes=batch_bytes)
+        n = int(np.prod(lead)) if lead else 1
+        block = patterns.reshape(1, n, *shape[-2:])
+        return project_block(block, self, dtype=dtype, batch_bytes=batch_bytes).reshape(*lead, self.n_masks)
+
+    def adjoint(self, coefficients: Any) -> Any:
+        """Apply the adjoint: coefficients ``(..., n_masks)`` -> patterns ``(..., k_y, k_x)``.
+
+        ``patterns = coefficients @ W^H`` (``W^T`` for real masks), on the
+        backend of ``coefficients`` (numpy or cupy), dtype ``np.result_type``
+        of coefficients and weights. For orthonormal masks this is the
+        least-squares reconstruction of the patterns from their coefficients.
+        """
+        shape = tuple(coefficients.shape)
+        if not shape or shape[-1] != self.n_masks:
+            raise bad_value("coefficients", f"<array of shape {shape}>", f"(..., {self.n_masks}) coefficients")
+        xp = array_module(coefficients)
+        dtype = np.result_type(coefficients.dtype, self.dtype)
+        if xp is np:
+            wh = self._cached(("adjoint", dtype.name), lambda: np.ascontiguousarray(
+                self.dense(dtype).conj().T))
+        else:
+            wh = self.on_device("adjoint-" + xp.__name__, dtype,
+                                lambda: xp.asarray(np.ascontiguousarray(self.dense(dtype).conj().T)))
+        flat = coefficients.reshape(-1, self.n_masks).astype(dtype, copy=False)
+        out = flat @ wh
+        frame = self.frame_shape if self.frame_shape is not None else (self.n_pixels,)
+        return out.reshape(*shape[:-1], *frame)
+
 
 def _batches(n_frames: int, frame_bytes: int, batch_bytes: int):
     step = max(1, int(batch_bytes // max(frame_bytes, 1)))
@@ -176,10 +250,21 @@ def _batches(n_frames: int, frame_bytes: int, batch_bytes: int):
         yield start, min(start + step, n_frames)
 
 
-@functools.singledispatch
-def project_block(block: Any, weights: MaskWeights, *, dtype: Any = np.float64,
-                  batch_bytes: int = BATCH_BYTES) -> Any:
-    """Project one block of frames onto the masks.
+class _BlockDispatch(Dispatch):
+    """``dask.utils.Dispatch`` whose miss names the argument and what it accepts."""
+
+    def __call__(self, arg: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            meth = self.dispatch(type(arg))
+        except TypeError:
+            raise bad_type("block", arg, "a numpy or cupy array of frames (or a registered block type)") from None
+        return meth(arg, *args, **kwargs)
+
+
+project_block = _BlockDispatch("project_block")
+project_block.__doc__ = """Project one block of frames onto the masks.
+
+    Call as ``project_block(block, weights, *, dtype=np.float64, batch_bytes=BATCH_BYTES)``.
 
     Parameters
     ----------
@@ -189,7 +274,8 @@ def project_block(block: Any, weights: MaskWeights, *, dtype: Any = np.float64,
     weights : MaskWeights
         The masks as a ``(pixels, n_masks)`` matrix.
     dtype : numpy dtype
-        Accumulation and output dtype (float64 or float32).
+        Accumulation and output dtype (float64/float32, or complex for
+        complex data or weights).
     batch_bytes : int
         Bytes of frames converted to ``dtype`` at a time.
 
@@ -198,12 +284,6 @@ def project_block(block: Any, weights: MaskWeights, *, dtype: Any = np.float64,
     array (scan_y, scan_x, n_masks)
         Same backend as ``block``.
     """
-    if is_cupy(block):
-        import cupy
-
-        project_block.register(cupy.ndarray, _project_cupy)
-        return _project_cupy(block, weights, dtype=dtype, batch_bytes=batch_bytes)
-    raise bad_type("block", block, "a numpy or cupy array of frames (or a registered block type)")
 
 
 #: float32 represents every integer up to 2**24 exactly
@@ -319,6 +399,13 @@ def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, bat
     return out.reshape(ny, nx, weights.n_masks)
 
 
+@project_block.register_lazy("cupy")
+def _register_cupy() -> None:
+    import cupy
+
+    project_block.register(cupy.ndarray, _project_cupy)
+
+
 def _project_cupy(block: Any, weights: MaskWeights, *, dtype: Any = np.float64,
                   batch_bytes: int = BATCH_BYTES) -> Any:
     import cupy
@@ -350,6 +437,7 @@ def check_masks(masks: Any, data: xr.DataArray | None = None) -> xr.DataArray:
     Raises a clear error for a wrong type, dims or shape, non-finite weights,
     an empty stack, a mask that is zero everywhere, or detector coordinates
     that differ from the dataset's (a mask made for another calibration).
+    Weights may be boolean, real or complex.
     """
     if not isinstance(masks, xr.DataArray):
         raise bad_type("masks", masks, "an xarray.DataArray with dims ('mask', 'k_y', 'k_x') "
@@ -380,11 +468,11 @@ def check_masks(masks: Any, data: xr.DataArray | None = None) -> xr.DataArray:
     values = masks.data
     if isinstance(values, da.Array):
         values = values.compute()
-    kind = np.asarray(values[:0]).dtype.kind if not is_cupy(values) else values.dtype.kind
-    if kind not in "biuf":
-        raise bad_value("masks", f"<masks of dtype {values.dtype}>", "boolean or real-valued weights")
-    host = np.asarray(values.get() if is_cupy(values) else values)
-    if kind == "f" and not np.all(np.isfinite(host)):
+    host = np.asarray(to_numpy(values))
+    kind = host.dtype.kind
+    if kind not in "biufc":
+        raise bad_value("masks", f"<masks of dtype {host.dtype}>", "boolean, real or complex weights")
+    if kind in "fc" and not np.all(np.isfinite(host)):
         bad = int(np.count_nonzero(~np.isfinite(host)))
         raise bad_value("masks", f"<masks with {bad} non-finite weights>", "finite weights (no NaN/inf)")
     empty = [str(n) for n, m in zip(masks.coords["mask"].values if "mask" in masks.coords
@@ -402,12 +490,14 @@ def mask_weights(masks: xr.DataArray, *, sparse: bool | None = None) -> MaskWeig
     ``sparse=None`` uses ``masks.attrs["sparse"]`` when set, else a dense
     matrix (the engine still restricts the product to the pixels the masks
     touch). ``sparse=True`` stores a ``scipy.sparse`` matrix, which wins for
-    many masks that each touch few pixels.
+    many masks that each touch few pixels. Real masks become float64,
+    complex ones complex128.
     """
     values = masks.data
     if isinstance(values, da.Array):
         values = values.compute()
-    host = np.asarray(values.get() if is_cupy(values) else values, dtype=np.float64)
+    host = np.asarray(to_numpy(values))
+    host = host.astype(np.complex128 if host.dtype.kind == "c" else np.float64)
     n_masks = host.shape[0]
     matrix = host.reshape(n_masks, -1).T
     if sparse is None:
@@ -415,7 +505,8 @@ def mask_weights(masks: xr.DataArray, *, sparse: bool | None = None) -> MaskWeig
     if sparse:
         import scipy.sparse as sp
 
-        return MaskWeights(sp.csc_matrix(matrix), n_masks=n_masks, n_pixels=matrix.shape[0], sparse=True)
+        return MaskWeights(sp.csc_matrix(matrix), n_masks=n_masks, n_pixels=matrix.shape[0], sparse=True,
+                           frame_shape=host.shape[1:])
     return MaskWeights(np.ascontiguousarray(matrix), n_masks=n_masks, n_pixels=matrix.shape[0],
                        frame_shape=host.shape[1:])
 
@@ -424,51 +515,113 @@ def _block_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int
     return project_block(block, weights, dtype=dtype, batch_bytes=batch_bytes)
 
 
+def _meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
+    """An empty array of the input's backend (numpy or cupy) for dask's ``meta``."""
+    try:
+        return arr._meta.reshape((0,) * ndim).astype(dtype)
+    except Exception:  # an event-block meta or another duck array: results are numpy/cupy arrays
+        xp = getattr(arr._meta, "xp", np)
+        return xp.empty((0,) * ndim, dtype=dtype)
+
+
 def project_array(arr: da.Array, weights: MaskWeights, *, dtype: Any = np.float64,
                   batch_bytes: int = BATCH_BYTES) -> da.Array:
-    """Lazy ``(scan_y, scan_x, n_masks)`` projection of a 4-D dask array of frames.
+    """Lazy ``(scan_y, scan_x, n_masks)`` projection of a 4-D dask array of frames (the forward operator).
 
     The weights travel to the workers once (one graph key), not once per task.
     """
-    if arr.ndim != 4 or len(arr.chunks[2]) != 1 or len(arr.chunks[3]) != 1:
-        raise bad_value("data", f"<array of shape {arr.shape} chunks {arr.chunks}>",
-                        "4-D (scan_y, scan_x, k_y, k_x) chunked in whole frames")
+    if arr.ndim != 4:
+        raise bad_value("data", f"<array of shape {arr.shape}>", "4-D (scan_y, scan_x, k_y, k_x)")
+    require_whole_frames(arr, "a mask projection")
     if arr.shape[2] * arr.shape[3] != weights.n_pixels:
         raise bad_value("masks", f"<{weights.n_pixels} pixels per mask>",
                         f"{arr.shape[2] * arr.shape[3]} pixels per frame")
     w = dask.delayed(weights, pure=True, traverse=False)
-    meta = arr._meta
-    try:
-        out_meta = meta.reshape(0, 0, 0).astype(dtype)
-    except Exception:  # pragma: no cover - exotic metas
-        out_meta = np.empty((0, 0, 0), dtype=dtype)
     return da.map_blocks(
         _block_kernel, arr, w, dtype, int(batch_bytes),
         drop_axis=(2, 3), new_axis=2,
         chunks=(arr.chunks[0], arr.chunks[1], (weights.n_masks,)),
-        dtype=dtype, meta=out_meta, name="project-" + dask.base.tokenize(arr, w, dtype, batch_bytes),
+        dtype=dtype, meta=_meta(arr, 3, dtype), name="project-" + dask.base.tokenize(arr, w, dtype, batch_bytes),
     )
+
+
+def _adjoint_kernel(block: Any, weights: MaskWeights) -> Any:
+    return weights.adjoint(block)
+
+
+def adjoint_array(coefficients: da.Array, weights: MaskWeights) -> da.Array:
+    """Lazy patterns ``(scan_y, scan_x, k_y, k_x)`` from coefficients ``(scan_y, scan_x, n_masks)``.
+
+    The adjoint of :func:`project_array`: ``c @ W^H`` per chunk of probe
+    positions (whole frames out).
+    """
+    if coefficients.ndim != 3 or coefficients.shape[2] != weights.n_masks:
+        raise bad_value("coefficients", f"<array of shape {coefficients.shape}>",
+                        f"(scan_y, scan_x, {weights.n_masks})")
+    if weights.frame_shape is None:
+        raise bad_value("weights", "<MaskWeights without frame_shape>", "masks built by mask_weights()")
+    coefficients = coefficients.rechunk({2: -1})
+    dtype = np.result_type(coefficients.dtype, weights.dtype)
+    w = dask.delayed(weights, pure=True, traverse=False)
+    ky, kx = weights.frame_shape
+    return da.map_blocks(
+        _adjoint_kernel, coefficients, w, drop_axis=2, new_axis=(2, 3),
+        chunks=(coefficients.chunks[0], coefficients.chunks[1], (ky,), (kx,)),
+        dtype=dtype, meta=_meta(coefficients, 4, dtype),
+        name="adjoint-" + dask.base.tokenize(coefficients, w))
+
+
+def dask_data(data: xr.DataArray) -> da.Array:
+    """The dask array of a DataArray (a numpy-backed one becomes one chunk)."""
+    arr = data.data
+    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=-1, asarray=False)
+
+
+def project_checked(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "float64",
+                    sparse: bool | None = None, batch_bytes: int = BATCH_BYTES) -> xr.DataArray:
+    """:func:`project` for a dataset and masks that the caller has validated and checked.
+
+    The public functions (:func:`project`, ``virtual_image``, ``center_of_mass``,
+    ...) validate their input once and then call this.
+    """
+    if not (isinstance(batch_bytes, (int, np.integer)) and batch_bytes > 0):
+        raise bad_value("batch_bytes", batch_bytes, "a positive number of bytes")
+    weights = mask_weights(masks, sparse=sparse)
+    out_dtype = weights.result_dtype(data.dtype, dtype)
+    out = project_array(dask_data(data), weights, dtype=out_dtype, batch_bytes=batch_bytes)
+    coords = {d: data.coords[d] for d in SCAN_DIMS}
+    coords["mask"] = masks.coords["mask"] if "mask" in masks.coords else np.arange(weights.n_masks)
+    attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
+    attrs["units"] = data.attrs.get("units", "counts")
+    attrs["long_name"] = "mask projection"
+    return xr.DataArray(out, dims=(*SCAN_DIMS, "mask"), coords=coords, attrs=attrs,
+                        name=masks.name or "projection")
 
 
 def project(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "float64",
             sparse: bool | None = None, batch_bytes: int = BATCH_BYTES) -> xr.DataArray:
-    """Project every diffraction pattern onto a stack of masks (lazy).
+    """Project every diffraction pattern onto a stack of masks (lazy): the forward operator.
 
     ``out[y, x, m] = sum_k data[y, x, k] * masks[m, k]`` per chunk as one
-    matrix product, a few hundred frames at a time.
+    matrix product, a few hundred frames at a time. Dense (numpy, cupy) and
+    counted (electron-event) datasets go through the same engine and give
+    the same result (for events a gather of the weights of every electron,
+    O(counts)); float64 sums of integer counts and integer weights are exact.
 
     Parameters
     ----------
     data : xarray.DataArray
-        A stemdask dataset ``(scan_y, scan_x, k_y, k_x)`` (numpy or cupy chunks).
+        A stemdask dataset ``(scan_y, scan_x, k_y, k_x)`` (numpy or cupy
+        chunks, or electron events) chunked in whole frames.
     masks : xarray.DataArray
-        Weights ``(mask, k_y, k_x)`` (boolean or real), e.g. from
+        Weights ``(mask, k_y, k_x)`` (boolean, real or complex), e.g. from
         :mod:`stemdask.imaging.detectors`; a single ``(k_y, k_x)`` mask is
-        accepted. Its ``k_y``/``k_x`` coordinates, when present, must equal the
-        dataset's.
+        accepted. Its ``k_y``/``k_x`` coordinates, when present, must equal
+        the dataset's.
     dtype : {"float64", "float32"}
-        Accumulation and output dtype. float64 (default) is exact for integer
-        counts; float32 is faster with many masks.
+        Accumulation precision. float64 (default) is exact for integer
+        counts; float32 is faster with many masks. Complex data or weights
+        give the complex dtype of that precision.
     sparse : bool, optional
         Store the masks as ``scipy.sparse`` (``cupyx`` on a GPU); default from
         ``masks.attrs["sparse"]``, else dense.
@@ -490,21 +643,57 @@ def project(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "float64",
     array([29.])
     """
     validate(data)
-    masks = check_masks(masks, data)
-    out_dtype = resolve_dtype(dtype)
-    if not (isinstance(batch_bytes, (int, np.integer)) and batch_bytes > 0):
-        raise bad_value("batch_bytes", batch_bytes, "a positive number of bytes")
-    weights = mask_weights(masks, sparse=sparse)
-    arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1, asarray=False)
-    out = project_array(arr, weights, dtype=out_dtype, batch_bytes=batch_bytes)
-    coords = {d: data.coords[d] for d in SCAN_DIMS}
-    coords["mask"] = masks.coords["mask"] if "mask" in masks.coords else np.arange(weights.n_masks)
-    attrs = dict(data.attrs)
-    attrs["units"] = data.attrs.get("units", "counts")
-    attrs["long_name"] = "mask projection"
-    return xr.DataArray(out, dims=(*SCAN_DIMS, "mask"), coords=coords, attrs=attrs,
-                        name=masks.name or "projection")
+    resolve_dtype(dtype)
+    return project_checked(data, check_masks(masks, data), dtype=dtype, sparse=sparse,
+                           batch_bytes=batch_bytes)
 
 
-__all__ = ["BATCH_BYTES", "MaskWeights", "check_masks", "mask_weights",
-           "project", "project_array", "project_block", "resolve_dtype"]
+def back_project(coefficients: xr.DataArray, masks: Any) -> xr.DataArray:
+    """Patterns from mask coefficients (lazy): the adjoint of :func:`project`.
+
+    ``out[y, x, k] = sum_m coefficients[y, x, m] * conj(masks[m, k])``. For an
+    orthonormal mask basis this is the least-squares approximation of the
+    patterns the coefficients were projected from (lossy decompression).
+
+    Parameters
+    ----------
+    coefficients : xarray.DataArray
+        ``(scan_y, scan_x, mask)``, e.g. the output of :func:`project`.
+    masks : xarray.DataArray
+        The masks ``(mask, k_y, k_x)`` with detector coordinates (a
+        ``detectors`` stack or a basis), as many as ``coefficients`` has.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy ``(scan_y, scan_x, k_y, k_x)`` with the masks' detector
+        coordinates and the coefficients' scan coordinates and attrs.
+
+    Examples
+    --------
+    >>> import numpy as np, stemdask
+    >>> from stemdask.imaging import back_project, detectors, project
+    >>> data = stemdask.from_array(np.ones((2, 2, 8, 8)), detector_pixel_mrad=1.0)
+    >>> disk = detectors.disk(data, 2.0)
+    >>> back_project(project(data, disk), disk).values[0, 0, 4, 4]
+    13.0
+    """
+    if not isinstance(coefficients, xr.DataArray) or tuple(coefficients.dims) != (*SCAN_DIMS, "mask"):
+        raise bad_type("coefficients", coefficients, "a (scan_y, scan_x, mask) DataArray (from project)")
+    masks = check_masks(masks)
+    if masks.sizes["mask"] != coefficients.sizes["mask"]:
+        raise bad_value("masks", f"<{masks.sizes['mask']} masks>",
+                        f"as many masks as the coefficients have ({coefficients.sizes['mask']})")
+    weights = mask_weights(masks)
+    out = adjoint_array(dask_data(coefficients), weights)
+    coords: dict[str, Any] = {d: coefficients.coords[d] for d in SCAN_DIMS}
+    for d in DETECTOR_DIMS:
+        coords[d] = masks.coords[d] if d in masks.coords else np.arange(masks.sizes[d])
+    attrs = dict(coefficients.attrs)
+    attrs["long_name"] = "patterns from mask coefficients (adjoint projection)"
+    return xr.DataArray(out, dims=(*SCAN_DIMS, *DETECTOR_DIMS), coords=coords, attrs=attrs,
+                        name=coefficients.name or "patterns")
+
+
+__all__ = ["BATCH_BYTES", "MaskWeights", "adjoint_array", "back_project", "check_masks", "mask_weights",
+           "output_dtype", "project", "project_array", "project_block", "project_checked", "resolve_dtype"]

@@ -16,12 +16,15 @@ import xarray as xr
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, validate
 from ..errors import bad_type, bad_value
 from . import detectors
-from .project import BATCH_BYTES, MaskWeights, check_masks, project, project_block, resolve_dtype
-
-
-def _dask(data: xr.DataArray) -> da.Array:
-    arr = data.data
-    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=-1, asarray=False)
+from .project import (
+    BATCH_BYTES,
+    MaskWeights,
+    dask_data,
+    check_masks,
+    project_block,
+    project_checked,
+    resolve_dtype,
+)
 
 
 def _shifted_block(block: Any, shift: Any, masks: xr.DataArray, quantum: tuple[float, float],
@@ -80,8 +83,9 @@ def virtual_image(data: xr.DataArray, detector: xr.DataArray, *, shifts: xr.Data
     """
     validate(data)
     masks = check_masks(detector, data)
+    resolve_dtype(dtype)
     if shifts is None:
-        out = project(data, masks, dtype=dtype, batch_bytes=batch_bytes)
+        out = project_checked(data, masks, dtype=dtype, batch_bytes=batch_bytes)
     else:
         out = _project_shifted(data, masks, shifts, shift_step_px, resolve_dtype(dtype), batch_bytes)
     out.attrs["detector"] = masks.attrs.get("detector", masks.attrs.get("parts"))
@@ -103,7 +107,11 @@ def _project_shifted(data: xr.DataArray, masks: xr.DataArray, shifts: xr.DataArr
     ky = data.coords["k_y"].values
     kx = data.coords["k_x"].values
     quantum = (abs(float(ky[1] - ky[0])) * step_px, abs(float(kx[1] - kx[0])) * step_px)
-    arr = _dask(data)
+    if data.attrs.get("representation") == "events":
+        raise bad_value("shifts", "<beam shifts for electron events>",
+                        "no shifts for counted data (convert with stemdask.events.to_dense, or "
+                        "remove the descan before counting)")
+    arr = dask_data(data)
     shift_arr = shifts.data if isinstance(shifts.data, da.Array) else da.from_array(np.asarray(shifts.data))
     shift_arr = shift_arr.astype(np.float64).rechunk((arr.chunks[0], arr.chunks[1], 2))
     if not isinstance(shifts.data, da.Array) and not np.all(np.isfinite(shifts.values)):
@@ -126,7 +134,8 @@ def pacbed(data: xr.DataArray, reduce: str = "mean") -> xr.DataArray:
     Parameters
     ----------
     data : xarray.DataArray
-        A stemdask dataset.
+        A stemdask dataset, dense or counted (for electron events the sums
+        and the maximum are O(counts) histograms of the events).
     reduce : {"mean", "sum", "max"}
         ``"mean"`` and ``"sum"`` accumulate in float64 (no overflow);
         ``"max"`` keeps the data's dtype.
@@ -137,7 +146,7 @@ def pacbed(data: xr.DataArray, reduce: str = "mean") -> xr.DataArray:
         Lazy ``(k_y, k_x)`` pattern with the dataset's detector coordinates.
     """
     validate(data)
-    arr = _dask(data)
+    arr = dask_data(data)
     if reduce == "mean":
         out = arr.sum(axis=(0, 1), dtype=np.float64) / float(data.shape[0] * data.shape[1])
     elif reduce == "sum":
@@ -146,7 +155,7 @@ def pacbed(data: xr.DataArray, reduce: str = "mean") -> xr.DataArray:
         out = arr.max(axis=(0, 1))
     else:
         raise bad_value("reduce", reduce, "'mean', 'sum' or 'max'")
-    attrs = dict(data.attrs)
+    attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
     attrs["long_name"] = f"PACBED ({reduce} over probe positions)"
     return xr.DataArray(out, dims=DETECTOR_DIMS, coords={d: data.coords[d] for d in DETECTOR_DIMS},
                         attrs=attrs, name="pacbed")
@@ -199,7 +208,8 @@ def radial_profile(data: xr.DataArray, bins_mrad: Any, *, center_mrad: Any = Non
         sums = flat.astype(np.float64) @ w.T
         prof = xr.DataArray(sums, dims=("mask",), coords={"mask": masks.coords["mask"]}, attrs=dict(data.attrs))
     else:
-        prof = project(data, masks, dtype=dtype)
+        validate(data)
+        prof = project_checked(data, check_masks(masks, data), dtype=dtype)
     if statistic == "mean":
         prof = prof / xr.DataArray(counts, dims=("mask",))
     prof = prof.rename({"mask": "k_r"}).drop_vars(["k_r", "r_mrad"], errors="ignore")
