@@ -8,64 +8,61 @@ for 16 masks). dask's distributed workers start with
 
 :func:`single_blas_thread` lowers the BLAS thread count to 1 while at least
 one kernel runs and restores it when the last one leaves (a reference count,
-since the setting is process-wide). It calls the ``{get,set}_num_threads``
-entry points of the OpenBLAS builds loaded in the process, found in
-``/proc/self/maps``; where there are none (another BLAS, another OS) it does
-nothing (set ``OPENBLAS_NUM_THREADS=1`` yourself). threadpoolctl cannot do
-this job: it ignores limits set from any thread but the first that set one.
+since the setting is process-wide). It goes through threadpoolctl's library
+controllers for the BLAS libraries loaded in the process (OpenBLAS, MKL, BLIS,
+FlexiBLAS), found once. Without threadpoolctl it does nothing (set
+``OPENBLAS_NUM_THREADS=1`` yourself).
+
+threadpoolctl 3.8 lets only one thread at a time change a process-wide
+OpenBLAS pool: ``set_num_threads`` called from any other thread silently does
+nothing, and the first thread to call it keeps control until it exits or clears
+it. A kernel runs in whichever dask thread is free, and the last kernel to
+leave (which restores the count) is rarely the first one that came in, so each
+change here takes control for itself and hands it straight back
+(``OpenBLASController.clear_controlling_thread``), under this module's lock.
+Earlier threadpoolctl releases change the pool from any thread.
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 _lock = threading.Lock()
 _active = 0
-_saved: list[tuple[Any, int]] = []
-_controls: list[tuple[Any, Any]] | None = None
+_saved: list[tuple[Callable[[int], None], int]] = []
+_controls: list[tuple[Callable[[], int | None], Callable[[int], None]]] | None = None
 
 
-def _openblas_from_maps() -> list[tuple[Any, Any]]:
-    """(get, set) of every OpenBLAS loaded in this process, via ctypes (Linux)."""
+def _set_threads(lib: Any, n: int) -> None:
+    """``lib.set_num_threads(n)`` from whichever thread calls it."""
+    clear = getattr(type(lib), "clear_controlling_thread", None)  # threadpoolctl >= 3.8, OpenBLAS
+    if clear is None:
+        lib.set_num_threads(n)
+        return
+    clear(force=True)  # a set from a thread that is not the controlling one would be ignored
     try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return []
-    out = []
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    get.restype = ctypes.c_int
-                    put.argtypes = [ctypes.c_int]
-                    out.append((get, put))
-                    break
-            else:
-                continue
-            break
-    return out
+        lib.set_num_threads(n)
+    finally:
+        clear()  # hand control back: this thread is just one of dask's
 
 
-def blas_controls() -> list[tuple[Any, Any]]:
+def blas_controls() -> list[tuple[Callable[[], int | None], Callable[[int], None]]]:
     """``(get_threads, set_threads)`` callables for the BLAS libraries in use (cached)."""
     global _controls
     if _controls is None:
-        # Not threadpoolctl: since 3.6 its OpenBLAS limit is ignored when set from any thread
-        # but the first one that set it, and these kernels run in dask's worker threads.
         import numpy  # noqa: F401  (make sure numpy's BLAS is loaded before looking)
 
-        _controls = _openblas_from_maps()
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _controls = []
+        else:
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            _controls = [(lib.get_num_threads, partial(_set_threads, lib)) for lib in libs]
     return _controls
 
 
@@ -77,8 +74,8 @@ def single_blas_thread() -> Iterator[None]:
         if _active == 0:
             _saved.clear()
             for get, put in blas_controls():
-                n = int(get())
-                if n != 1:
+                n = get()
+                if n is not None and n != 1:
                     _saved.append((put, n))
                     put(1)
         _active += 1
