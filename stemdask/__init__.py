@@ -6,7 +6,7 @@ The public API; see ``docs/architecture.md`` for the data model.
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor)
-from . import cluster, codecs, errors, events, imaging, io, optics, physics, simulate
+from . import cluster, codecs, errors, events, imaging, io, montage, optics, physics, simulate
 from .dataset import DIMS, calibrate, describe, from_array, validate
 from .io import DatasetWriter, open_dataset, save
 
@@ -24,6 +24,7 @@ __all__ = [
     "from_array",
     "imaging",
     "io",
+    "montage",
     "open_dataset",
     "optics",
     "physics",

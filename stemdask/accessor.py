@@ -1,18 +1,53 @@
 """The ``.stem`` accessor: stemdask operations as methods of a DataArray.
 
-Each method is a thin call of the module-level function of the same name, so
-``data.stem.save(store)`` is ``stemdask.save(data, store)``; the functions
-hold the documentation and the logic.
+Each method is the module-level function of the same name with the dataset
+bound as its first argument, so ``data.stem.save(store)`` is
+``stemdask.save(data, store)``; ``help(data.stem.virtual_image)`` shows the
+function's real signature (without ``data``) and its docstring, since the
+functions hold the documentation and the logic.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 from typing import Any
 
 import xarray as xr
 
 from . import dataset as _dataset
 from .physics import wavelength_A
+
+
+class _Delegate:
+    """A method that calls ``stemdask.<module>.<name>(data, ...)``, imported on first use."""
+
+    def __init__(self, module: str, name: str | None = None):
+        self.module = module
+        self.target = name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.target = self.target or name
+
+    def function(self) -> Any:
+        return getattr(importlib.import_module(self.module, __package__), str(self.target))
+
+    def __get__(self, accessor: Any, owner: type | None = None) -> Any:
+        func = self.function()
+        if accessor is None:
+            return func
+        data = accessor._data
+
+        @functools.wraps(func)
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return func(data, *args, **kwargs)
+
+        signature = inspect.signature(func)
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=list(signature.parameters.values())[1:])
+        del method.__wrapped__  # help() and inspect show the signature above, without ``data``
+        return method
 
 
 @xr.register_dataarray_accessor("stem")
@@ -36,10 +71,7 @@ class StemAccessor:
     @property
     def calibration(self) -> dict[str, Any]:
         """Calibration attrs, None where unknown."""
-        info = _dataset.describe(self._data)
-        return {k: info[k] for k in ("energy_ev", "semiangle_mrad", "scan_step_A",
-                                     "detector_pixel_mrad", "beam_center_px",
-                                     "scan_rotation_deg", "dose_e_per_pattern")}
+        return {k: self._data.attrs.get(k) for k in _dataset.CALIBRATION_ATTRS}
 
     @property
     def wavelength_A(self) -> float:
@@ -47,67 +79,21 @@ class StemAccessor:
         (energy,) = _dataset.require(self._data, "energy_ev")
         return wavelength_A(energy)
 
-    def validate(self) -> xr.DataArray:
-        """See :func:`stemdask.validate`."""
-        return _dataset.validate(self._data)
-
-    def describe(self) -> dict[str, Any]:
-        """See :func:`stemdask.dataset.describe`."""
-        return _dataset.describe(self._data)
-
-    def calibrate(self, **calibration: Any) -> xr.DataArray:
-        """See :func:`stemdask.calibrate`."""
-        return _dataset.calibrate(self._data, **calibration)
+    validate = _Delegate(".dataset")
+    describe = _Delegate(".dataset")
+    calibrate = _Delegate(".dataset")
 
     # -- storage -----------------------------------------------------------
-    def save(self, store: Any, **kwargs: Any) -> Any:
-        """See :func:`stemdask.save`."""
-        from .io.zarr_store import save
-
-        return save(self._data, store, **kwargs)
+    save = _Delegate(".io")
 
     # -- imaging -----------------------------------------------------------
-    def project(self, masks: Any, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.imaging.project`."""
-        from .imaging import project
-
-        return project(self._data, masks, **kwargs)
-
-    def virtual_image(self, detector: Any, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.imaging.virtual_image`."""
-        from .imaging import virtual_image
-
-        return virtual_image(self._data, detector, **kwargs)
-
-    def pacbed(self, reduce: str = "mean") -> xr.DataArray:
-        """See :func:`stemdask.imaging.pacbed`."""
-        from .imaging import pacbed
-
-        return pacbed(self._data, reduce)
-
-    def radial_profile(self, bins_mrad: Any, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.imaging.radial_profile`."""
-        from .imaging import radial_profile
-
-        return radial_profile(self._data, bins_mrad, **kwargs)
-
-    def beam_center(self, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.imaging.beam_center`."""
-        from .imaging import beam_center
-
-        return beam_center(self._data, **kwargs)
-
-    def center_of_mass(self, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.imaging.center_of_mass`."""
-        from .imaging import center_of_mass
-
-        return center_of_mass(self._data, **kwargs)
-
-    def dpc(self, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.imaging.dpc`."""
-        from .imaging import dpc
-
-        return dpc(self._data, **kwargs)
+    project = _Delegate(".imaging")
+    virtual_image = _Delegate(".imaging")
+    pacbed = _Delegate(".imaging")
+    radial_profile = _Delegate(".imaging")
+    beam_center = _Delegate(".imaging")
+    center_of_mass = _Delegate(".imaging")
+    dpc = _Delegate(".imaging")
 
     def icom(self, **kwargs: Any) -> xr.DataArray:
         """CoM, descan/rotation correction and integration in one call.
@@ -130,20 +116,7 @@ class StemAccessor:
 
         return is_counted(self._data)
 
-    def to_events(self, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.events.from_dense`."""
-        from .events import from_dense
+    to_events = _Delegate(".events", "from_dense")
+    to_dense = _Delegate(".events")
+    count_electrons = _Delegate(".events")
 
-        return from_dense(self._data, **kwargs)
-
-    def to_dense(self) -> xr.DataArray:
-        """See :func:`stemdask.events.to_dense`."""
-        from .events import to_dense
-
-        return to_dense(self._data)
-
-    def count_electrons(self, **kwargs: Any) -> xr.DataArray:
-        """See :func:`stemdask.events.count_electrons`."""
-        from .events import count_electrons
-
-        return count_electrons(self._data, **kwargs)
