@@ -423,8 +423,10 @@ def _scalar(name: str, value: Any, expected: str) -> Any:
     if isinstance(value, np.ndarray):
         value = value[()]
         return _scalar(name, value, expected)
+    # detach: a check needs no graph (and torch warns on float() of a grad tensor)
+    plain = value.detach() if hasattr(value, "detach") else value
     try:
-        finite = math.isfinite(float(value))  # a host sync on a GPU: once per coefficient
+        finite = math.isfinite(float(plain))  # a host sync on a GPU: once per coefficient
     except (TypeError, ValueError):
         raise bad_value(name, value, expected) from None
     if not finite:
