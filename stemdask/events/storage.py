@@ -96,8 +96,9 @@ LAYOUT = "events"
 
 #: electrons per inner zarr chunk of ``indices`` (~2 MiB of uint16)
 INNER_EVENTS = 2**20
-#: inner chunks per shard (one shard file holds this many inner chunks)
-SHARD_CHUNKS = 32
+#: inner chunks per shard (one shard file, ~16 MiB of uint16, written by one task): small
+#: enough that the shards of a scan are copied by several workers at once
+SHARD_CHUNKS = 8
 #: frame offsets per chunk of ``offsets`` (one file, written by one task)
 OFFSET_CHUNK = 2**20
 #: blocks computed at once while writing a stempy file (HDF5: one writer)

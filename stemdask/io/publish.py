@@ -210,12 +210,17 @@ def write_guard(root: str | os.PathLike | None) -> Iterator[bool]:
 # running the write tasks
 # ----------------------------------------------------------------------------
 def _client() -> Any | None:
-    try:
-        from distributed import default_client
+    """The distributed client dask would compute on now (None for a local scheduler).
 
-        return default_client()
-    except (ImportError, ValueError):
+    Follows dask's own choice, so ``dask.config.set(scheduler="threads")``
+    keeps a write local even while a client exists.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
         return None
+    owner = getattr(dask.base.get_scheduler(), "__self__", None)
+    return owner if isinstance(owner, Client) else None
 
 
 def compute_writes(tasks: Sequence[Any], *, progress: bool = False, description: str = "writing") -> list:
