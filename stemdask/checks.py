@@ -11,6 +11,43 @@ import numpy as np
 from .errors import bad_type, bad_value
 
 
+def _is_real(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def integer(name: str, value: Any, *, minimum: int = 1, expected: str | None = None) -> int:
+    """A whole number ``>= minimum`` (booleans and floats refused), as int.
+
+    ``expected`` replaces the default description in the error ("a positive
+    integer", "an integer >= 3", ...).
+    """
+    if minimum == 1:
+        default = "a positive integer"
+    elif minimum == 0:
+        default = "a non-negative integer"
+    else:
+        default = f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise bad_value(name, value, expected or default)
+    return int(value)
+
+
+def number(name: str, value: Any, *, allow_zero: bool = False, signed: bool = False,
+           expected: str | None = None) -> float:
+    """A finite real number, positive unless ``allow_zero`` (non-negative) or ``signed`` (any sign).
+
+    A value that is not a number raises :class:`~stemdask.errors.InvalidTypeError`;
+    one out of range :class:`~stemdask.errors.InvalidArgumentError`.
+    """
+    if not _is_real(value):
+        raise bad_type(name, value, "a real number")
+    out = float(value)
+    if not math.isfinite(out) or (not signed and (out < 0 or (out == 0 and not allow_zero))):
+        kind = "finite" if signed else ("non-negative finite" if allow_zero else "positive finite")
+        raise bad_value(name, value, expected or f"a {kind} number")
+    return out
+
+
 def pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False,
           signed: bool = False) -> tuple:
     """A number or a (y, x) pair, checked, as a tuple of two numbers.
@@ -26,7 +63,7 @@ def pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = Fal
         items = [value, value]
     out = []
     for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        if not _is_real(v):
             raise bad_type(name, value, "a number or a (y, x) pair of numbers")
         if not math.isfinite(float(v)):
             raise bad_value(name, value, "finite values")

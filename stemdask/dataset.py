@@ -36,7 +36,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .checks import pair
+from .checks import number, pair
 from .errors import (
     DatasetContractError,
     InvalidArgumentError,
@@ -68,13 +68,7 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
 def _positive_scalar(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise bad_type(name, value, "a real number")
-    out = float(value)
-    if not math.isfinite(out) or out < 0 or (out == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise bad_value(name, value, f"a {kind} finite number")
-    return out
+    return number(name, value, allow_zero=allow_zero)
 
 
 def _pair(name: str, value: Any, *, positive: bool = True) -> list[float]:

@@ -17,7 +17,6 @@ frame stack takes the vectorised path, which the CPU tests compare against.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import dask.array as da
@@ -26,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ..backend import array_module, is_cupy
+from ..checks import number
 from ..dataset import DETECTOR_DIMS, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from .array import event_meta, wrap_events
@@ -178,10 +178,7 @@ def count_electrons(data: xr.DataArray, *, threshold: float, dark: Any = None, g
     """
     validate(data)
     require_whole_frames(data, "electron counting")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-        raise bad_type("threshold", threshold, "a positive number (corrected detector units)")
-    if not math.isfinite(float(threshold)) or float(threshold) <= 0:
-        raise bad_value("threshold", threshold, "a positive finite number")
+    threshold = number("threshold", threshold)  # in corrected detector units
     if not isinstance(centroid, (bool, np.bool_)):
         raise bad_type("centroid", centroid, "True or False")
     count_dtype = np.dtype(dtype)

@@ -20,14 +20,13 @@ events live on a GPU (CuPy arrays) run the same operations with CuPy.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import dask.array as da
 import numba
 import numpy as np
 import xarray as xr
 
+from ..checks import integer, number
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS
 from ..errors import bad_type, bad_value
 from .array import require_counted, wrap_events
@@ -173,15 +172,11 @@ def radial_sum(counted: xr.DataArray, *, bin_width: float | None = None,
     if bin_width is None:
         steps = [abs(c[1] - c[0]) for c in (ky, kx) if c.size > 1]
         bin_width = min(steps) if steps else 1.0
-    if isinstance(bin_width, bool) or not isinstance(bin_width, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(bin_width)) or float(bin_width) <= 0:
-        raise bad_value("bin_width", bin_width, "a positive finite width in the units of k")
+    bin_width = number("bin_width", bin_width, expected="a positive finite width in the units of k")
     bins = np.floor(r / float(bin_width)).astype(np.int64)
     if n_bins is None:
         n_bins = int(bins.max()) + 1
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise bad_value("n_bins", n_bins, "a positive integer")
-    n_bins = int(n_bins)
+    n_bins = integer("n_bins", n_bins)
     lut = np.where(bins < n_bins, bins, -1)
     arr = counted.data
     out = arr.map_blocks(_radial_block, lut=lut, n_bins=n_bins, drop_axis=(2, 3), new_axis=2,
@@ -202,8 +197,7 @@ def _radial_block(block: EventBlock, lut: np.ndarray, n_bins: int) -> Any:
 
 
 def _factor(name: str, factor: Any, sizes: dict[str, int]) -> int:
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise bad_value(name, factor, "a positive integer")
+    factor = integer(name, factor)
     for dim, n in sizes.items():
         if n % factor:
             raise bad_value(name, factor, f"a divisor of {dim}={n} (crop first: nothing is dropped silently)")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..checks import integer
 from ..dataset import DETECTOR_DIMS
 from ..errors import bad_type, bad_value
 
@@ -186,8 +187,7 @@ def segments(data: Any, n: int, *, inner_mrad: float = 0.0, outer_mrad: float = 
     degrees, counted from +k_x towards +k_y; its centre direction is in the
     coordinate ``phi_deg``.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise bad_value("n", n, "an integer number of segments >= 2")
+    n = integer("n", n, minimum=2, expected="an integer number of segments >= 2")
     inner = _radius("inner_mrad", inner_mrad, allow_zero=True)
     outer = _radius("outer_mrad", outer_mrad, allow_inf=True)
     if not outer > inner:

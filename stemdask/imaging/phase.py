@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..checks import integer
 from ..dataset import SCAN_DIMS, validate
 from ..errors import MissingCalibrationError, bad_value
 from ..physics import wavelength_A
@@ -207,8 +208,7 @@ def dpc(data: xr.DataArray, *, n_segments: int = 4, inner_mrad: float = 0.0, out
         attrs like :func:`~stemdask.imaging.center_of_mass`.
     """
     validate(data)
-    if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)) or n_segments < 3:
-        raise bad_value("n_segments", n_segments, "an integer >= 3 (4 = quadrants)")
+    n_segments = integer("n_segments", n_segments, minimum=3, expected="an integer >= 3 (4 = quadrants)")
     if "semiangle_mrad" not in data.attrs:
         raise MissingCalibrationError("dpc needs the calibration ['semiangle_mrad'] to convert to mrad")
     alpha = float(data.attrs["semiangle_mrad"])

@@ -48,7 +48,7 @@ import numpy as np
 import xarray as xr
 from dask.utils import Dispatch
 
-from ..backend import array_module, is_cupy, to_numpy
+from ..backend import array_module, to_numpy
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from ._blas import single_blas_thread
@@ -675,7 +675,7 @@ def back_project(coefficients: xr.DataArray, masks: Any) -> xr.DataArray:
     >>> from stemdask.imaging import back_project, detectors, project
     >>> data = stemdask.from_array(np.ones((2, 2, 8, 8)), detector_pixel_mrad=1.0)
     >>> disk = detectors.disk(data, 2.0)
-    >>> back_project(project(data, disk), disk).values[0, 0, 4, 4]
+    >>> float(back_project(project(data, disk), disk).values[0, 0, 4, 4])
     13.0
     """
     if not isinstance(coefficients, xr.DataArray) or tuple(coefficients.dims) != (*SCAN_DIMS, "mask"):
