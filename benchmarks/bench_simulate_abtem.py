@@ -4,7 +4,7 @@ Run from the repository root::
 
     python3 -m venv benchmarks/_venv_abtem
     benchmarks/_venv_abtem/bin/pip install torch==2.13.0   # first: the local CPU wheel
-    benchmarks/_venv_abtem/bin/pip install abtem ase
+    benchmarks/_venv_abtem/bin/pip install -r benchmarks/requirements-abtem.txt
     python3 benchmarks/bench_simulate_abtem.py [--runs 5] [--write-docs]
 
 abTEM runs in its own venv (a subprocess of this script, data exchanged as

@@ -122,7 +122,7 @@ def polar_coefficients(aberrations: Mapping[str, Any] | None) -> dict[str, Any]:
                             f"each coefficient once ({seen[symbol]!r} and {key!r} both set {symbol})")
         seen[symbol] = key
         value = _scalar(f"aberrations[{key!r}]", value, "a finite number (Å or rad)")
-        # -1.0 * tensor keeps the autograd graph; float() would cut it
+        # negating a tensor keeps the autograd graph; float() would cut it
         out[symbol] = -value if sign < 0 else value
     return out
 

@@ -9,13 +9,15 @@ How a pattern is made (see ``docs/simulate.md``):
    anti-aliasing band limit (2/3 of Nyquist, ``λ / 3d``) reaches at least
    ``max_angle``. The central ``N`` frequencies of the window's FFT are the
    detector, the beam at pixel ``N // 2`` (``beam_center_px``). Pixels beyond
-   the band-limit circle (the detector corners) are zero, as in abTEM.
+   the band-limit circle (the detector corners) are zero, as in abTEM. All
+   of this is :class:`stemdask.scan_geometry.ScanGeometry`.
 2. Specimen. Projected potentials of each slice (Lobato 2014, exact
    sub-pixel positions) on a field that covers every window, transmission
    functions ``exp(iσv)`` band-limited to 2/3; the in-plane cell repeats.
 3. Each chunk of probe positions (a dask task) takes its part of the field,
    shifts the probe by a Fourier phase ramp to each position, runs the
-   multislice (or one slice: the projection approximation) and keeps
+   multislice (:func:`stemdask.multislice.multislice_step` for each slice;
+   one slice: the projection approximation) and keeps
    ``|B F[ψ_exit]|²`` on the detector, normalised to the fraction of the beam.
 4. Partial spatial coherence: Gaussian convolution of the intensities over
    probe positions (σ = ``source_size_A``), computed on extra positions
