@@ -61,12 +61,14 @@ class StemAccessor:
     @property
     def scan_shape(self) -> tuple[int, int]:
         """Number of probe positions (scan_y, scan_x)."""
-        return tuple(int(self._data.sizes[d]) for d in _dataset.SCAN_DIMS)
+        sy, sx = (int(self._data.sizes[d]) for d in _dataset.SCAN_DIMS)
+        return sy, sx
 
     @property
     def detector_shape(self) -> tuple[int, int]:
         """Detector frame shape (k_y, k_x) in pixels."""
-        return tuple(int(self._data.sizes[d]) for d in _dataset.DETECTOR_DIMS)
+        ky, kx = (int(self._data.sizes[d]) for d in _dataset.DETECTOR_DIMS)
+        return ky, kx
 
     @property
     def calibration(self) -> dict[str, Any]:

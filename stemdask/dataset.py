@@ -365,7 +365,7 @@ def calibrate(data: xr.DataArray, **calibration: Any) -> xr.DataArray:
     merged = {k: v for k, v in merged.items() if v is not None}
     # the chunking stays as it is (a detector-split layout too)
     chunks = data.data.chunks if isinstance(data.data, da.Array) else None
-    return from_array(data.data, chunks=chunks, name=data.name or "intensity", attrs=extra, **merged)
+    return from_array(data.data, chunks=chunks, name=str(data.name or "intensity"), attrs=extra, **merged)
 
 
 def describe(data: xr.DataArray) -> dict[str, Any]:

@@ -9,6 +9,7 @@ with whole frames. ``data.dtype`` is the dtype of the dense counts, so
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import dask.array as da
@@ -49,7 +50,7 @@ def event_meta(frame_shape: tuple[int, int], dtype: Any) -> EventBlock:
 
 
 def wrap_events(events: da.Array, like: xr.DataArray | None = None, *,
-                coords: Any = None, attrs: dict | None = None, name: str | None = None) -> xr.DataArray:
+                coords: Any = None, attrs: dict | None = None, name: Hashable | None = None) -> xr.DataArray:
     """A counted DataArray with the coords and attrs of ``like`` (or those given)."""
     if like is not None:
         coords = like.coords if coords is None else coords
@@ -92,8 +93,8 @@ def from_dense(data: xr.DataArray, *, dtype: Any = None) -> xr.DataArray:
     out_dtype = np.dtype(dtype) if dtype is not None else data.dtype
     arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1)
     ky, kx = arr.shape[2:]
-    events = arr.map_blocks(_from_dense_block, count_dtype=out_dtype, dtype=out_dtype,
-                            meta=event_meta((ky, kx), out_dtype))
+    events = da.map_blocks(_from_dense_block, arr, count_dtype=out_dtype, dtype=out_dtype,
+                           meta=event_meta((ky, kx), out_dtype))
     return wrap_events(events, data)
 
 

@@ -190,9 +190,9 @@ def count_electrons(data: xr.DataArray, *, threshold: float, dark: Any = None, g
     ky, kx = arr.shape[2:]
     dark_v = _per_pixel("dark", dark, (ky, kx), 0.0)
     gain_v = _per_pixel("gain", gain, (ky, kx), 1.0)
-    events = arr.map_blocks(_count_block, dark=dark_v, gain=gain_v, threshold=float(threshold),
-                            centroid=bool(centroid), count_dtype=count_dtype, dtype=count_dtype,
-                            meta=event_meta((ky, kx), count_dtype))
+    events = da.map_blocks(_count_block, arr, dark=dark_v, gain=gain_v, threshold=float(threshold),
+                           centroid=bool(centroid), count_dtype=count_dtype, dtype=count_dtype,
+                           meta=event_meta((ky, kx), count_dtype))
     attrs = dict(data.attrs)
     attrs.update(units="electrons", counting_threshold=float(threshold), counting_centroid=bool(centroid))
     return wrap_events(events, data, attrs=attrs)

@@ -250,19 +250,7 @@ def _batches(n_frames: int, frame_bytes: int, batch_bytes: int):
         yield start, min(start + step, n_frames)
 
 
-class _BlockDispatch(Dispatch):
-    """``dask.utils.Dispatch`` whose miss names the argument and what it accepts."""
-
-    def __call__(self, arg: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            meth = self.dispatch(type(arg))
-        except TypeError:
-            raise bad_type("block", arg, "a numpy or cupy array of frames (or a registered block type)") from None
-        return meth(arg, *args, **kwargs)
-
-
-project_block = _BlockDispatch("project_block")
-project_block.__doc__ = """Project one block of frames onto the masks.
+_PROJECT_BLOCK_DOC = """Project one block of frames onto the masks.
 
     Call as ``project_block(block, weights, *, dtype=np.float64, batch_bytes=BATCH_BYTES)``.
 
@@ -284,6 +272,24 @@ project_block.__doc__ = """Project one block of frames onto the masks.
     array (scan_y, scan_x, n_masks)
         Same backend as ``block``.
     """
+
+
+class _BlockDispatch(Dispatch):
+    """``dask.utils.Dispatch`` whose miss names the argument and what it accepts."""
+
+    def __call__(self, arg: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            meth = self.dispatch(type(arg))
+        except TypeError:
+            raise bad_type("block", arg, "a numpy or cupy array of frames (or a registered block type)") from None
+        return meth(arg, *args, **kwargs)
+
+    @property  # type: ignore[misc]
+    def __doc__(self) -> str:  # type: ignore[override]
+        return _PROJECT_BLOCK_DOC
+
+
+project_block = _BlockDispatch("project_block")
 
 
 #: float32 represents every integer up to 2**24 exactly
@@ -357,9 +363,11 @@ def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, bat
     # Conversion scratch is allocated once per block and reused by every batch: a fresh
     # multi-MiB temporary per batch is returned to the OS and faulted in again each time
     # (dask workers set MALLOC_TRIM_THRESHOLD_), which made the kernel 2-4x slower there.
-    width = weights.support.size if weights.use_support and not weights.use_sparse_product else frames.shape[1]
-    rows = max(1, int(batch_bytes // max(width * itemsize, 1)))
-    buf = np.empty(min(rows, frames.shape[0]) * width, dtype=np.float32 if exact32 else dtype)
+    width = int(weights.support.size if weights.use_support and not weights.use_sparse_product
+                else frames.shape[1])
+    n_frames = int(frames.shape[0])
+    batch_rows = max(1, int(batch_bytes) // max(width * int(itemsize), 1))
+    buf = np.empty(min(batch_rows, n_frames) * width, dtype=np.float32 if exact32 else dtype)
     if weights.use_sparse_product:
         mt = weights.sparse_transposed(dtype)
         for a, b in _batches(frames.shape[0], frames.shape[1] * itemsize, batch_bytes):
@@ -368,7 +376,7 @@ def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, bat
             out[a:b] = (mt @ converted.T).T
     elif weights.use_support:
         idx = weights.support
-        gathered = np.empty(min(rows, frames.shape[0]) * idx.size, dtype=frames.dtype)
+        gathered = np.empty(min(batch_rows, n_frames) * int(idx.size), dtype=frames.dtype)
         if exact32:
             w32, w64 = weights.on_support(np.float32), weights.on_support(np.float64)
         else:
