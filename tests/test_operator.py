@@ -126,3 +126,17 @@ def test_dot_product_cupy(rng, complex_weights):
     np.testing.assert_allclose(cupy.asnumpy(fd), op.forward(d), rtol=1e-10)
     np.testing.assert_allclose(complex(cupy.vdot(fd, cupy.asarray(c))), complex(cupy.vdot(cupy.asarray(d), fc)),
                                rtol=1e-10)
+
+
+def test_affine_masks_are_recognised_for_the_moment_kernel():
+    """CoM masks (k_y, k_x, 1) are affine in the pixel position; a disk is not; the coefficients are exact."""
+    data = stemdask.from_array(np.ones((2, 2, 6, 5), np.uint16), detector_pixel_mrad=(0.5, 0.25),
+                               beam_center_px=(2.5, 1.0))
+    from stemdask.imaging.com import _com_masks
+
+    op = mask_weights(_com_masks(data, None))
+    assert op.affine is not None
+    rows, cols = np.meshgrid(np.arange(6), np.arange(5), indexing="ij")
+    basis = np.stack([np.ones(30), rows.ravel(), cols.ravel()], axis=1)
+    np.testing.assert_allclose(basis @ op.affine, op.dense(), rtol=0, atol=1e-12)
+    assert mask_weights(imaging.detectors.disk(data, 0.6)).affine is None

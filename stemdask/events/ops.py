@@ -55,6 +55,35 @@ def _gather_sum1(indices, offsets, weights, out):  # pragma: no cover - compiled
         out[f] = acc
 
 
+@numba.njit(cache=True, nogil=True)
+def _moments(indices, offsets, rows, cols, out):  # pragma: no cover - compiled
+    for f in range(offsets.shape[0] - 1):
+        sy = 0
+        sx = 0
+        for i in range(offsets[f], offsets[f + 1]):
+            p = indices[i]
+            sy += rows[p]
+            sx += cols[p]
+        out[f, 0] = offsets[f + 1] - offsets[f]
+        out[f, 1] = sy
+        out[f, 2] = sx
+
+
+def moments_block(block: EventBlock) -> Any:
+    """Exact first moments per frame: electrons, sum of rows, sum of columns (int64).
+
+    The engine's kernel for affine masks (centre of mass) on events.
+    """
+    ky, kx = block.frame_shape
+    if block.xp is not np:
+        rows, cols = np.divmod(np.arange(ky * kx, dtype=np.int64), kx)
+        return gather_block_vectorised(block, np.stack([np.ones(ky * kx, np.int64), rows, cols], 1), np.int64)
+    rows, cols = np.divmod(np.arange(ky * kx, dtype=np.int32), np.int32(max(kx, 1)))
+    out = np.zeros((block.n_frames, 3), np.int64)
+    _moments(block.indices, block.offsets, rows, cols, out)
+    return out.reshape(*block.scan_shape, 3)
+
+
 def gather_block(block: EventBlock, weights: Any, dtype: Any = np.float64) -> Any:
     """``out[f, m] = sum of weights[index, m]`` over the electrons of frame ``f``.
 
@@ -320,4 +349,4 @@ def scan_crop(counted: xr.DataArray, *, scan_y: slice = slice(None), scan_x: sli
 
 
 __all__ = ["bin_detector", "bin_scan", "crop", "frame_sum", "gather_block", "gather_block_vectorised",
-           "radial_sum", "scan_crop", "total_counts"]
+           "moments_block", "radial_sum", "scan_crop", "total_counts"]

@@ -77,11 +77,13 @@ def center_of_mass(data: xr.DataArray, *, mask: xr.DataArray | None = None, dtyp
     """
     validate(data)
     masks = _com_masks(data, mask)
-    sums = project_checked(data, masks, dtype=dtype, batch_bytes=batch_bytes)
-    total = sums.sel(mask="total")
-    safe = xr.where(total != 0, total, np.nan)
-    com = xr.concat([sums.sel(mask="k_y") / safe, sums.sel(mask="k_x") / safe], dim="component")
-    com = com.drop_vars("mask", errors="ignore").assign_coords(component=["y", "x"]).transpose(*SCAN_DIMS, "component")
+    sums = project_checked(data, masks, dtype=dtype, batch_bytes=batch_bytes).data
+    # one task per chunk for the ratio (a chain of xarray operations costs more than the
+    # projection itself on sparse or small data)
+    ratio = da.map_blocks(_ratio_block, sums, chunks=(sums.chunks[0], sums.chunks[1], (2,)), dtype=sums.dtype,
+                          meta=sums._meta)
+    com = xr.DataArray(ratio, dims=(*SCAN_DIMS, "component"),
+                       coords={**{d: data.coords[d] for d in SCAN_DIMS}, "component": ["y", "x"]})
     attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
     attrs["units"] = data.coords["k_x"].attrs.get("units", "mrad")
     attrs["long_name"] = "centre-of-mass shift"
@@ -89,6 +91,16 @@ def center_of_mass(data: xr.DataArray, *, mask: xr.DataArray | None = None, dtyp
         attrs["field_V_per_mrad"] = field_per_mrad(data.attrs["energy_ev"])
     com.attrs = attrs
     return com.rename("com")
+
+
+def _ratio_block(sums: Any) -> Any:
+    """(y, x) first moments over the total of a block of sums (k_y, k_x, total); NaN where empty."""
+    from ..backend import array_module
+
+    xp = array_module(sums)
+    total = sums[..., 2:3]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return xp.where(total != 0, sums[..., :2] / total, xp.nan).astype(sums.dtype, copy=False)
 
 
 def field_per_mrad(energy_ev: float) -> float:

@@ -101,6 +101,30 @@ def _marginal_weights(matrix: np.ndarray, frame_shape: tuple[int, int]) -> tuple
     return np.ascontiguousarray(rows, dtype=np.float64), np.ascontiguousarray(cols, dtype=np.float64)
 
 
+def _affine_weights(marginal: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+    """``(3, n_masks)`` coefficients ``c`` with ``mask = c0 + c1 row + c2 col`` when every mask is affine.
+
+    Affine masks (centre of mass without a mask, a uniform detector) reduce
+    to three exact integer moments per frame (electrons, sum of rows, sum of
+    columns), which is what the event kernel computes instead of a gather.
+    """
+    if marginal is None:
+        return None
+    rows, cols = marginal
+    coef = np.zeros((3, rows.shape[1]))
+    for axis, (profile, slot) in enumerate(((rows, 1), (cols, 2))):
+        index = np.arange(profile.shape[0], dtype=np.float64)
+        for m in range(profile.shape[1]):
+            p = profile[:, m]
+            slope = (p[-1] - p[0]) / (index[-1] if index[-1] else 1.0)
+            fitted = p[0] + slope * index
+            if not np.allclose(p, fitted, rtol=1e-12, atol=1e-12 * max(float(np.abs(p).max()), 1.0)):
+                return None
+            coef[0, m] += p[0]
+            coef[slot, m] = slope
+    return coef
+
+
 class MaskWeights:
     """Detector masks flattened to a ``(pixels, n_masks)`` matrix: the projection operator.
 
@@ -125,6 +149,9 @@ class MaskWeights:
         #: on the row only or on the column only (CoM: k_y, k_x, 1), else None
         self.marginal = (None if sparse or frame_shape is None or self.dtype.kind == "c"
                          else _marginal_weights(matrix, frame_shape))
+        #: (3, n_masks) coefficients on (1, row index, column index) when every mask is an
+        #: affine function of the pixel position (CoM: k_y, k_x, 1), else None
+        self.affine = _affine_weights(self.marginal)
         self._cache: dict[Any, Any] = {}
         self._lock = threading.RLock()
         if sparse:
