@@ -18,7 +18,7 @@ def _tile(rng, origin, shape=(3, 4, 8, 8), step=0.5, pixel=1.0):
 
 
 def test_montage_of_tiles_validates_describes_and_maps(rng):
-    (a_np, a), (b_np, b) = _tile(rng, (0.0, 0.0)), _tile(rng, (0.0, 1.75))
+    (_, a), (b_np, b) = _tile(rng, (0.0, 0.0)), _tile(rng, (0.0, 1.75))
     tree = stemdask.montage.from_tiles({"left": a, "right": b})
     assert set(tree.stem.tiles) == {"/left", "/right"}
     np.testing.assert_array_equal(tree.stem.scan_origins_A.sel(tile="/right").values, [0.0, 1.75])

@@ -112,7 +112,7 @@ def _affine_weights(marginal: tuple[np.ndarray, np.ndarray] | None) -> np.ndarra
         return None
     rows, cols = marginal
     coef = np.zeros((3, rows.shape[1]))
-    for axis, (profile, slot) in enumerate(((rows, 1), (cols, 2))):
+    for profile, slot in ((rows, 1), (cols, 2)):
         index = np.arange(profile.shape[0], dtype=np.float64)
         for m in range(profile.shape[1]):
             p = profile[:, m]
