@@ -127,7 +127,14 @@ class ScanGeometry:
     @property
     def window_A(self) -> tuple[float, float]:
         """Window size ``L = M d`` (y, x) in Å (``λ`` over the detector pixel)."""
-        return (self.window_px[0] * self.sampling_A[0], self.window_px[1] * self.sampling_A[1])
+        d = self._d_A
+        return (self.window_px[0] * d[0], self.window_px[1] * d[1])
+
+    @property
+    def _d_A(self) -> tuple[float, float]:
+        """The sampling in use (never None after construction)."""
+        assert self.sampling_A is not None
+        return self.sampling_A
 
     @property
     def beam_center_px(self) -> tuple[int, int]:
@@ -164,7 +171,7 @@ class ScanGeometry:
         """
         corners, offsets = [], []
         for axis, p in enumerate((y_A, x_A)):
-            d, m = self.sampling_A[axis], self.window_px[axis]
+            d, m = self._d_A[axis], self.window_px[axis]
             u = np.asarray(p, dtype=np.float64) / d - field_origin_px[axis]  # in field pixels
             corner = np.floor(u).astype(np.int64) - m // 2
             corners.append(corner)
@@ -189,7 +196,7 @@ class ScanGeometry:
             Field size in pixels.
         """
         origin = tuple(int(math.floor(float(np.min(p)) / d)) - m // 2 - 1
-                       for p, d, m in zip((y_A, x_A), self.sampling_A, self.window_px))
+                       for p, d, m in zip((y_A, x_A), self._d_A, self.window_px))
         corners, _ = self.windows(y_A, x_A, origin)  # type: ignore[arg-type]
         shape = tuple(int(c.max()) + m for c, m in zip(corners, self.window_px))
         return origin, shape  # type: ignore[return-value]

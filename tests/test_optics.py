@@ -10,8 +10,8 @@ from scipy import optimize, special
 
 from stemdask import optics
 from stemdask.errors import InvalidArgumentError, InvalidTypeError
-from stemdask.physics import wavelength_A
 from stemdask.optics import fresnel_propagator
+from stemdask.physics import wavelength_A
 
 E = 200e3
 LAM = wavelength_A(E)

@@ -11,12 +11,12 @@ import xarray as xr
 from scipy import integrate, ndimage, special
 
 import stemdask
+from stemdask import optics
 from stemdask.errors import InvalidArgumentError, InvalidTypeError
-from stemdask.physics import interaction_constant, wavelength_A
-from stemdask.simulate import PhaseObject, potentials, samples, simulate_4dstem
 from stemdask.multislice import multislice_step
 from stemdask.optics import bandlimit, fresnel_propagator
-from stemdask import optics
+from stemdask.physics import interaction_constant, wavelength_A
+from stemdask.simulate import PhaseObject, potentials, samples, simulate_4dstem
 
 E = 80e3
 LAM = wavelength_A(E)
