@@ -12,7 +12,6 @@ import json
 import sys
 
 import numpy as np
-
 from _timing import timed  # this script's folder is on sys.path (run as a script)
 
 
@@ -37,9 +36,11 @@ def main() -> None:
             ("libertem-dask-npy", Context.make_with("dask", cpus=2), "npy"),
         ):
             ds = ctx.load("npy", path=path) if ds == "npy" else ctx.load("memory", data=data, sig_dims=2)
-            for task, udf in (("1 mask", lambda: ApplyMasksUDF(mask_factories=one)),
-                              ("16 masks", lambda: ApplyMasksUDF(mask_factories=many)),
-                              ("CoM", lambda: CoMUDF.with_params(cy=float(center[0]), cx=float(center[1])))):
+            for task, udf in (
+                ("1 mask", lambda: ApplyMasksUDF(mask_factories=one)),
+                ("16 masks", lambda: ApplyMasksUDF(mask_factories=many)),
+                ("CoM", lambda: CoMUDF.with_params(cy=float(center[0]), cx=float(center[1]))),
+            ):
                 res, out = timed(lambda: ctx.run_udf(dataset=ds, udf=udf()), reps)
                 results[f"{label}|{task}"] = res
                 if label == "libertem-threads-mem":
@@ -54,17 +55,24 @@ def main() -> None:
 
         dc = py4DSTEM.DataCube(data=data)
         geometry = ((float(center[0]), float(center[1])), (float(radii[0]), float(radii[1])))
-        res, out = timed(lambda: dc.get_virtual_image(mode="annulus", geometry=geometry, verbose=False,
-                                                       name="adf", returncalc=True), max(2, reps // 2))
+        res, out = timed(
+            lambda: dc.get_virtual_image(mode="annulus", geometry=geometry, verbose=False, name="adf", returncalc=True),
+            max(2, reps // 2),
+        )
         results["py4dstem|1 mask"] = res
         checks["py4dstem 1 mask"] = np.asarray(out.data)[:2, :2].tolist()
         edges = masks["ring_edges_px"]
 
         def sixteen():
             for lo, hi in zip(edges[:-1], edges[1:]):
-                dc.get_virtual_image(mode="annulus", geometry=((float(center[0]), float(center[1])),
-                                                               (float(lo), float(hi))),
-                                     verbose=False, name="ring", returncalc=True)
+                dc.get_virtual_image(
+                    mode="annulus",
+                    geometry=((float(center[0]), float(center[1])), (float(lo), float(hi))),
+                    verbose=False,
+                    name="ring",
+                    returncalc=True,
+                )
+
         res, _ = timed(sixteen, 1)
         results["py4dstem|16 masks"] = res
     results["checks"] = checks

@@ -22,5 +22,10 @@ def timed(fn, reps):
         fn()
         warm.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)  # this process only (not LocalCluster workers)
-    return {"cold_s": cold, "warm_s": warm, "median_s": float(np.median(warm)),
-            "cpu_s": cpu, "median_cpu_s": float(np.median(cpu))}, first
+    return {
+        "cold_s": cold,
+        "warm_s": warm,
+        "median_s": float(np.median(warm)),
+        "cpu_s": cpu,
+        "median_cpu_s": float(np.median(cpu)),
+    }, first

@@ -61,7 +61,7 @@ def poisson_entropy_bits(lam):
     kmax = int(flat.max() + 12 * np.sqrt(flat.max()) + 20)
     total = 0.0
     for start in range(0, flat.size, 1 << 16):
-        part = flat[start: start + (1 << 16)]
+        part = flat[start : start + (1 << 16)]
         pm = poisson.pmf(np.arange(kmax)[:, None], part[None, :])
         with np.errstate(divide="ignore", invalid="ignore"):
             total += float(-np.where(pm > 0, pm * np.log2(pm), 0.0).sum())
@@ -92,7 +92,7 @@ def chunks_of(x, tile):
     ny, nx = x.shape[:2]
     for y in range(0, ny, tile[0]):
         for xx in range(0, nx, tile[1]):
-            yield np.ascontiguousarray(x[y: y + tile[0], xx: xx + tile[1]])
+            yield np.ascontiguousarray(x[y : y + tile[0], xx : xx + tile[1]])
 
 
 def empirical_entropy_bits(chunk):
@@ -139,7 +139,9 @@ def codecs(dtype):
             if f.dtype.itemsize > 2:
                 return None
             buf = io.BytesIO()
-            Image.fromarray(np.ascontiguousarray(f, dtype=f.dtype.newbyteorder("<"))).save(buf, format="PNG", compress_level=9)
+            Image.fromarray(np.ascontiguousarray(f, dtype=f.dtype.newbyteorder("<"))).save(
+                buf, format="PNG", compress_level=9
+            )
             parts.append(buf.getvalue())
         return parts
 
@@ -152,8 +154,10 @@ def codecs(dtype):
 
     return {
         "histogram (stemdask)": (lambda c: encode_chunk(c), lambda b, s, d: decode_chunk(b)),
-        "gzip -9": (lambda c: zlib.compress(c.tobytes(), 9),
-                    lambda b, s, d: np.frombuffer(zlib.decompress(b), d).reshape(s)),
+        "gzip -9": (
+            lambda c: zlib.compress(c.tobytes(), 9),
+            lambda b, s, d: np.frombuffer(zlib.decompress(b), d).reshape(s),
+        ),
         "zstd -19": (lambda c: z19.encode(c.tobytes()), lambda b, s, d: np.frombuffer(z19.decode(b), d).reshape(s)),
         "blosc zstd+bitshuffle": (lambda c: bz.encode(c), lambda b, s, d: np.frombuffer(bz.decode(b), d).reshape(s)),
         "bitshuffle+LZ4 (blosc)": (lambda c: bl.encode(c), lambda b, s, d: np.frombuffer(bl.decode(b), d).reshape(s)),
@@ -194,8 +198,13 @@ def compression_rows(label, x, tile, lam=None, time_it=False, runs=5):
         if any(s is None for s in sizes):
             continue
         bpp = 8 * sum(sizes) / pixels
-        row = {"data": label, "codec": name, "bpp": bpp, "entropy": ent,
-               "true_entropy": None if lam is None else poisson_entropy_bits(lam) / pixels}
+        row = {
+            "data": label,
+            "codec": name,
+            "bpp": bpp,
+            "entropy": ent,
+            "true_entropy": None if lam is None else poisson_entropy_bits(lam) / pixels,
+        }
         if name.startswith("histogram"):
             for c in chunks:  # every chunk round-trips exactly
                 assert np.array_equal(decode_chunk(encode_chunk(c)), c)
@@ -204,8 +213,12 @@ def compression_rows(label, x, tile, lam=None, time_it=False, runs=5):
             e = enc(c)
             te, ce = median_time(lambda: enc(c), runs)
             td, cd = median_time(lambda: dec(e, c.shape, c.dtype), runs)
-            row.update(enc_mbs=c.nbytes / 1e6 / te, dec_mbs=c.nbytes / 1e6 / td,
-                       enc_cpu_mbs=c.nbytes / 1e6 / ce, dec_cpu_mbs=c.nbytes / 1e6 / cd)
+            row.update(
+                enc_mbs=c.nbytes / 1e6 / te,
+                dec_mbs=c.nbytes / 1e6 / td,
+                enc_cpu_mbs=c.nbytes / 1e6 / ce,
+                dec_cpu_mbs=c.nbytes / 1e6 / cd,
+            )
         rows.append(row)
     if time_it and x.dtype == np.uint16 and int(x.max()) < 256:
         # the same counts stored as uint8: half the bytes, the same symbols to code
@@ -213,10 +226,20 @@ def compression_rows(label, x, tile, lam=None, time_it=False, runs=5):
         e = encode_chunk(c)
         te, ce = median_time(lambda: encode_chunk(c), runs)
         td, cd = median_time(lambda: decode_chunk(e), runs)
-        rows.append({"data": label, "codec": "histogram, same counts as uint8", "bpp": rows[0]["bpp"] / 2,
-                     "entropy": ent / 2, "true_entropy": rows[0]["true_entropy"] and rows[0]["true_entropy"] / 2,
-                     "enc_mbs": c.nbytes / 1e6 / te, "dec_mbs": c.nbytes / 1e6 / td,
-                     "enc_cpu_mbs": c.nbytes / 1e6 / ce, "dec_cpu_mbs": c.nbytes / 1e6 / cd, "extra": True})
+        rows.append(
+            {
+                "data": label,
+                "codec": "histogram, same counts as uint8",
+                "bpp": rows[0]["bpp"] / 2,
+                "entropy": ent / 2,
+                "true_entropy": rows[0]["true_entropy"] and rows[0]["true_entropy"] / 2,
+                "enc_mbs": c.nbytes / 1e6 / te,
+                "dec_mbs": c.nbytes / 1e6 / td,
+                "enc_cpu_mbs": c.nbytes / 1e6 / ce,
+                "dec_cpu_mbs": c.nbytes / 1e6 / cd,
+                "extra": True,
+            }
+        )
     return rows
 
 
@@ -234,10 +257,19 @@ def shared_model_rows(dose, runs=5):
         b = encode_chunk(c, model=model)
         assert np.array_equal(decode_chunk(b, model=model), c)
         shared += len(b)
-    best_peer = min(8 * sum(size_of(enc(c)) or 1 << 60 for c in chunks) / x.size
-                    for name, (enc, _) in codecs(x.dtype).items() if not name.startswith("histogram"))
-    return {"dose": dose, "local": local, "shared": shared * 8 / x.size, "peer": best_peer,
-            "true_entropy": poisson_entropy_bits(lam) / x.size, "model_bytes": len(str(model.to_json()))}
+    best_peer = min(
+        8 * sum(size_of(enc(c)) or 1 << 60 for c in chunks) / x.size
+        for name, (enc, _) in codecs(x.dtype).items()
+        if not name.startswith("histogram")
+    )
+    return {
+        "dose": dose,
+        "local": local,
+        "shared": shared * 8 / x.size,
+        "peer": best_peer,
+        "true_entropy": poisson_entropy_bits(lam) / x.size,
+        "model_bytes": len(str(model.to_json())),
+    }
 
 
 def cluster_rows(x, tile, tmp):
@@ -249,26 +281,39 @@ def cluster_rows(x, tile, tmp):
     from stemdask.codecs.histogram import HistogramCodec
 
     rows = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         arr = client.persist(da.from_array(x, chunks=(*tile, *x.shape[2:])))
-        choices = {"histogram (stemdask)": dict(serializer=HistogramCodec(), compressors=None),
-                   "blosc zstd+bitshuffle": dict(compressors=[zarr.codecs.BloscCodec(
-                       cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle)])}
+        choices = {
+            "histogram (stemdask)": dict(serializer=HistogramCodec(), compressors=None),
+            "blosc zstd+bitshuffle": dict(
+                compressors=[
+                    zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle)
+                ]
+            ),
+        }
         for name, kw in choices.items():
             writes, reads = [], []
             for i in range(6):
                 path = str(Path(tmp) / f"c{i}.zarr")
-                z = zarr.create_array(path, shape=x.shape, chunks=(*tile, *x.shape[2:]), dtype=x.dtype,
-                                      overwrite=True, **kw)
+                z = zarr.create_array(
+                    path, shape=x.shape, chunks=(*tile, *x.shape[2:]), dtype=x.dtype, overwrite=True, **kw
+                )
                 t0 = time.perf_counter()
                 arr.store(z, lock=False, compute=True)
                 writes.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 client.compute(da.from_zarr(path).sum(axis=(2, 3))).result()
                 reads.append(time.perf_counter() - t0)
-            rows.append({"codec": name, "write_mbs": x.nbytes / 1e6 / statistics.median(writes[1:]),
-                         "read_mbs": x.nbytes / 1e6 / statistics.median(reads[1:])})
+            rows.append(
+                {
+                    "codec": name,
+                    "write_mbs": x.nbytes / 1e6 / statistics.median(writes[1:]),
+                    "read_mbs": x.nbytes / 1e6 / statistics.median(reads[1:]),
+                }
+            )
     return rows
 
 
@@ -292,9 +337,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     scan = (16, 16) if args.quick else (32, 32)
     tile = (16, 16)  # 256 frames per chunk
-    lines = [f"stemdask histogram codec benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"load average at start {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores, "
-             f"python {sys.version.split()[0]}", ""]
+    lines = [
+        f"stemdask histogram codec benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"load average at start {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores, "
+        f"python {sys.version.split()[0]}",
+        "",
+    ]
     rows = []
     for dose in (0.01, 0.1, 1.0):
         x, lam = simulate(dose, scan=scan)
@@ -302,12 +350,16 @@ def main(argv=None):
     for label, x in real_files():
         rows += compression_rows(f"{label}, {x.shape} {x.dtype}", x, x.shape[:2], time_it=False)
 
-    lines += ["Speeds: MB of raw input per second of wall time, and (in brackets) per second of the thread's "
-              "CPU time, which is less disturbed by other jobs on a shared machine; one thread, first chunk, "
-              "median of 5 warm runs. The uint8 row codes the same counts stored as uint8 "
-              "(the same compressed size, half the raw bytes).", "",
-              "| data | codec | bits/pixel | × vs histogram | vs empirical entropy | vs true entropy "
-              "| encode MB/s/core | decode MB/s/core |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "Speeds: MB of raw input per second of wall time, and (in brackets) per second of the thread's "
+        "CPU time, which is less disturbed by other jobs on a shared machine; one thread, first chunk, "
+        "median of 5 warm runs. The uint8 row codes the same counts stored as uint8 "
+        "(the same compressed size, half the raw bytes).",
+        "",
+        "| data | codec | bits/pixel | × vs histogram | vs empirical entropy | vs true entropy "
+        "| encode MB/s/core | decode MB/s/core |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by_data: dict[str, list] = {}
     for r in rows:
         by_data.setdefault(r["data"], []).append(r)
@@ -316,38 +368,50 @@ def main(argv=None):
         hist = next(r for r in rs if r["codec"].startswith("histogram"))
         for r in rs:
             if r.get("extra"):
-                lines.append(f"| {data} | {r['codec']} | same size | | | "
-                             f"| {speed(r, 'enc')} | {speed(r, 'dec')} |")
+                lines.append(f"| {data} | {r['codec']} | same size | | | | {speed(r, 'enc')} | {speed(r, 'dec')} |")
                 continue
             ratio = r["bpp"] / hist["bpp"] if hist["bpp"] else None
             over = (r["bpp"] / r["entropy"] - 1) * 100 if r["entropy"] else None
             over_true = (r["bpp"] / r["true_entropy"] - 1) * 100 if r["true_entropy"] else None
-            lines.append(f"| {data} | {r['codec']} | {fmt(r['bpp'], '.4f')} | {fmt(ratio, '.2f')} "
-                         f"| {fmt(over, '+.1f')} % | {fmt(over_true, '+.1f')} % "
-                         f"| {speed(r, 'enc')} | {speed(r, 'dec')} |")
+            lines.append(
+                f"| {data} | {r['codec']} | {fmt(r['bpp'], '.4f')} | {fmt(ratio, '.2f')} "
+                f"| {fmt(over, '+.1f')} % | {fmt(over_true, '+.1f')} % "
+                f"| {speed(r, 'enc')} | {speed(r, 'dec')} |"
+            )
         peers = [r for r in rs if not r["codec"].startswith("histogram")]
         best = min(peers, key=lambda r: r["bpp"])
-        summary.append(f"* {data}: best general codec {best['codec']} {best['bpp']:.4f} bits/pixel; histogram "
-                       f"{hist['bpp']:.4f} ({best['bpp'] / hist['bpp']:.2f}× smaller)" if hist["bpp"] else
-                       f"* {data}: histogram {hist['bpp']:.4f} bits/pixel, best general {best['bpp']:.4f}")
+        summary.append(
+            f"* {data}: best general codec {best['codec']} {best['bpp']:.4f} bits/pixel; histogram "
+            f"{hist['bpp']:.4f} ({best['bpp'] / hist['bpp']:.2f}× smaller)"
+            if hist["bpp"]
+            else f"* {data}: histogram {hist['bpp']:.4f} bits/pixel, best general {best['bpp']:.4f}"
+        )
     lines += ["", *summary, ""]
 
-    lines += ["Small chunks (2×4 scan positions = 8 frames of 128×128, uint16): self-contained vs a shared "
-              "model fitted on another simulated scan (HistogramModel.fit)", "",
-              "| dose e⁻/px | self-contained | shared model | best general codec | true entropy | model JSON bytes |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "Small chunks (2×4 scan positions = 8 frames of 128×128, uint16): self-contained vs a shared "
+        "model fitted on another simulated scan (HistogramModel.fit)",
+        "",
+        "| dose e⁻/px | self-contained | shared model | best general codec | true entropy | model JSON bytes |",
+        "|---|---|---|---|---|---|",
+    ]
     for dose in (0.01, 0.1, 1.0):
         s = shared_model_rows(dose)
-        lines.append(f"| {dose:g} | {s['local']:.4f} | {s['shared']:.4f} | {s['peer']:.4f} "
-                     f"| {s['true_entropy']:.4f} | {s['model_bytes']} |")
+        lines.append(
+            f"| {dose:g} | {s['local']:.4f} | {s['shared']:.4f} | {s['peer']:.4f} "
+            f"| {s['true_entropy']:.4f} | {s['model_bytes']} |"
+        )
     lines.append("")
 
     from stemdask.codecs.histogram import encode_chunk
 
-    lines += ["Chunk size (frames per chunk = scan tile) against bits/pixel, histogram codec, "
-              f"simulated scan {scan + (128, 128)}", "",
-              "| dose e⁻/px | frames per chunk | bits/pixel | vs empirical entropy | vs true entropy |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "Chunk size (frames per chunk = scan tile) against bits/pixel, histogram codec, "
+        f"simulated scan {scan + (128, 128)}",
+        "",
+        "| dose e⁻/px | frames per chunk | bits/pixel | vs empirical entropy | vs true entropy |",
+        "|---|---|---|---|---|",
+    ]
     for dose in (0.01, 0.1, 1.0):
         x, lam = simulate(dose, scan=scan)
         true = poisson_entropy_bits(lam) / x.size
@@ -357,8 +421,10 @@ def main(argv=None):
             cs = list(chunks_of(x, t))
             bpp = 8 * sum(len(encode_chunk(c)) for c in cs) / x.size
             ent = sum(empirical_entropy_bits(c) for c in cs) / x.size
-            lines.append(f"| {dose:g} | {t[0] * t[1]} | {bpp:.4f} | {(bpp / ent - 1) * 100:+.1f} % "
-                         f"| {(bpp / true - 1) * 100:+.1f} % |")
+            lines.append(
+                f"| {dose:g} | {t[0] * t[1]} | {bpp:.4f} | {(bpp / ent - 1) * 100:+.1f} % "
+                f"| {(bpp / true - 1) * 100:+.1f} % |"
+            )
     lines.append("")
 
     import tempfile
@@ -367,9 +433,13 @@ def main(argv=None):
     (ROOT / "benchmarks" / "_work").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks" / "_work") as tmp:
         crow = cluster_rows(x, (16, 16), tmp)
-    lines += [f"2-worker LocalCluster (1 thread each), zarr store of {x.nbytes / 1e6:.0f} MB (dose 1, "
-              f"256-frame chunks), median of 5 after a warm-up", "",
-              "| codec | write MB/s | read MB/s |", "|---|---|---|"]
+    lines += [
+        f"2-worker LocalCluster (1 thread each), zarr store of {x.nbytes / 1e6:.0f} MB (dose 1, "
+        f"256-frame chunks), median of 5 after a warm-up",
+        "",
+        "| codec | write MB/s | read MB/s |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['codec']} | {r['write_mbs']:.0f} | {r['read_mbs']:.0f} |" for r in crow]
     lines += ["", f"load average at end {os.getloadavg()[0]:.2f}"]
     report = "\n".join(lines)

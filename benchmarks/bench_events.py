@@ -89,8 +89,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small data, 3 repeats")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--rates", type=float, nargs="*",
-                        default=[0.005, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
+    parser.add_argument("--rates", type=float, nargs="*", default=[0.005, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
     args = parser.parse_args()
     scan, det, chunks, repeats = ((64, 64), (128, 128), (16, 64), args.repeats)
@@ -107,19 +106,21 @@ def main():
         for rate in args.rates:
             dense_np = simulate(rate, scan, det)
             n_e = int(dense_np.sum())
-            dense = stemdask.from_array(dense_np, chunks=chunks, detector_pixel_mrad=0.5,
-                                        scan_step_A=0.5).persist()
+            dense = stemdask.from_array(dense_np, chunks=chunks, detector_pixel_mrad=0.5, scan_step_A=0.5).persist()
             t0 = time.perf_counter()
             counted = ev.from_dense(dense).persist()
             convert = time.perf_counter() - t0
             ring = imaging.detectors.annulus(dense, 12.0, 28.0)
             ops = {
-                "CoM": (lambda: imaging.center_of_mass(dense).compute(),
-                        lambda: imaging.center_of_mass(counted).compute()),
-                "virtual detector": (lambda: imaging.virtual_image(dense, ring).compute(),
-                                     lambda: imaging.virtual_image(counted, ring).compute()),
-                "frame sum": (lambda: imaging.pacbed(dense, "sum").compute(),
-                              lambda: ev.frame_sum(counted).compute()),
+                "CoM": (
+                    lambda: imaging.center_of_mass(dense).compute(),
+                    lambda: imaging.center_of_mass(counted).compute(),
+                ),
+                "virtual detector": (
+                    lambda: imaging.virtual_image(dense, ring).compute(),
+                    lambda: imaging.virtual_image(counted, ring).compute(),
+                ),
+                "frame sum": (lambda: imaging.pacbed(dense, "sum").compute(), lambda: ev.frame_sum(counted).compute()),
             }
             row = [f"{rate:g}", f"{n_e / dense_np.shape[0] / dense_np.shape[1]:.0f}"]
             for name, (dense_fn, event_fn) in ops.items():
@@ -138,10 +139,19 @@ def main():
             blocks = counted.data.compute()
             raw = blocks.indices.nbytes + blocks.offsets.nbytes
             rle = ev.rle_encode(blocks)
-            store_rows.append([f"{rate:g}", f"{n_e}", f"**{dir_bytes(store) / n_e:.2f}**",
-                               f"{dir_bytes(plain) / n_e:.2f}", f"{dir_bytes(h5) / n_e:.2f}",
-                               f"{raw / n_e:.2f}", f"{rle.nbytes / n_e:.2f}",
-                               f"{dir_bytes(dense_store) / n_e:.2f}", f"{dense_np.nbytes / n_e:.2f}"])
+            store_rows.append(
+                [
+                    f"{rate:g}",
+                    f"{n_e}",
+                    f"**{dir_bytes(store) / n_e:.2f}**",
+                    f"{dir_bytes(plain) / n_e:.2f}",
+                    f"{dir_bytes(h5) / n_e:.2f}",
+                    f"{raw / n_e:.2f}",
+                    f"{rle.nbytes / n_e:.2f}",
+                    f"{dir_bytes(dense_store) / n_e:.2f}",
+                    f"{dense_np.nbytes / n_e:.2f}",
+                ]
+            )
             for p in (store, plain, dense_store):
                 shutil.rmtree(p)
             os.unlink(h5)
@@ -150,23 +160,33 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()
 
-    lines.append(f"Data: {scan[0]}x{scan[1]} scan, {det[0]}x{det[1]} px frames, uint16, chunks {chunks} "
-                 f"({np.prod(scan) * np.prod(det) * 2 / 2**20:.0f} MiB dense); threaded scheduler, 2 threads; "
-                 f"median of {repeats} interleaved warm runs; load average {load0[0]:.2f} before, {load1[0]:.2f} after.")
+    lines.append(
+        f"Data: {scan[0]}x{scan[1]} scan, {det[0]}x{det[1]} px frames, uint16, chunks {chunks} "
+        f"({np.prod(scan) * np.prod(det) * 2 / 2**20:.0f} MiB dense); threaded scheduler, 2 threads; "
+        f"median of {repeats} interleaved warm runs; load average {load0[0]:.2f} before, {load1[0]:.2f} after."
+    )
     lines.append("")
-    lines.append("| e-/px/frame | e-/frame | CoM dense / events (ms) | CoM speed-up | virtual det. dense / "
-                 "events (ms) | VD speed-up | frame sum dense / events (ms) | FS speed-up | "
-                 "imaging.pacbed on events (ms) | from_dense (s) |")
+    lines.append(
+        "| e-/px/frame | e-/frame | CoM dense / events (ms) | CoM speed-up | virtual det. dense / "
+        "events (ms) | VD speed-up | frame sum dense / events (ms) | FS speed-up | "
+        "imaging.pacbed on events (ms) | from_dense (s) |"
+    )
     lines.append("|" + "---|" * 10)
     lines += ["| " + " | ".join(r) + " |" for r in speed_rows]
     lines.append("")
-    lines.append("Crossover (speed-up falls to 1): " + ", ".join(
-        f"{k} {c:.2g} e-/px/frame" if (c := crossover(args.rates, v)) is not None else f"{k} none in range"
-        for k, v in speedups.items()))
+    lines.append(
+        "Crossover (speed-up falls to 1): "
+        + ", ".join(
+            f"{k} {c:.2g} e-/px/frame" if (c := crossover(args.rates, v)) is not None else f"{k} none in range"
+            for k, v in speedups.items()
+        )
+    )
     lines.append("")
-    lines.append("| e-/px/frame | electrons | event zarr (delta-blosc, default) B/e- | event zarr (zstd) B/e- | "
-                 "stempy HDF5 B/e- | raw linear index + offsets B/e- | RLE codes B/e- | "
-                 "dense zarr (stemdask.save, blosc) B/e- | dense uint16 raw B/e- |")
+    lines.append(
+        "| e-/px/frame | electrons | event zarr (delta-blosc, default) B/e- | event zarr (zstd) B/e- | "
+        "stempy HDF5 B/e- | raw linear index + offsets B/e- | RLE codes B/e- | "
+        "dense zarr (stemdask.save, blosc) B/e- | dense uint16 raw B/e- |"
+    )
     lines.append("|" + "---|" * 9)
     lines += ["| " + " | ".join(r) + " |" for r in store_rows]
     text = "\n".join(lines)

@@ -41,11 +41,10 @@ from pathlib import Path  # noqa: E402
 import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import stemdask  # noqa: E402
 from stemdask.imaging import center_of_mass, detectors, virtual_image  # noqa: E402
-
-from _timing import timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
@@ -112,10 +111,14 @@ def out_of_core(args):
     store = WORK / "ooc.zarr"
     if store.exists():
         shutil.rmtree(store)
-    print(f"out of core: writing {scan_y}x{scan_x}x{det}x{det} uint16 "
-          f"({scan_y * scan_x * det * det * 2 / 2**30:.2f} GiB) to {store}", flush=True)
-    lazy = da.random.default_rng(1).integers(0, 4096, size=(scan_y, scan_x, det, det), dtype=np.uint16,
-                                              chunks=(8, scan_x, det, det))
+    print(
+        f"out of core: writing {scan_y}x{scan_x}x{det}x{det} uint16 "
+        f"({scan_y * scan_x * det * det * 2 / 2**30:.2f} GiB) to {store}",
+        flush=True,
+    )
+    lazy = da.random.default_rng(1).integers(
+        0, 4096, size=(scan_y, scan_x, det, det), dtype=np.uint16, chunks=(8, scan_x, det, det)
+    )
     src = stemdask.from_array(lazy, detector_pixel_mrad=PIXEL_MRAD, chunks=(8, scan_x))
     with dask.config.set(scheduler="threads", num_workers=2):
         stemdask.save(src, store, codec="none")
@@ -123,8 +126,13 @@ def out_of_core(args):
     rows_per_chunk = max(1, (16 * 2**20) // (scan_x * det * det * 2))
     data = stemdask.open_dataset(store, chunks=(rows_per_chunk, scan_x))
     adf, rings, _ = masks_for(data)
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, memory_limit=limit,
-                           dashboard_address=None, local_directory=str(WORK / "dask-ooc"))
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        memory_limit=limit,
+        dashboard_address=None,
+        local_directory=str(WORK / "dask-ooc"),
+    )
     client = Client(cluster)
     rows = {}
     try:
@@ -139,14 +147,22 @@ def out_of_core(args):
             stop.set()
             sampler.join()
             assert np.all(np.isfinite(out.values))
-            rows[task] = {"wall_s": wall, "gbps": data.nbytes / wall / 1e9,
-                          "peak_worker_mib": max(peaks.values()) / 2**20 if peaks else float("nan")}
+            rows[task] = {
+                "wall_s": wall,
+                "gbps": data.nbytes / wall / 1e9,
+                "peak_worker_mib": max(peaks.values()) / 2**20 if peaks else float("nan"),
+            }
             print(f"  ooc {task}: {rows[task]}", flush=True)
     finally:
         client.close()
         cluster.close()
-    return {"nbytes": int(data.nbytes), "limit_mib_per_worker": args.ooc_limit_mib, "workers": n_workers,
-            "chunks": [int(c[0]) for c in data.data.chunks], "rows": rows}
+    return {
+        "nbytes": int(data.nbytes),
+        "limit_mib_per_worker": args.ooc_limit_mib,
+        "workers": n_workers,
+        "chunks": [int(c[0]) for c in data.data.chunks],
+        "rows": rows,
+    }
 
 
 def main_ooc_only(args):
@@ -181,9 +197,14 @@ def main():
     data = stemdask.from_array(da.from_array(arr, chunks=(rows, -1, -1, -1)), detector_pixel_mrad=PIXEL_MRAD)
     adf, rings, edges = masks_for(data)
     center_px = data.attrs["beam_center_px"]
-    np.savez(WORK / "imaging_masks.npz", adf=adf.values[0], rings=rings.values, center_px=np.asarray(center_px),
-             adf_radii_px=np.asarray(adf.attrs["detector"]["edges_mrad"]) / PIXEL_MRAD,
-             ring_edges_px=edges / PIXEL_MRAD)
+    np.savez(
+        WORK / "imaging_masks.npz",
+        adf=adf.values[0],
+        rings=rings.values,
+        center_px=np.asarray(center_px),
+        adf_radii_px=np.asarray(adf.attrs["detector"]["edges_mrad"]) / PIXEL_MRAD,
+        ring_edges_px=edges / PIXEL_MRAD,
+    )
 
     outputs: dict = {}
     threads = {"scheduler": "threads", "num_workers": 2}
@@ -201,20 +222,26 @@ def main():
 
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
-                      local_directory=str(WORK / "dask-bench")) as cluster, Client(cluster):
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=None, local_directory=str(WORK / "dask-bench")
+        ) as cluster,
+        Client(cluster),
+    ):
         print("stemdask, LocalCluster (2 workers x 1 thread): zarr on disk, then the .npy file", flush=True)
-        run_stemdask(on_disk, adf, rings, args.reps, "stemdask-localcluster-zarr", results, outputs, {},
-                     ("float64",))
+        run_stemdask(on_disk, adf, rings, args.reps, "stemdask-localcluster-zarr", results, outputs, {}, ("float64",))
         run_stemdask(npy_data, adf, rings, args.reps, "stemdask-localcluster-npy", results, outputs, {})
 
     if not args.skip_peers:
         if not PEER_PY.exists():
             sys.exit(f"peers venv missing: {PEER_PY} (see the module docstring)")
         print("peers (LiberTEM, py4DSTEM) in", PEER_PY, flush=True)
-        proc = subprocess.run([str(PEER_PY), str(HERE / "_peers_imaging.py"), str(npy),
-                               str(WORK / "imaging_masks.npz"), str(args.reps)],
-                              capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            [str(PEER_PY), str(HERE / "_peers_imaging.py"), str(npy), str(WORK / "imaging_masks.npz"), str(args.reps)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        )
         if proc.returncode != 0:
             sys.exit("peer run failed:\n" + proc.stderr[-4000:])
         peers = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -224,8 +251,9 @@ def main():
         results.update(peers)
         # same numbers as LiberTEM on the same masks
         ours = outputs[("stemdask-threads-mem", "1 mask", "float64")].values[:2, :2]
-        results["check_1mask_max_rel_diff"] = float(np.max(np.abs(ours - np.asarray(checks["1 mask"]).reshape(ours.shape))
-                                                           / np.abs(ours)))
+        results["check_1mask_max_rel_diff"] = float(
+            np.max(np.abs(ours - np.asarray(checks["1 mask"]).reshape(ours.shape)) / np.abs(ours))
+        )
         ours16 = outputs[("stemdask-threads-mem", "16 masks", "float64")].values[:2, :2]
         theirs16 = np.asarray(checks["16 masks"])
         results["check_16mask_max_rel_diff"] = float(np.max(np.abs(ours16 - theirs16) / np.abs(ours16)))
@@ -248,10 +276,14 @@ def table(results):
     tasks = ("1 mask", "16 masks", "CoM")
     labels = sorted({k.split("|")[0] for k in results if "|" in k})
     lib = {t: results.get(f"libertem-threads-mem|{t}", {}).get("median_s") for t in tasks}
-    lines = [f"data {tuple(results['shape'])} uint16 = {nbytes / 2**20:.0f} MiB; {results['cpus']} CPUs; "
-             f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}; "
-             "median of warm runs; GB/s of raw input (ratio to LiberTEM threads, in memory)", "",
-             "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines = [
+        f"data {tuple(results['shape'])} uint16 = {nbytes / 2**20:.0f} MiB; {results['cpus']} CPUs; "
+        f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}; "
+        "median of warm runs; GB/s of raw input (ratio to LiberTEM threads, in memory)",
+        "",
+        "| run | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
     for label in labels:
         cells = []
         for t in tasks:
@@ -264,9 +296,14 @@ def table(results):
             cells.append(f"{gbps:.2f}{ratio}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     inproc = [lab for lab in labels if "threads-mem" in lab or lab == "py4dstem"]
-    lines += ["", "In-process runs by CPU time (GB per CPU-second of this process; less sensitive to "
-              "other load on the machine; ratio to LiberTEM threads):", "",
-              "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines += [
+        "",
+        "In-process runs by CPU time (GB per CPU-second of this process; less sensitive to "
+        "other load on the machine; ratio to LiberTEM threads):",
+        "",
+        "| run | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
     lib_cpu = {t: results.get(f"libertem-threads-mem|{t}", {}).get("median_cpu_s") for t in tasks}
     for label in inproc:
         cells = []
@@ -284,11 +321,15 @@ def table(results):
 
 
 def table_ooc(o):
-    lines = [f"out of core: {o['nbytes'] / 2**30:.2f} GiB zarr, {o['workers']} workers x "
-                      f"{o['limit_mib_per_worker']} MiB limit (data = "
-                      f"{o['nbytes'] / (o['workers'] * o['limit_mib_per_worker'] * 2**20):.1f}x total limit), "
-                      f"chunks {o['chunks']}", "", "| task | GB/s | wall s | peak worker RSS (MiB) |",
-             "|---|---|---|---|"]
+    lines = [
+        f"out of core: {o['nbytes'] / 2**30:.2f} GiB zarr, {o['workers']} workers x "
+        f"{o['limit_mib_per_worker']} MiB limit (data = "
+        f"{o['nbytes'] / (o['workers'] * o['limit_mib_per_worker'] * 2**20):.1f}x total limit), "
+        f"chunks {o['chunks']}",
+        "",
+        "| task | GB/s | wall s | peak worker RSS (MiB) |",
+        "|---|---|---|---|",
+    ]
     for task, row in o["rows"].items():
         lines.append(f"| {task} | {row['gbps']:.2f} | {row['wall_s']:.1f} | {row['peak_worker_mib']:.0f} |")
     return "\n".join(lines)

@@ -42,8 +42,11 @@ CASES = [
     # name, slice thickness (None: one slice, the projection approximation), aberrations
     ("projection", None, {}),
     ("multislice, 0.9 Å slices", 0.9, {}),
-    ("multislice + defocus 40 Å, C12 15 Å at 0.5 rad, C30 5 µm", 0.9,
-     {"defocus": 40.0, "C12": 15.0, "phi12": 0.5, "C30": 5e4}),
+    (
+        "multislice + defocus 40 Å, C12 15 Å at 0.5 rad, C30 5 µm",
+        0.9,
+        {"defocus": 40.0, "C12": 15.0, "phi12": 0.5, "C30": 5e4},
+    ),
 ]
 ENERGY_EV = 80e3
 SEMIANGLE_MRAD = 25.0
@@ -66,15 +69,19 @@ def _abtem_worker(inp: str, out: str) -> None:
     for i, case in enumerate(params["cases"]):
         gx, gy = params["window_px"][1], params["window_px"][0]
         thickness = case["slice_thickness_A"] or float(spec["cell"][2])
-        potential = abtem.Potential(atoms, gpts=(gx, gy), slice_thickness=thickness,
-                                    projection="infinite", parametrization="lobato")
-        probe = abtem.Probe(energy=params["energy_ev"], semiangle_cutoff=params["semiangle_mrad"],
-                            soft=False, aberrations=dict(case["aberrations"]))
+        potential = abtem.Potential(
+            atoms, gpts=(gx, gy), slice_thickness=thickness, projection="infinite", parametrization="lobato"
+        )
+        probe = abtem.Probe(
+            energy=params["energy_ev"],
+            semiangle_cutoff=params["semiangle_mrad"],
+            soft=False,
+            aberrations=dict(case["aberrations"]),
+        )
         y0, x0 = params["scan_origin_A"]
         ny, nx = params["scan_shape"]
         step = params["step_A"]
-        scan = abtem.GridScan(start=(x0, y0), end=(x0 + nx * step, y0 + ny * step),
-                              gpts=(nx, ny), endpoint=False)
+        scan = abtem.GridScan(start=(x0, y0), end=(x0 + nx * step, y0 + ny * step), gpts=(nx, ny), endpoint=False)
         detector = abtem.PixelatedDetector(max_angle="full")
 
         def run(scheduler="threads"):
@@ -109,7 +116,7 @@ def _crop_centre(full: np.ndarray, n: int) -> np.ndarray:
     my, mx = full.shape[-2:]
     iy = my // 2 - n // 2
     ix = mx // 2 - n // 2
-    return full[..., iy:iy + n, ix:ix + n]
+    return full[..., iy : iy + n, ix : ix + n]
 
 
 def main() -> None:
@@ -137,16 +144,28 @@ def main() -> None:
     abtem_results = None
     with tempfile.TemporaryDirectory() as tmp:
         if abtem_available:
-            params = {"energy_ev": ENERGY_EV, "semiangle_mrad": SEMIANGLE_MRAD, "window_px": window,
-                      "scan_origin_A": origin, "scan_shape": SCAN_SHAPE, "step_A": STEP_A,
-                      "runs": args.runs,
-                      "cases": [{"name": n, "slice_thickness_A": t, "aberrations": a} for n, t, a in CASES]}
+            params = {
+                "energy_ev": ENERGY_EV,
+                "semiangle_mrad": SEMIANGLE_MRAD,
+                "window_px": window,
+                "scan_origin_A": origin,
+                "scan_shape": SCAN_SHAPE,
+                "step_A": STEP_A,
+                "runs": args.runs,
+                "cases": [{"name": n, "slice_thickness_A": t, "aberrations": a} for n, t, a in CASES],
+            }
             inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-            np.savez(inp, numbers=sample.numbers, positions=sample.positions_A,
-                     cell=np.array(sample.cell_A), params=np.array(json.dumps(params)))
+            np.savez(
+                inp,
+                numbers=sample.numbers,
+                positions=sample.positions_A,
+                cell=np.array(sample.cell_A),
+                params=np.array(json.dumps(params)),
+            )
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-            proc = subprocess.run([str(VENV_PYTHON), __file__, "--abtem-worker", inp, out],
-                                  env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                [str(VENV_PYTHON), __file__, "--abtem-worker", inp, out], env=env, capture_output=True, text=True
+            )
             if proc.returncode != 0:
                 print(proc.stdout, proc.stderr, file=sys.stderr)
                 raise SystemExit("abTEM worker failed")
@@ -159,12 +178,22 @@ def main() -> None:
     rows = []
     try:
         for i, (name, thickness, aberrations) in enumerate(CASES):
+
             def run(scheduler=None):
                 data, truth = simulate_4dstem(
-                    sample, energy_ev=ENERGY_EV, semiangle_mrad=SEMIANGLE_MRAD,
-                    scan_shape=SCAN_SHAPE, scan_step_A=STEP_A, detector_shape=DETECTOR,
-                    max_angle_mrad=max_angle, sampling_A=sampling, scan_origin_A=origin,
-                    slice_thickness_A=thickness, aberrations=aberrations, chunks=(8, 32))
+                    sample,
+                    energy_ev=ENERGY_EV,
+                    semiangle_mrad=SEMIANGLE_MRAD,
+                    scan_shape=SCAN_SHAPE,
+                    scan_step_A=STEP_A,
+                    detector_shape=DETECTOR,
+                    max_angle_mrad=max_angle,
+                    sampling_A=sampling,
+                    scan_origin_A=origin,
+                    slice_thickness_A=thickness,
+                    aberrations=aberrations,
+                    chunks=(8, 32),
+                )
                 if scheduler is None:
                     return data.compute().values, data
                 with dask.config.set(scheduler=scheduler, num_workers=2):
@@ -189,22 +218,32 @@ def main() -> None:
                 t0 = time.process_time()
                 run("sync")
                 cpu.append(time.process_time() - t0)
-            row = {"case": name, "ours_cold": cold, "ours_warm": float(np.median(warm)),
-                   "ours_threads": float(np.median(threads)), "ours_cpu": float(np.median(cpu)),
-                   "pixel_mrad": data.attrs["detector_pixel_mrad"]}
+            row = {
+                "case": name,
+                "ours_cold": cold,
+                "ours_warm": float(np.median(warm)),
+                "ours_threads": float(np.median(threads)),
+                "ours_cpu": float(np.median(cpu)),
+                "pixel_mrad": data.attrs["detector_pixel_mrad"],
+            }
             if abtem_results is not None:
                 theirs = _crop_centre(abtem_results[f"patterns_{i}"], DETECTOR)
                 a = ours.reshape(-1, DETECTOR * DETECTOR).astype(np.float64)
                 b = theirs.reshape(-1, DETECTOR * DETECTOR).astype(np.float64)
                 r = np.array([np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)])
                 total = np.abs(a.sum(1) / b.sum(1) - 1)
-                row.update(r_min=float(r.min()), r_median=float(np.median(r)),
-                           total_max=float(total.max()), total_mean=float(total.mean()),
-                           ours_total=float(a.sum(1).mean()), theirs_total=float(b.sum(1).mean()),
-                           theirs_cold=float(abtem_results[f"cold_{i}"]),
-                           theirs_warm=float(np.median(abtem_results[f"warm_{i}"])),
-                           theirs_cpu=float(np.median(abtem_results[f"cpu_{i}"])),
-                           abtem_sampling=abtem_results[f"sampling_{i}"].tolist())
+                row.update(
+                    r_min=float(r.min()),
+                    r_median=float(np.median(r)),
+                    total_max=float(total.max()),
+                    total_mean=float(total.mean()),
+                    ours_total=float(a.sum(1).mean()),
+                    theirs_total=float(b.sum(1).mean()),
+                    theirs_cold=float(abtem_results[f"cold_{i}"]),
+                    theirs_warm=float(np.median(abtem_results[f"warm_{i}"])),
+                    theirs_cpu=float(np.median(abtem_results[f"cpu_{i}"])),
+                    abtem_sampling=abtem_results[f"sampling_{i}"].tolist(),
+                )
             rows.append(row)
     finally:
         client.close()
@@ -241,10 +280,13 @@ def main() -> None:
                 f"{row['theirs_warm'] / row['ours_warm']:.2f}, "
                 f"{row['theirs_warm'] / row['ours_threads']:.2f} | "
                 f"{row['ours_cpu']:.2f} / {row['theirs_cpu']:.2f} | "
-                f"{row['theirs_cpu'] / row['ours_cpu']:.2f} |")
+                f"{row['theirs_cpu'] / row['ours_cpu']:.2f} |"
+            )
         else:
-            lines.append(f"| {row['case']} | – | – | {row['ours_warm']:.2f} ({row['ours_cold']:.2f}) | "
-                         f"{row['ours_threads']:.2f} | – | – | {row['ours_cpu']:.2f} / – | – |")
+            lines.append(
+                f"| {row['case']} | – | – | {row['ours_warm']:.2f} ({row['ours_cold']:.2f}) | "
+                f"{row['ours_threads']:.2f} | – | – | {row['ours_cpu']:.2f} / – | – |"
+            )
     table = "\n".join(lines)
     print(table)
     print(json.dumps(rows, indent=1, default=float))

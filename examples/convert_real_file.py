@@ -14,8 +14,7 @@ import stemdask
 
 
 def main(src: str, dst: str) -> None:
-    data = stemdask.open_dataset(src, energy_ev=300e3, semiangle_mrad=1.5, detector_pixel_mrad=0.05,
-                                 scan_step_A=50.0)
+    data = stemdask.open_dataset(src, energy_ev=300e3, semiangle_mrad=1.5, detector_pixel_mrad=0.05, scan_step_A=50.0)
     print(data.stem.describe())
     stemdask.save(data, dst, codec="zstd", overwrite=True, progress=True)
     back = stemdask.open_dataset(dst)

@@ -30,16 +30,26 @@ def fake_detector_rows(n_rows: int, n_cols: int, frame: int, seed: int = 0):
 
 def main(out: Path) -> None:
     store = out / "acquisition.zarr"
-    with stemdask.DatasetWriter(store, scan_shape=(0, 32), detector_shape=(64, 64), dtype="uint16",
-                                energy_ev=300e3, semiangle_mrad=20.0, scan_step_A=0.5,
-                                detector_pixel_mrad=1.0, overwrite=True) as writer:
+    with stemdask.DatasetWriter(
+        store,
+        scan_shape=(0, 32),
+        detector_shape=(64, 64),
+        dtype="uint16",
+        energy_ev=300e3,
+        semiangle_mrad=20.0,
+        scan_step_A=0.5,
+        detector_pixel_mrad=1.0,
+        overwrite=True,
+    ) as writer:
         for row in fake_detector_rows(24, 32, 64):
             writer.append(row)
     data = stemdask.open_dataset(store)
     print(data)
     pacbed = data.mean(dim=("scan_y", "scan_x")).compute()
-    print(f"stored {data.stem.scan_shape} positions; mean counts per pattern "
-          f"{float(pacbed.sum()):.1f}; on disk {stemdask.io.store_nbytes(store) / 2**20:.2f} MiB")
+    print(
+        f"stored {data.stem.scan_shape} positions; mean counts per pattern "
+        f"{float(pacbed.sum()):.1f}; on disk {stemdask.io.store_nbytes(store) / 2**20:.2f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ class _Delegate:
 
         signature = inspect.signature(func)
         method.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=list(signature.parameters.values())[1:])
+            parameters=list(signature.parameters.values())[1:]
+        )
         del method.__wrapped__  # help() and inspect show the signature above, without ``data``
         return method
 
@@ -121,4 +122,3 @@ class StemAccessor:
     to_events = _Delegate(".events", "from_dense")
     to_dense = _Delegate(".events")
     count_electrons = _Delegate(".events")
-

@@ -32,8 +32,9 @@ def integer(name: str, value: Any, *, minimum: int = 1, expected: str | None = N
     return int(value)
 
 
-def number(name: str, value: Any, *, allow_zero: bool = False, signed: bool = False,
-           expected: str | None = None) -> float:
+def number(
+    name: str, value: Any, *, allow_zero: bool = False, signed: bool = False, expected: str | None = None
+) -> float:
     """A finite real number, positive unless ``allow_zero`` (non-negative) or ``signed`` (any sign).
 
     A value that is not a number raises :class:`~stemdask.errors.InvalidTypeError`;
@@ -48,8 +49,7 @@ def number(name: str, value: Any, *, allow_zero: bool = False, signed: bool = Fa
     return out
 
 
-def pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False,
-          signed: bool = False) -> tuple:
+def pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False, signed: bool = False) -> tuple:
     """A number or a (y, x) pair, checked, as a tuple of two numbers.
 
     Values must be finite and positive (``allow_zero``: non-negative;

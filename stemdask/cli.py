@@ -61,8 +61,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     info["bytes_on_disk"] = on_disk
     info["compression_ratio"] = (info["nbytes"] / on_disk) if on_disk else None
     origin = data.attrs.get("file_format")
-    info["file_format"] = (f"zarr v3 store{f' (converted from {origin})' if origin else ''}"
-                           if path.is_dir() else origin)
+    info["file_format"] = f"zarr v3 store{f' (converted from {origin})' if origin else ''}" if path.is_dir() else origin
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -74,9 +73,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  bytes on disk: {_human(on_disk)}    compression ratio: {info['compression_ratio']:.2f}x")
     if info["file_format"]:
         print(f"  format: {info['file_format']}")
-    units = {"energy_ev": "eV", "semiangle_mrad": "mrad", "scan_step_A": "Å (y, x)",
-             "detector_pixel_mrad": "mrad (y, x)", "beam_center_px": "px (y, x)",
-             "scan_rotation_deg": "deg", "dose_e_per_pattern": "e-/pattern"}
+    units = {
+        "energy_ev": "eV",
+        "semiangle_mrad": "mrad",
+        "scan_step_A": "Å (y, x)",
+        "detector_pixel_mrad": "mrad (y, x)",
+        "beam_center_px": "px (y, x)",
+        "scan_rotation_deg": "deg",
+        "dose_e_per_pattern": "e-/pattern",
+    }
     print("  calibration:")
     for key, unit in units.items():
         value = info[key]
@@ -95,15 +100,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     data = open_dataset(args.input, **_reader_options(args))
     started = time.perf_counter()
-    with session(args.scheduler, n_workers=args.workers, dashboard_address=":0") if args.cluster or args.scheduler \
-            else nullcontext():
-        out = save(data, args.output, codec=args.codec, chunks=_tile(args.chunks),
-                   shards=False if args.no_shards else _tile(args.shards), overwrite=args.overwrite,
-                   progress=not args.quiet)
+    with (
+        session(args.scheduler, n_workers=args.workers, dashboard_address=":0")
+        if args.cluster or args.scheduler
+        else nullcontext()
+    ):
+        out = save(
+            data,
+            args.output,
+            codec=args.codec,
+            chunks=_tile(args.chunks),
+            shards=False if args.no_shards else _tile(args.shards),
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     seconds = time.perf_counter() - started
     written = store_nbytes(out)
-    print(f"wrote {out}: {_human(written)} on disk for {_human(data.nbytes)} of data "
-          f"({data.nbytes / max(written, 1):.2f}x) in {seconds:.2f} s, codec {args.codec or 'blosc (default)'}")
+    print(
+        f"wrote {out}: {_human(written)} on disk for {_human(data.nbytes)} of data "
+        f"({data.nbytes / max(written, 1):.2f}x) in {seconds:.2f} s, codec {args.codec or 'blosc (default)'}"
+    )
     return 0
 
 

@@ -37,12 +37,17 @@ def _announce(client: Client, quiet: bool) -> None:
     if not quiet:
         link = client.dashboard_link if client.dashboard_link else "(dashboard disabled)"
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        print(f"stemdask: connected to {client.scheduler.address} with {n} workers; dashboard: {link}",
-              flush=True)
+        print(f"stemdask: connected to {client.scheduler.address} with {n} workers; dashboard: {link}", flush=True)
 
 
-def start(kind: str = "local", *, n_workers: int | None = None, quiet: bool = False,
-          wait_timeout_s: float = 120.0, **options: Any) -> Client:
+def start(
+    kind: str = "local",
+    *,
+    n_workers: int | None = None,
+    quiet: bool = False,
+    wait_timeout_s: float = 120.0,
+    **options: Any,
+) -> Client:
     """Start a dask cluster and return a client connected to it.
 
     Parameters
@@ -80,10 +85,12 @@ def start(kind: str = "local", *, n_workers: int | None = None, quiet: bool = Fa
             from dask_cuda import LocalCUDACluster
         except ImportError as err:
             raise MissingDependencyError(
-                f"kind='cuda' needs dask-cuda and cupy: pip install 'stemdask[gpu]' ({err})") from err
+                f"kind='cuda' needs dask-cuda and cupy: pip install 'stemdask[gpu]' ({err})"
+            ) from err
         if not gpu_available():
-            raise ClusterStartError("kind='cuda' needs a CUDA GPU, and none is visible here "
-                                    "(cupy sees no device); use kind='local'")
+            raise ClusterStartError(
+                "kind='cuda' needs a CUDA GPU, and none is visible here (cupy sees no device); use kind='local'"
+            )
         if n_workers is not None:
             options.setdefault("n_workers", n_workers)
         cluster = LocalCUDACluster(**options)
@@ -105,7 +112,8 @@ def start(kind: str = "local", *, n_workers: int | None = None, quiet: bool = Fa
             stop(client)
             raise ClusterStartError(
                 f"no SLURM worker joined within {wait_timeout_s} s: is the queue running "
-                f"(sinfo, squeue) and the job script valid ({err})?") from err
+                f"(sinfo, squeue) and the job script valid ({err})?"
+            ) from err
     _announce(client, quiet)
     return client
 

@@ -57,8 +57,14 @@ SIGNED_PAIR_ATTRS = ("beam_center_px", "scan_origin_A")
 POSITIVE_ATTRS = ("energy_ev", "semiangle_mrad", "dose_e_per_pattern")
 #: every calibration attribute of the data model, in the order they are shown
 CALIBRATION_ATTRS: tuple[str, ...] = (
-    "energy_ev", "semiangle_mrad", "scan_step_A", "scan_origin_A", "detector_pixel_mrad",
-    "beam_center_px", "scan_rotation_deg", "dose_e_per_pattern",
+    "energy_ev",
+    "semiangle_mrad",
+    "scan_step_A",
+    "scan_origin_A",
+    "detector_pixel_mrad",
+    "beam_center_px",
+    "scan_rotation_deg",
+    "dose_e_per_pattern",
 )
 #: calibration plus the descriptive attrs that :func:`calibrate` and :func:`describe` handle
 MODEL_ATTRS: tuple[str, ...] = (*CALIBRATION_ATTRS, "units", "source")
@@ -76,8 +82,9 @@ def _pair(name: str, value: Any, *, positive: bool = True) -> list[float]:
     return [float(v) for v in pair(name, value, signed=not positive)]
 
 
-def default_chunks(shape: Sequence[int], itemsize: int,
-                   target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[int, int, int, int]:
+def default_chunks(
+    shape: Sequence[int], itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES
+) -> tuple[int, int, int, int]:
     """Chunks of whole frames and a tile of scan positions of about ``target_bytes``.
 
     The tile is whole scan rows when a row fits, else a part of one row, so a
@@ -99,8 +106,11 @@ def scan_coords(n: int, step_A: float | None, dim: str, origin_A: float = 0.0) -
     """
     if step_A is None:
         return xr.Variable(dim, np.arange(n, dtype=np.float64), {"units": "px", "long_name": dim})
-    return xr.Variable(dim, origin_A + np.arange(n, dtype=np.float64) * step_A,
-                       {"units": "Å", "long_name": f"probe position {dim[-1]}"})
+    return xr.Variable(
+        dim,
+        origin_A + np.arange(n, dtype=np.float64) * step_A,
+        {"units": "Å", "long_name": f"probe position {dim[-1]}"},
+    )
 
 
 def detector_coords(n: int, pixel_mrad: float | None, center_px: float, dim: str) -> xr.Variable:
@@ -108,8 +118,7 @@ def detector_coords(n: int, pixel_mrad: float | None, center_px: float, dim: str
     pixels = np.arange(n, dtype=np.float64) - center_px
     if pixel_mrad is None:
         return xr.Variable(dim, pixels, {"units": "px", "long_name": f"detector {dim[-1]} from beam centre"})
-    return xr.Variable(dim, pixels * pixel_mrad,
-                       {"units": "mrad", "long_name": f"scattering angle {dim[-1]}"})
+    return xr.Variable(dim, pixels * pixel_mrad, {"units": "mrad", "long_name": f"scattering angle {dim[-1]}"})
 
 
 def _as_dask(array: Any, chunks: Any) -> da.Array:
@@ -127,8 +136,9 @@ def _as_dask(array: Any, chunks: Any) -> da.Array:
     else:
         raise bad_type("array", array, "a numpy, dask or cupy array")
     if arr.ndim != 4:
-        raise bad_value("array", f"<{arr.ndim}-D array of shape {arr.shape}>",
-                        "a 4-D array ordered (scan_y, scan_x, k_y, k_x)")
+        raise bad_value(
+            "array", f"<{arr.ndim}-D array of shape {arr.shape}>", "a 4-D array ordered (scan_y, scan_x, k_y, k_x)"
+        )
     if arr.dtype.kind not in "uifc":
         raise bad_value("array", f"<array of dtype {arr.dtype}>", "a numeric dtype")
     if not arr.dtype.isnative:
@@ -226,8 +236,11 @@ def from_array(
         out_attrs["semiangle_mrad"] = _positive_scalar("semiangle_mrad", semiangle_mrad)
     step = _pair("scan_step_A", scan_step_A) if scan_step_A is not None else None
     pixel = _pair("detector_pixel_mrad", detector_pixel_mrad) if detector_pixel_mrad is not None else None
-    center = (_pair("beam_center_px", beam_center_px, positive=False)
-              if beam_center_px is not None else [float(nky // 2), float(nkx // 2)])
+    center = (
+        _pair("beam_center_px", beam_center_px, positive=False)
+        if beam_center_px is not None
+        else [float(nky // 2), float(nkx // 2)]
+    )
     origin = _pair("scan_origin_A", scan_origin_A, positive=False) if scan_origin_A is not None else None
     if step is not None:
         out_attrs["scan_step_A"] = step
@@ -271,7 +284,8 @@ def _check_axis(data: xr.DataArray, dim: str, step: float | None, expected_units
     if units != expected_units:
         raise DatasetContractError(
             f"coordinate {dim!r} has units={units!r}: expected {expected_units!r} "
-            f"(from the dataset's calibration attrs)")
+            f"(from the dataset's calibration attrs)"
+        )
     if values.size > 1:
         diffs = np.diff(values)
         spacing = step if step is not None else 1.0
@@ -279,7 +293,8 @@ def _check_axis(data: xr.DataArray, dim: str, step: float | None, expected_units
             raise DatasetContractError(
                 f"coordinate {dim!r} is not uniformly spaced by {spacing} {expected_units} "
                 f"(spacing found: {diffs.min():.6g}..{diffs.max():.6g}); coordinates and "
-                f"calibration attrs disagree")
+                f"calibration attrs disagree"
+            )
 
 
 def validate(data: xr.DataArray) -> xr.DataArray:
@@ -334,7 +349,8 @@ def require_whole_frames(data: xr.DataArray | da.Array, operation: str = "this o
     if isinstance(arr, da.Array) and (len(arr.chunks[2]) != 1 or len(arr.chunks[3]) != 1):
         raise DatasetContractError(
             f"{operation} needs chunks of whole detector frames, but the data are chunked along "
-            f"the detector dims {arr.chunks[2:]}; rechunk with {{'k_y': -1, 'k_x': -1}}")
+            f"the detector dims {arr.chunks[2:]}; rechunk with {{'k_y': -1, 'k_x': -1}}"
+        )
 
 
 def require(data: xr.DataArray, *keys: str) -> list[Any]:
@@ -343,7 +359,8 @@ def require(data: xr.DataArray, *keys: str) -> list[Any]:
     if missing:
         raise MissingCalibrationError(
             f"this operation needs the calibration {missing} which the dataset does not carry; "
-            f"set it with stemdask.calibrate(data, {missing[0]}=...) or pass it when opening")
+            f"set it with stemdask.calibrate(data, {missing[0]}=...) or pass it when opening"
+        )
     return [data.attrs[k] for k in keys]
 
 

@@ -22,8 +22,7 @@ import numpy as np
 import xarray as xr
 
 from . import cluster, io, open_dataset, save
-from .imaging import center_of_mass, correct_com, icom, pacbed, virtual_image
-from .imaging import detectors
+from .imaging import center_of_mass, correct_com, detectors, icom, pacbed, virtual_image
 from .simulate import samples, simulate_4dstem
 
 
@@ -42,15 +41,20 @@ class Timer:
 
 
 def _parameters(quick: bool) -> dict[str, Any]:
-    return dict(energy_ev=80e3, semiangle_mrad=25.0, scan_step_A=0.3,
-                scan_shape=(16, 16) if quick else (40, 40),
-                detector_shape=48 if quick else 64, max_angle_mrad=60.0,
-                dose_e_per_pattern=2e3 if quick else 1e4, seed=1,
-                chunks=(8, 16) if quick else (10, 40))
+    return dict(
+        energy_ev=80e3,
+        semiangle_mrad=25.0,
+        scan_step_A=0.3,
+        scan_shape=(16, 16) if quick else (40, 40),
+        detector_shape=48 if quick else 64,
+        max_angle_mrad=60.0,
+        dose_e_per_pattern=2e3 if quick else 1e4,
+        seed=1,
+        chunks=(8, 16) if quick else (10, 40),
+    )
 
 
-def _save_image(image: xr.DataArray, path: Path, title: str, cmap: str = "gray",
-                label: str = "") -> None:
+def _save_image(image: xr.DataArray, path: Path, title: str, cmap: str = "gray", label: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,8 +65,9 @@ def _save_image(image: xr.DataArray, path: Path, title: str, cmap: str = "gray",
     unit = image[xdim].attrs.get("units", "")
     fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=110)
     extent = [x[0], x[-1], y[-1], y[0]]
-    shown = ax.imshow(np.asarray(image.values, dtype=float), cmap=cmap, extent=extent, origin="upper",
-                      interpolation="nearest")
+    shown = ax.imshow(
+        np.asarray(image.values, dtype=float), cmap=cmap, extent=extent, origin="upper", interpolation="nearest"
+    )
     ax.set_xlabel(f"{xdim} ({unit})")
     ax.set_ylabel(f"{ydim} ({image[ydim].attrs.get('units', '')})")
     ax.set_title(title)
@@ -123,14 +128,19 @@ def run_demo(output: Path, *, scheduler: str | None = None, n_workers: int = 2, 
 
     # how well the phase follows the sample: compare with the true projected potential at the probe positions
     potential = truth["projected_potential"]
-    at_probes = potential.interp(y=truth["probe_position_y"], x=truth["probe_position_x"]) \
-        if {"y", "x"} <= set(potential.dims) else None
+    at_probes = (
+        potential.interp(y=truth["probe_position_y"], x=truth["probe_position_x"])
+        if {"y", "x"} <= set(potential.dims)
+        else None
+    )
     quality = ""
     if at_probes is not None:
         r_adf = _pearson(np.asarray(adf.squeeze().values, float), np.asarray(at_probes.values, float))
         r_phase = _pearson(np.asarray(phase.values, float), np.asarray(at_probes.values, float))
-        quality = (f"| Pearson r, ADF vs projected potential | {r_adf:.3f} |\n"
-                   f"| Pearson r, iCoM phase vs projected potential | {r_phase:.3f} |\n")
+        quality = (
+            f"| Pearson r, ADF vs projected potential | {r_adf:.3f} |\n"
+            f"| Pearson r, iCoM phase vs projected potential | {r_phase:.3f} |\n"
+        )
     report = output / "report.md"
     rows = "\n".join(f"| {k} | {v:.2f} s |" for k, v in timer.steps.items())
     report.write_text(f"""# stemdask demo report
@@ -142,10 +152,10 @@ cluster, stored as zarr v3 and analysed there. Dashboard while it ran: {dashboar
 
 | | |
 |---|---|
-| scan (positions) | {data.shape[0]} × {data.shape[1]}, step {params['scan_step_A']} Å |
-| detector (pixels) | {data.shape[2]} × {data.shape[3]}, {data.attrs['detector_pixel_mrad'][0]:.3f} mrad/pixel |
-| beam | {params['energy_ev'] / 1e3:.0f} keV, {semiangle} mrad semi-angle |
-| dose | {params['dose_e_per_pattern']:.0f} e⁻/pattern ({data.dtype}) |
+| scan (positions) | {data.shape[0]} × {data.shape[1]}, step {params["scan_step_A"]} Å |
+| detector (pixels) | {data.shape[2]} × {data.shape[3]}, {data.attrs["detector_pixel_mrad"][0]:.3f} mrad/pixel |
+| beam | {params["energy_ev"] / 1e3:.0f} keV, {semiangle} mrad semi-angle |
+| dose | {params["dose_e_per_pattern"]:.0f} e⁻/pattern ({data.dtype}) |
 | store | `{store.name}`: {stored / 2**20:.2f} MiB for {data.nbytes / 2**20:.2f} MiB of frames, {bits_per_pixel:.3f} bits/pixel (histogram codec) |
 {quality}
 ## Timings (wall)
@@ -162,8 +172,10 @@ cluster, stored as zarr v3 and analysed there. Dashboard while it ran: {dashboar
 | **iCoM phase** | **PACBED** |
 | ![iCoM](icom.png) | ![PACBED](pacbed.png) |
 
-BF: disk of {semiangle} mrad; ADF: annulus {1.5 * semiangle:.1f}–{0.95 * params['max_angle_mrad']:.1f} mrad.
+BF: disk of {semiangle} mrad; ADF: annulus {1.5 * semiangle:.1f}–{0.95 * params["max_angle_mrad"]:.1f} mrad.
 """)
-    print(f"stemdask demo: wrote {report} and {len(figures)} PNGs; store {store} "
-          f"({bits_per_pixel:.3f} bits/pixel)", flush=True)
+    print(
+        f"stemdask demo: wrote {report} and {len(figures)} PNGs; store {store} ({bits_per_pixel:.3f} bits/pixel)",
+        flush=True,
+    )
     return report

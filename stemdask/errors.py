@@ -63,6 +63,4 @@ def bad_value(name: str, value: Any, expected: str) -> InvalidArgumentError:
 
 def bad_type(name: str, value: Any, expected: str) -> InvalidTypeError:
     """Build the standard error for an argument of the wrong type."""
-    return InvalidTypeError(
-        f"{name} has type {type(value).__name__} ({_short(value)}): expected {expected}"
-    )
+    return InvalidTypeError(f"{name} has type {type(value).__name__} ({_short(value)}): expected {expected}")

@@ -69,8 +69,11 @@ class MontageAccessor:
     @property
     def tiles(self) -> dict[str, xr.DataArray]:
         """Every tile by its path in the tree (nodes that hold an ``intensity`` variable)."""
-        return {node.path: node.dataset[TILE_VARIABLE] for node in self._tree.subtree
-                if TILE_VARIABLE in node.dataset.data_vars}
+        return {
+            node.path: node.dataset[TILE_VARIABLE]
+            for node in self._tree.subtree
+            if TILE_VARIABLE in node.dataset.data_vars
+        }
 
     def validate(self) -> xr.DataTree:
         """Check every tile against the data model and that the tiles fit together.
@@ -94,16 +97,24 @@ class MontageAccessor:
             if "scan_origin_A" not in tile.attrs or tile.coords["scan_y"].attrs.get("units") != "Å":
                 raise DatasetContractError(
                     f"tile {path!r} has no stage position: a montage needs scan_step_A and "
-                    f"scan_origin_A on every tile (stemdask.calibrate(tile, scan_origin_A=...))")
+                    f"scan_origin_A on every tile (stemdask.calibrate(tile, scan_origin_A=...))"
+                )
             for dim in DETECTOR_DIMS:
                 if tile.sizes[dim] != first.sizes[dim] or not np.allclose(tile.coords[dim], first.coords[dim]):
-                    raise DatasetContractError(f"tile {path!r} has another detector ({dim}) than tile "
-                                               f"{first_path!r}: a montage is recorded with one detector")
+                    raise DatasetContractError(
+                        f"tile {path!r} has another detector ({dim}) than tile "
+                        f"{first_path!r}: a montage is recorded with one detector"
+                    )
             for key in SHARED_ATTRS:
-                if not np.allclose(np.asarray(tile.attrs.get(key, np.nan), float),
-                                   np.asarray(first.attrs.get(key, np.nan), float), equal_nan=True):
-                    raise DatasetContractError(f"tile {path!r} has {key}={tile.attrs.get(key)} but tile "
-                                               f"{first_path!r} has {first.attrs.get(key)}")
+                if not np.allclose(
+                    np.asarray(tile.attrs.get(key, np.nan), float),
+                    np.asarray(first.attrs.get(key, np.nan), float),
+                    equal_nan=True,
+                ):
+                    raise DatasetContractError(
+                        f"tile {path!r} has {key}={tile.attrs.get(key)} but tile "
+                        f"{first_path!r} has {first.attrs.get(key)}"
+                    )
         return self._tree
 
     @property
@@ -111,9 +122,12 @@ class MontageAccessor:
         """Stage position (y, x) in Å of the first probe position of every tile."""
         tiles = self.tiles
         values = np.array([tile.attrs["scan_origin_A"] for tile in tiles.values()], dtype=np.float64)
-        return xr.DataArray(values, dims=("tile", "component"),
-                            coords={"tile": list(tiles), "component": ["y", "x"]},
-                            attrs={"units": "Å", "long_name": "stage position of each tile's first probe"})
+        return xr.DataArray(
+            values,
+            dims=("tile", "component"),
+            coords={"tile": list(tiles), "component": ["y", "x"]},
+            attrs={"units": "Å", "long_name": "stage position of each tile's first probe"},
+        )
 
     @property
     def extent_A(self) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -141,8 +155,11 @@ class MontageAccessor:
             if isinstance(result, xr.DataArray):
                 result = result.to_dataset(name=result.name or "result")
             if not isinstance(result, xr.Dataset):
-                raise bad_type("func", func, f"a function returning a DataArray or Dataset (got "
-                                             f"{type(result).__name__} for tile {path!r})")
+                raise bad_type(
+                    "func",
+                    func,
+                    f"a function returning a DataArray or Dataset (got {type(result).__name__} for tile {path!r})",
+                )
             children[path.strip("/")] = result
         return xr.DataTree.from_dict(children, name=self._tree.name)
 

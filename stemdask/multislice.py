@@ -32,9 +32,16 @@ from .backend import array_module, is_torch
 from .errors import bad_value
 
 
-def propagation_kernel(shape: Sequence[int], sampling_A: Sequence[float] | float, energy_ev: float,
-                       dz_A: Any, xp: Any = np, *, device: Any = None,
-                       dtype: Any = np.complex64) -> Any:
+def propagation_kernel(
+    shape: Sequence[int],
+    sampling_A: Sequence[float] | float,
+    energy_ev: float,
+    dz_A: Any,
+    xp: Any = np,
+    *,
+    device: Any = None,
+    dtype: Any = np.complex64,
+) -> Any:
     """``K = B · P(Δz)``: the Fresnel propagator over ``dz_A`` (Å) times the 2/3 band limit.
 
     Parameters
@@ -56,14 +63,14 @@ def propagation_kernel(shape: Sequence[int], sampling_A: Sequence[float] | float
     array (ny, nx)
         Complex kernel, FFT order.
     """
-    propagator = optics.fresnel_propagator(shape, sampling_A, energy_ev, dz_A, xp,
-                                           device=device, dtype=dtype)
+    propagator = optics.fresnel_propagator(shape, sampling_A, energy_ev, dz_A, xp, device=device, dtype=dtype)
     mask = optics.bandlimit(shape, xp=xp, device=device, dtype=propagator.real.dtype)
     return propagator * mask
 
 
-def multislice_step(psi: Any, transmission: Any, kernel: Any, *, overwrite: bool = False,
-                    return_spectrum: bool = False) -> Any:
+def multislice_step(
+    psi: Any, transmission: Any, kernel: Any, *, overwrite: bool = False, return_spectrum: bool = False
+) -> Any:
     """One slice: ``F⁻¹[K · F[t ψ]]`` for a batch of waves (FFTs over the last two axes).
 
     Parameters
@@ -108,8 +115,11 @@ def multislice_step(psi: Any, transmission: Any, kernel: Any, *, overwrite: bool
         psi = psi.copy()
     if isinstance(transmission, (list, tuple)):
         if len(transmission) != psi.shape[0]:
-            raise bad_value("transmission", f"a sequence of {len(transmission)} arrays",
-                            f"one (ny, nx) transmission per wave ({psi.shape[0]} waves)")
+            raise bad_value(
+                "transmission",
+                f"a sequence of {len(transmission)} arrays",
+                f"one (ny, nx) transmission per wave ({psi.shape[0]} waves)",
+            )
         for b, t in enumerate(transmission):
             psi[b] *= t
     else:

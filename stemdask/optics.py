@@ -52,27 +52,59 @@ BANDLIMIT_FRACTION = 2.0 / 3.0
 
 #: polar aberration symbols up to 5th order (magnitudes in Å, angles in rad)
 POLAR_SYMBOLS: tuple[str, ...] = (
-    "C10", "C12", "phi12",
-    "C21", "phi21", "C23", "phi23",
-    "C30", "C32", "phi32", "C34", "phi34",
-    "C41", "phi41", "C43", "phi43", "C45", "phi45",
-    "C50", "C52", "phi52", "C54", "phi54", "C56", "phi56",
+    "C10",
+    "C12",
+    "phi12",
+    "C21",
+    "phi21",
+    "C23",
+    "phi23",
+    "C30",
+    "C32",
+    "phi32",
+    "C34",
+    "phi34",
+    "C41",
+    "phi41",
+    "C43",
+    "phi43",
+    "C45",
+    "phi45",
+    "C50",
+    "C52",
+    "phi52",
+    "C54",
+    "phi54",
+    "C56",
+    "phi56",
 )
 
 #: abTEM's aliases of the polar symbols (``defocus`` is handled apart: C10 = -defocus)
 POLAR_ALIASES: dict[str, str] = {
-    "Cs": "C30", "C5": "C50",
-    "astigmatism": "C12", "astigmatism_angle": "phi12",
-    "astigmatism3": "C32", "astigmatism3_angle": "phi32",
-    "astigmatism5": "C52", "astigmatism5_angle": "phi52",
-    "coma": "C21", "coma_angle": "phi21",
-    "coma4": "C41", "coma4_angle": "phi41",
-    "trefoil": "C23", "trefoil_angle": "phi23",
-    "trefoil4": "C43", "trefoil4_angle": "phi43",
-    "quadrafoil": "C34", "quadrafoil_angle": "phi34",
-    "quadrafoil5": "C54", "quadrafoil5_angle": "phi54",
-    "pentafoil": "C45", "pentafoil_angle": "phi45",
-    "hexafoil": "C56", "hexafoil_angle": "phi56",
+    "Cs": "C30",
+    "C5": "C50",
+    "astigmatism": "C12",
+    "astigmatism_angle": "phi12",
+    "astigmatism3": "C32",
+    "astigmatism3_angle": "phi32",
+    "astigmatism5": "C52",
+    "astigmatism5_angle": "phi52",
+    "coma": "C21",
+    "coma_angle": "phi21",
+    "coma4": "C41",
+    "coma4_angle": "phi41",
+    "trefoil": "C23",
+    "trefoil_angle": "phi23",
+    "trefoil4": "C43",
+    "trefoil4_angle": "phi43",
+    "quadrafoil": "C34",
+    "quadrafoil_angle": "phi34",
+    "quadrafoil5": "C54",
+    "quadrafoil5_angle": "phi54",
+    "pentafoil": "C45",
+    "pentafoil_angle": "phi45",
+    "hexafoil": "C56",
+    "hexafoil_angle": "phi56",
 }
 
 
@@ -114,12 +146,17 @@ def polar_coefficients(aberrations: Mapping[str, Any] | None) -> dict[str, Any]:
         elif key in POLAR_ALIASES:
             symbol, sign = POLAR_ALIASES[key], 1.0
         else:
-            raise bad_value("aberrations", {key: value},
-                            f"keys among 'defocus', {', '.join(POLAR_SYMBOLS)} or the aliases "
-                            f"{', '.join(POLAR_ALIASES)}")
+            raise bad_value(
+                "aberrations",
+                {key: value},
+                f"keys among 'defocus', {', '.join(POLAR_SYMBOLS)} or the aliases {', '.join(POLAR_ALIASES)}",
+            )
         if symbol in seen:
-            raise bad_value("aberrations", dict(aberrations),
-                            f"each coefficient once ({seen[symbol]!r} and {key!r} both set {symbol})")
+            raise bad_value(
+                "aberrations",
+                dict(aberrations),
+                f"each coefficient once ({seen[symbol]!r} and {key!r} both set {symbol})",
+            )
         seen[symbol] = key
         value = _scalar(f"aberrations[{key!r}]", value, "a finite number (Å or rad)")
         # negating a tensor keeps the autograd graph; float() would cut it
@@ -127,9 +164,14 @@ def polar_coefficients(aberrations: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def spatial_frequencies(shape: Sequence[int], sampling_A: Sequence[float] | float,
-                        xp: Any = np, *, device: Any = None,
-                        dtype: Any = np.float64) -> tuple[Any, Any]:
+def spatial_frequencies(
+    shape: Sequence[int],
+    sampling_A: Sequence[float] | float,
+    xp: Any = np,
+    *,
+    device: Any = None,
+    dtype: Any = np.float64,
+) -> tuple[Any, Any]:
     """FFT-ordered spatial frequencies ``(k_y[:, None], k_x[None, :])`` in 1/Å.
 
     Parameters
@@ -154,8 +196,15 @@ def spatial_frequencies(shape: Sequence[int], sampling_A: Sequence[float] | floa
     return ky, kx
 
 
-def polar_angles(shape: Sequence[int], sampling_A: Sequence[float] | float, energy_ev: float,
-                 xp: Any = np, *, device: Any = None, dtype: Any = np.float64) -> tuple[Any, Any]:
+def polar_angles(
+    shape: Sequence[int],
+    sampling_A: Sequence[float] | float,
+    energy_ev: float,
+    xp: Any = np,
+    *,
+    device: Any = None,
+    dtype: Any = np.float64,
+) -> tuple[Any, Any]:
     """Scattering angle ``α`` (rad) and azimuth ``φ = atan2(k_y, k_x)`` (rad) on an FFT grid.
 
     Arguments as :func:`spatial_frequencies`, plus the beam energy in eV.
@@ -168,8 +217,13 @@ def polar_angles(shape: Sequence[int], sampling_A: Sequence[float] | float, ener
     return alpha, phi
 
 
-def aperture(alpha: Any, semiangle_mrad: float, *, soft: bool = False,
-             angular_sampling_mrad: Sequence[float] | float | None = None) -> Any:
+def aperture(
+    alpha: Any,
+    semiangle_mrad: float,
+    *,
+    soft: bool = False,
+    angular_sampling_mrad: Sequence[float] | float | None = None,
+) -> Any:
     """Circular probe-forming aperture on an angle grid ``alpha`` (rad).
 
     Parameters
@@ -185,8 +239,12 @@ def aperture(alpha: Any, semiangle_mrad: float, *, soft: bool = False,
     angular_sampling_mrad : float or (float, float)
         Pixel size in mrad, needed when ``soft``.
     """
-    if isinstance(semiangle_mrad, bool) or not isinstance(semiangle_mrad, (int, float, np.number)) \
-            or not math.isfinite(float(semiangle_mrad)) or semiangle_mrad <= 0:
+    if (
+        isinstance(semiangle_mrad, bool)
+        or not isinstance(semiangle_mrad, (int, float, np.number))
+        or not math.isfinite(float(semiangle_mrad))
+        or semiangle_mrad <= 0
+    ):
         raise bad_value("semiangle_mrad", semiangle_mrad, "a positive finite angle in mrad")
     xp = namespace(alpha)
     cutoff = float(semiangle_mrad) * 1e-3
@@ -210,8 +268,7 @@ _CHI_TERMS: tuple[tuple[int, tuple[tuple[int, str, str | None], ...]], ...] = (
 )
 
 
-def aberration_function(alpha: Any, phi: Any, energy_ev: float,
-                        aberrations: Mapping[str, Any] | None) -> Any:
+def aberration_function(alpha: Any, phi: Any, energy_ev: float, aberrations: Mapping[str, Any] | None) -> Any:
     """The aberration phase ``χ(α, φ)`` in rad (abTEM convention, see module doc).
 
     Parameters
@@ -249,10 +306,18 @@ def aberration_function(alpha: Any, phi: Any, energy_ev: float,
     return (2 * math.pi / lam) * chi
 
 
-def probe_fourier(shape: Sequence[int], sampling_A: Sequence[float] | float, *, energy_ev: float,
-                  semiangle_mrad: float, aberrations: Mapping[str, Any] | None = None,
-                  soft: bool = False, xp: Any = np, device: Any = None,
-                  dtype: Any = np.complex128) -> Any:
+def probe_fourier(
+    shape: Sequence[int],
+    sampling_A: Sequence[float] | float,
+    *,
+    energy_ev: float,
+    semiangle_mrad: float,
+    aberrations: Mapping[str, Any] | None = None,
+    soft: bool = False,
+    xp: Any = np,
+    device: Any = None,
+    dtype: Any = np.complex128,
+) -> Any:
     """The probe in Fourier space, ``A(α) exp(-i χ)``, FFT-ordered.
 
     Normalised so that its inverse FFT has ``Σ |ψ|² = 1``; that real-space
@@ -269,8 +334,11 @@ def probe_fourier(shape: Sequence[int], sampling_A: Sequence[float] | float, *, 
     pixel_mrad = (1e3 * lam / (ny * dy), 1e3 * lam / (nx * dx))
     amp = aperture(alpha, semiangle_mrad, soft=soft, angular_sampling_mrad=pixel_mrad)
     if float(xp.sum(amp)) == 0:
-        raise bad_value("semiangle_mrad", semiangle_mrad,
-                        f"an aperture of at least one pixel ({min(pixel_mrad):.3g} mrad on this grid)")
+        raise bad_value(
+            "semiangle_mrad",
+            semiangle_mrad,
+            f"an aperture of at least one pixel ({min(pixel_mrad):.3g} mrad on this grid)",
+        )
     chi = aberration_function(alpha, phi, energy_ev, aberrations)
     psi = xp.astype(amp * _expi(xp, -chi), dtype)
     # Parseval: Σ|ifft2(Ψ)|² = Σ|Ψ|² / N
@@ -278,10 +346,18 @@ def probe_fourier(shape: Sequence[int], sampling_A: Sequence[float] | float, *, 
     return psi / norm
 
 
-def probe(shape: Sequence[int], sampling_A: Sequence[float] | float, *, energy_ev: float,
-          semiangle_mrad: float, aberrations: Mapping[str, Any] | None = None,
-          soft: bool = False, xp: Any = np, device: Any = None,
-          dtype: Any = np.complex128) -> Any:
+def probe(
+    shape: Sequence[int],
+    sampling_A: Sequence[float] | float,
+    *,
+    energy_ev: float,
+    semiangle_mrad: float,
+    aberrations: Mapping[str, Any] | None = None,
+    soft: bool = False,
+    xp: Any = np,
+    device: Any = None,
+    dtype: Any = np.complex128,
+) -> Any:
     """The probe wavefunction in real space, centred on pixel ``(ny // 2, nx // 2)``.
 
     Parameters
@@ -312,14 +388,24 @@ def probe(shape: Sequence[int], sampling_A: Sequence[float] | float, *, energy_e
     """
     ny, nx = pair("shape", shape, integer=True)
     xp = namespace(xp)
-    psi_k = probe_fourier((ny, nx), sampling_A, energy_ev=energy_ev, semiangle_mrad=semiangle_mrad,
-                          aberrations=aberrations, soft=soft, xp=xp, device=device, dtype=dtype)
+    psi_k = probe_fourier(
+        (ny, nx),
+        sampling_A,
+        energy_ev=energy_ev,
+        semiangle_mrad=semiangle_mrad,
+        aberrations=aberrations,
+        soft=soft,
+        xp=xp,
+        device=device,
+        dtype=dtype,
+    )
     psi = xp.fft.fftshift(xp.fft.ifftn(psi_k, axes=(0, 1)), axes=(0, 1))
     return xp.astype(psi, _dtype(xp, dtype), copy=False)
 
 
-def shift_phase(shape: Sequence[int], sampling_A: Sequence[float] | float, shift_A: Any,
-                xp: Any = np, *, device: Any = None) -> Any:
+def shift_phase(
+    shape: Sequence[int], sampling_A: Sequence[float] | float, shift_A: Any, xp: Any = np, *, device: Any = None
+) -> Any:
     """Fourier phase ramp ``exp(-2πi k·r0)`` that moves a wave by ``shift_A`` = (y, x) in Å.
 
     Parameters
@@ -349,9 +435,16 @@ def shift_phase(shape: Sequence[int], sampling_A: Sequence[float] | float, shift
     return _expi(xp, (-2 * math.pi) * ky * sy) * _expi(xp, (-2 * math.pi) * kx * sx)
 
 
-def fresnel_propagator(shape: Sequence[int], sampling_A: Sequence[float] | float, energy_ev: float,
-                       dz_A: Any, xp: Any = np, *, device: Any = None,
-                       dtype: Any = np.complex64) -> Any:
+def fresnel_propagator(
+    shape: Sequence[int],
+    sampling_A: Sequence[float] | float,
+    energy_ev: float,
+    dz_A: Any,
+    xp: Any = np,
+    *,
+    device: Any = None,
+    dtype: Any = np.complex64,
+) -> Any:
     """Fresnel propagator ``exp(-iπ λ Δz k²)`` over ``dz_A``, FFT order (abTEM's sign).
 
     Parameters
@@ -379,8 +472,14 @@ def fresnel_propagator(shape: Sequence[int], sampling_A: Sequence[float] | float
     return xp.astype(py * px, _dtype(xp, dtype))
 
 
-def bandlimit(shape: Sequence[int], fraction: float = BANDLIMIT_FRACTION, xp: Any = np, *,
-              device: Any = None, dtype: Any = np.float32) -> Any:
+def bandlimit(
+    shape: Sequence[int],
+    fraction: float = BANDLIMIT_FRACTION,
+    xp: Any = np,
+    *,
+    device: Any = None,
+    dtype: Any = np.float32,
+) -> Any:
     """Anti-aliasing mask (FFT order): 1 inside ``(k_y/k_Ny,y)² + (k_x/k_Ny,x)² <= fraction²``.
 
     Parameters
@@ -396,8 +495,7 @@ def bandlimit(shape: Sequence[int], fraction: float = BANDLIMIT_FRACTION, xp: An
         Real dtype of the 0/1 mask.
     """
     ny, nx = pair("shape", shape, integer=True)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)) \
-            or not 0 < float(fraction) <= 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)) or not 0 < float(fraction) <= 1:
         raise bad_value("fraction", fraction, "a fraction of the Nyquist frequency in (0, 1]")
     xp = namespace(xp)
     # frequencies in units of the Nyquist frequency of each axis
@@ -456,8 +554,9 @@ def _dtype(xp: ModuleType, dtype: Any) -> Any:
     return getattr(xp, name)
 
 
-def geometric_probe_radius_A(energy_ev: float, semiangle_mrad: float,
-                             aberrations: Mapping[str, float] | None, n: int = 64) -> float:
+def geometric_probe_radius_A(
+    energy_ev: float, semiangle_mrad: float, aberrations: Mapping[str, float] | None, n: int = 64
+) -> float:
     """Largest ray displacement ``|∇_k χ| / 2π`` (Å) over the aperture: the probe's geometric radius.
 
     With pure defocus this is ``|C10| · α``; with no aberrations 0.
@@ -470,10 +569,14 @@ def geometric_probe_radius_A(energy_ev: float, semiangle_mrad: float,
     p = np.linspace(0.0, 2 * np.pi, 4 * n, endpoint=False)[None, :] + np.zeros((n, 1))
     h = 1e-7
     # central differences of the polynomial χ: radial and azimuthal gradient in k = α / λ
-    da = (aberration_function(a + h, p, energy_ev, aberrations)
-          - aberration_function(a - h, p, energy_ev, aberrations)) / (2 * h) * lam
-    dp = (aberration_function(a, p + h, energy_ev, aberrations)
-          - aberration_function(a, p - h, energy_ev, aberrations)) / (2 * h)
+    da = (
+        (aberration_function(a + h, p, energy_ev, aberrations) - aberration_function(a - h, p, energy_ev, aberrations))
+        / (2 * h)
+        * lam
+    )
+    dp = (
+        aberration_function(a, p + h, energy_ev, aberrations) - aberration_function(a, p - h, energy_ev, aberrations)
+    ) / (2 * h)
     with np.errstate(divide="ignore", invalid="ignore"):
         dp = np.where(a > 0, dp * lam / a, 0.0)
     return float(np.sqrt(da**2 + dp**2).max() / (2 * np.pi))

@@ -74,8 +74,7 @@ def interaction_constant(energy_ev: float) -> float:
     """
     lam_m = wavelength_A(energy_ev) * 1e-10
     sigma_si = (
-        2 * math.pi * lorentz_factor(energy_ev) * ELECTRON_MASS_KG * ELEMENTARY_CHARGE_C * lam_m
-        / PLANCK_J_S**2
+        2 * math.pi * lorentz_factor(energy_ev) * ELECTRON_MASS_KG * ELEMENTARY_CHARGE_C * lam_m / PLANCK_J_S**2
     )  # rad / (V m)
     return sigma_si * 1e-10
 

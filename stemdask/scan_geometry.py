@@ -108,16 +108,23 @@ class ScanGeometry:
                 m = int(round(length / d))
                 limit_mrad = 1e3 * lam * BANDLIMIT_FRACTION / (2 * d)
                 if 2 * m < 3 * n or limit_mrad < max_angle[axis] * (1 - 1e-9):
-                    raise bad_value("max_angle_mrad", max_angle[axis],
-                                    f"at most {limit_mrad:.4g} mrad along {'yx'[axis]}: the potential "
-                                    f"sampling {d:.4g} Å band-limits scattering to 2/3 of Nyquist "
-                                    f"(λ / 3d); use a finer sampling_A or a smaller max_angle_mrad")
+                    raise bad_value(
+                        "max_angle_mrad",
+                        max_angle[axis],
+                        f"at most {limit_mrad:.4g} mrad along {'yx'[axis]}: the potential "
+                        f"sampling {d:.4g} Å band-limits scattering to 2/3 of Nyquist "
+                        f"(λ / 3d); use a finer sampling_A or a smaller max_angle_mrad",
+                    )
             window.append(m)
             sampling.append(d)
         # frozen: the normalised inputs and the derived values are set once, here
         values = {
-            "energy_ev": energy, "detector_shape_px": det, "max_angle_mrad": max_angle,
-            "sampling_A": tuple(sampling), "wavelength_A": lam, "window_px": tuple(window),
+            "energy_ev": energy,
+            "detector_shape_px": det,
+            "max_angle_mrad": max_angle,
+            "sampling_A": tuple(sampling),
+            "wavelength_A": lam,
+            "window_px": tuple(window),
             "detector_pixel_mrad": tuple(1e3 * lam / (m * d) for m, d in zip(window, sampling)),
             "bandlimit_mrad": tuple(1e3 * lam * BANDLIMIT_FRACTION / (2 * d) for d in sampling),
         }
@@ -141,9 +148,9 @@ class ScanGeometry:
         """Detector pixel (y, x) of the unscattered beam: ``N // 2``."""
         return (self.detector_shape_px[0] // 2, self.detector_shape_px[1] // 2)
 
-    def windows(self, y_A: Any, x_A: Any,
-                field_origin_px: tuple[int, int] = (0, 0)) -> tuple[tuple[np.ndarray, np.ndarray],
-                                                                    tuple[np.ndarray, np.ndarray]]:
+    def windows(
+        self, y_A: Any, x_A: Any, field_origin_px: tuple[int, int] = (0, 0)
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """Window corners (px) and sub-pixel probe offsets (Å) of probe positions.
 
         The axes are independent: pass the y and x coordinates of a list of
@@ -195,8 +202,9 @@ class ScanGeometry:
         shape_px : (int, int)
             Field size in pixels.
         """
-        origin = tuple(int(math.floor(float(np.min(p)) / d)) - m // 2 - 1
-                       for p, d, m in zip((y_A, x_A), self._d_A, self.window_px))
+        origin = tuple(
+            int(math.floor(float(np.min(p)) / d)) - m // 2 - 1 for p, d, m in zip((y_A, x_A), self._d_A, self.window_px)
+        )
         corners, _ = self.windows(y_A, x_A, origin)  # type: ignore[arg-type]
         shape = tuple(int(c.max()) + m for c, m in zip(corners, self.window_px))
         return origin, shape  # type: ignore[return-value]
@@ -207,8 +215,10 @@ class ScanGeometry:
         ``spectrum[..., iy[:, None], ix[None, :]]`` is the pattern on the
         detector, beam on pixel ``N // 2``.
         """
-        return tuple((np.arange(n) - n // 2) % m  # type: ignore[return-value]
-                     for n, m in zip(self.detector_shape_px, self.window_px))
+        return tuple(
+            (np.arange(n) - n // 2) % m  # type: ignore[return-value]
+            for n, m in zip(self.detector_shape_px, self.window_px)
+        )
 
     def detector_runs(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         """The detector crop as contiguous runs per axis: ``(destination start, source start, source stop)``.

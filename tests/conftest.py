@@ -24,7 +24,6 @@ settings.register_profile("stemdask", derandomize=True, database=None)
 settings.load_profile("stemdask")
 
 
-
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -64,9 +63,14 @@ def local_client():
     """A real 2-worker LocalCluster, shared by the tests that need one."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", memory_limit="2GiB",
-                           local_directory=str(_TMP / "dask-workers"))
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        memory_limit="2GiB",
+        local_directory=str(_TMP / "dask-workers"),
+    )
     client = Client(cluster)
     yield client
     client.close()

@@ -34,8 +34,10 @@ def _munge_running() -> bool:
 def slurm_queue(tmp_path_factory):
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing or os.geteuid() != 0:
-        pytest.skip(f"no SLURM here (missing {missing or 'root'}): apt-get install slurmctld slurmd "
-                    f"slurm-client munge, as root, to run the SLURM tests")
+        pytest.skip(
+            f"no SLURM here (missing {missing or 'root'}): apt-get install slurmctld slurmd "
+            f"slurm-client munge, as root, to run the SLURM tests"
+        )
     root = tmp_path_factory.mktemp("slurm")
     root.chmod(0o755)
     for sub in ("state", "spool", "log"):
@@ -86,9 +88,15 @@ NodeName={host} NodeAddr=127.0.0.1 CPUs=8 RealMemory=20000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    daemons = [subprocess.Popen([f"/usr/sbin/{d}", "-D", "-f", str(conf)], env=env,
-                                stdout=open(root / "log" / f"{d}.out", "w"), stderr=subprocess.STDOUT)
-               for d in ("slurmctld", "slurmd")]
+    daemons = [
+        subprocess.Popen(
+            [f"/usr/sbin/{d}", "-D", "-f", str(conf)],
+            env=env,
+            stdout=open(root / "log" / f"{d}.out", "w"),
+            stderr=subprocess.STDOUT,
+        )
+        for d in ("slurmctld", "slurmd")
+    ]
     old_conf = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)  # sbatch from dask-jobqueue inherits it
     try:

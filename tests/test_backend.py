@@ -54,9 +54,11 @@ def test_namespace_of_arrays_modules_and_namespaces():
 
 
 def test_importing_stemdask_imports_neither_torch_nor_cupy():
-    code = ("import sys, stemdask, stemdask.backend, stemdask.optics, stemdask.multislice, "
-            "stemdask.scan_geometry, stemdask.simulate; "
-            "print(sorted(m for m in ('torch', 'cupy') if m in sys.modules))")
+    code = (
+        "import sys, stemdask, stemdask.backend, stemdask.optics, stemdask.multislice, "
+        "stemdask.scan_geometry, stemdask.simulate; "
+        "print(sorted(m for m in ('torch', 'cupy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

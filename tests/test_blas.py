@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
-threadpoolctl = pytest.importorskip("threadpoolctl")
+import threadpoolctl
 
 from stemdask.imaging import _blas
 

@@ -13,8 +13,9 @@ from stemdask.errors import InvalidArgumentError, MissingDependencyError
 def test_local_cluster_computes_like_numpy(capsys, tmp_path, rng):
     arr = rng.integers(0, 1000, size=(6, 8, 16, 16), dtype="uint16")
     data = stemdask.from_array(arr, chunks=(2, 4), scan_step_A=0.5)
-    client = cluster.start("local", n_workers=2, dashboard_address=":0", memory_limit="1GiB",
-                           local_directory=str(tmp_path))
+    client = cluster.start(
+        "local", n_workers=2, dashboard_address=":0", memory_limit="1GiB", local_directory=str(tmp_path)
+    )
     try:
         assert "dashboard: http" in capsys.readouterr().out
         assert len(client.scheduler_info()["workers"]) == 2
@@ -72,13 +73,25 @@ def test_slurm_cluster_runs_workers_as_jobs(slurm_queue, tmp_path, rng):
 
     arr = rng.integers(0, 500, size=(4, 6, 8, 8), dtype="uint16")
     data = stemdask.from_array(arr, chunks=(2, 3))
-    client = cluster.start("slurm", n_workers=2, cores=1, memory="1GB", processes=1, queue="debug",
-                           walltime="00:10:00", interface="lo", log_directory=str(tmp_path / "logs"),
-                           local_directory=str(tmp_path / "work"), wait_timeout_s=90, quiet=True,
-                           scheduler_options={"dashboard_address": ":0"})
+    client = cluster.start(
+        "slurm",
+        n_workers=2,
+        cores=1,
+        memory="1GB",
+        processes=1,
+        queue="debug",
+        walltime="00:10:00",
+        interface="lo",
+        log_directory=str(tmp_path / "logs"),
+        local_directory=str(tmp_path / "work"),
+        wait_timeout_s=90,
+        quiet=True,
+        scheduler_options={"dashboard_address": ":0"},
+    )
     try:
-        jobs = subprocess.run(["squeue", "-h", "-o", "%T"], capture_output=True, text=True,
-                              env=slurm_queue["env"]).stdout.split()
+        jobs = subprocess.run(
+            ["squeue", "-h", "-o", "%T"], capture_output=True, text=True, env=slurm_queue["env"]
+        ).stdout.split()
         assert jobs.count("RUNNING") == 2
         total = data.astype("uint64").sum(dim=("scan_y", "scan_x")).compute()
         np.testing.assert_array_equal(total.values, arr.sum(axis=(0, 1), dtype=np.uint64))

@@ -18,13 +18,21 @@ SOURCES = ["stemdask", "tests", "benchmarks", "examples"]
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     # no cache files in the repository
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "RUFF_NO_CACHE": "true"})
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "RUFF_NO_CACHE": "true"},
+    )
 
 
-@pytest.mark.parametrize("check", [["ruff", "check", "--no-cache", *SOURCES],
-                                   ["ruff", "format", "--check", "--no-cache", *SOURCES]],
-                         ids=["lint", "format"])
+@pytest.mark.parametrize(
+    "check",
+    [["ruff", "check", "--no-cache", *SOURCES], ["ruff", "format", "--check", "--no-cache", *SOURCES]],
+    ids=["lint", "format"],
+)
 def test_ruff(check):
     result = _run(*check)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -119,8 +119,13 @@ GOLDEN_HEX = (
     "ed0ddeed30921bb57d0ad50870be0d5b517f51c8d549d14d53e2e94dcb22431e95812c626e286b41e15c"
 )
 GOLDEN_SHARED_SHA256 = "71f2fe83d48179c8ce31e9fba4dd4232f2989973122dfef3712f0d2df3a79253"
-GOLDEN_MODEL = {"detector_shape": [4, 4], "offset": -30000, "n_symbols": 8,
-                "frequencies": "eNqTcZdhR4HtaHx2meMjWQQAiN8fsQ==", "crc32": 2431715245}
+GOLDEN_MODEL = {
+    "detector_shape": [4, 4],
+    "offset": -30000,
+    "n_symbols": 8,
+    "frequencies": "eNqTcZdhR4HtaHx2meMjWQQAiN8fsQ==",
+    "crc32": 2431715245,
+}
 
 
 def _golden_input():
@@ -249,8 +254,9 @@ def test_bad_arguments_raise_clear_errors():
 
 
 def _store(path, x, codec, chunks, shards=None):
-    z = zarr.create_array(str(path), shape=x.shape, chunks=chunks, shards=shards, dtype=x.dtype,
-                          serializer=codec, compressors=None)
+    z = zarr.create_array(
+        str(path), shape=x.shape, chunks=chunks, shards=shards, dtype=x.dtype, serializer=codec, compressors=None
+    )
     z[...] = x
     return z
 
@@ -277,8 +283,14 @@ def test_codec_metadata_round_trip_and_shared_model_in_metadata(tmp_path, rng):
     _store(tmp_path / "m.zarr", x, codec, chunks=(1, 1, 8, 8))
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "m.zarr"))[...], x)
     with pytest.raises(InvalidArgumentError, match="detector shape"):
-        zarr.create_array(str(tmp_path / "bad.zarr"), shape=(4, 8, 9), chunks=(1, 8, 9), dtype="u2",
-                          serializer=codec, compressors=None)
+        zarr.create_array(
+            str(tmp_path / "bad.zarr"),
+            shape=(4, 8, 9),
+            chunks=(1, 8, 9),
+            dtype="u2",
+            serializer=codec,
+            compressors=None,
+        )
     with pytest.raises(InvalidArgumentError, match="format_version"):
         HistogramCodec.from_dict({"name": CODEC_NAME, "configuration": {"format_version": 2}})
 
@@ -287,8 +299,15 @@ def test_codec_metadata_round_trip_and_shared_model_in_metadata(tmp_path, rng):
 def test_unsupported_dtype_fails_at_array_creation(tmp_path, dtype):
     for shards in (None, (4, 4, 4)):
         with pytest.raises(InvalidArgumentError, match="histogram codec supports"):
-            zarr.create_array(str(tmp_path / f"x{shards is None}.zarr"), shape=(4, 4, 4), chunks=(2, 4, 4),
-                              shards=shards, dtype=dtype, serializer=HistogramCodec(), compressors=None)
+            zarr.create_array(
+                str(tmp_path / f"x{shards is None}.zarr"),
+                shape=(4, 4, 4),
+                chunks=(2, 4, 4),
+                shards=shards,
+                dtype=dtype,
+                serializer=HistogramCodec(),
+                compressors=None,
+            )
 
 
 def test_named_codec_and_xarray_encoding(tmp_path, rng):
@@ -297,9 +316,12 @@ def test_named_codec_and_xarray_encoding(tmp_path, rng):
     assert isinstance(choice.serializer, HistogramCodec) and choice.compressors == ()
     x = rng.poisson(0.5, size=(4, 6, 8, 8)).astype(np.uint16)
     ds = xr.Dataset({"intensity": (("scan_y", "scan_x", "k_y", "k_x"), x)})
-    ds.to_zarr(tmp_path / "x.zarr", zarr_format=3, consolidated=False,
-               encoding={"intensity": {"serializer": HistogramCodec(), "compressors": None,
-                                       "chunks": (2, 3, 8, 8)}})
+    ds.to_zarr(
+        tmp_path / "x.zarr",
+        zarr_format=3,
+        consolidated=False,
+        encoding={"intensity": {"serializer": HistogramCodec(), "compressors": None, "chunks": (2, 3, 8, 8)}},
+    )
     back = xr.open_zarr(tmp_path / "x.zarr", consolidated=False, zarr_format=3)
     np.testing.assert_array_equal(back["intensity"].values, x)
     meta = json.loads((tmp_path / "x.zarr" / "intensity" / "zarr.json").read_text())
@@ -320,13 +342,19 @@ def test_stemdask_save_with_histogram_codec(tmp_path, rng):
 def test_fresh_process_decodes_through_the_entry_point(tmp_path, rng):
     x = rng.poisson(0.4, size=(3, 4, 8, 8)).astype(np.int16)
     _store(tmp_path / "f.zarr", x, HistogramCodec(), chunks=(2, 2, 8, 8), shards=(2, 4, 8, 8))
-    code = ("import sys, numpy as np, zarr\n"
-            "assert 'stemdask' not in sys.modules\n"
-            "z = zarr.open_array(sys.argv[1], mode='r')\n"
-            "np.save(sys.argv[2], z[...])\n"
-            "print(type(z.metadata.codecs[0].codecs[0]).__module__)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.zarr"), str(tmp_path / "f.npy")],
-                         capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys, numpy as np, zarr\n"
+        "assert 'stemdask' not in sys.modules\n"
+        "z = zarr.open_array(sys.argv[1], mode='r')\n"
+        "np.save(sys.argv[2], z[...])\n"
+        "print(type(z.metadata.codecs[0].codecs[0]).__module__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "f.zarr"), str(tmp_path / "f.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "stemdask.codecs.histogram"
     np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), x)
@@ -336,8 +364,14 @@ def test_encode_and_decode_on_a_local_cluster(tmp_path, rng, local_client):
     import dask.array as da
 
     x = rng.poisson(0.6, size=(8, 6, 8, 8)).astype(np.uint16)
-    z = zarr.create_array(str(tmp_path / "c.zarr"), shape=x.shape, chunks=(4, 3, 8, 8), dtype=x.dtype,
-                          serializer=HistogramCodec(), compressors=None)
+    z = zarr.create_array(
+        str(tmp_path / "c.zarr"),
+        shape=x.shape,
+        chunks=(4, 3, 8, 8),
+        dtype=x.dtype,
+        serializer=HistogramCodec(),
+        compressors=None,
+    )
     da.from_array(x, chunks=(4, 3, 8, 8)).store(z, lock=False, compute=True)  # encoded on the workers
     back = da.from_zarr(str(tmp_path / "c.zarr"))
     total = local_client.compute(back.astype(np.int64).sum(axis=(2, 3))).result()  # decoded on the workers

@@ -121,11 +121,19 @@ def test_wrong_number_of_dimensions(shape):
         stemdask.from_array(np.zeros(shape))
 
 
-@pytest.mark.parametrize("key, value", [
-    ("energy_ev", -300e3), ("energy_ev", float("nan")), ("semiangle_mrad", 0.0),
-    ("scan_step_A", -0.5), ("scan_step_A", (0.5, float("nan"))), ("detector_pixel_mrad", float("inf")),
-    ("dose_e_per_pattern", -1.0), ("scan_step_A", (1.0, 2.0, 3.0)),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("energy_ev", -300e3),
+        ("energy_ev", float("nan")),
+        ("semiangle_mrad", 0.0),
+        ("scan_step_A", -0.5),
+        ("scan_step_A", (0.5, float("nan"))),
+        ("detector_pixel_mrad", float("inf")),
+        ("dose_e_per_pattern", -1.0),
+        ("scan_step_A", (1.0, 2.0, 3.0)),
+    ],
+)
 def test_negative_or_nan_calibration_is_named(key, value):
     with pytest.raises(InvalidArgumentError, match=key):
         stemdask.from_array(np.zeros((2, 2, 4, 4)), **{key: value})

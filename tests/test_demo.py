@@ -13,8 +13,13 @@ import stemdask
 
 def test_demo_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "stemdask.cli", "demo", "--quick", "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stemdask.cli", "demo", "--quick", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dashboard: http" in proc.stdout
     for name in ("bf.png", "adf.png", "icom.png", "pacbed.png"):
@@ -29,4 +34,3 @@ def test_demo_end_to_end(tmp_path):
     assert data.attrs["dose_e_per_pattern"] == 2000.0
     # counted data: the mean electrons per pattern matches the dose
     assert float(data.sum(dim=("k_y", "k_x")).mean()) == pytest.approx(2000.0, rel=0.02)
-

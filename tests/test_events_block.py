@@ -114,9 +114,13 @@ def test_float_data_and_overflow_are_rejected():
 def test_selection_matches_numpy(dense, data):
     block = EventBlock.from_dense(dense)
     key = tuple(
-        slice(data.draw(st.integers(-n - 1, n + 1) | st.none()), data.draw(st.integers(-n - 1, n + 1) | st.none()),
-              data.draw(st.sampled_from([None, 1, 2, -1, -3])))
-        for n in dense.shape)
+        slice(
+            data.draw(st.integers(-n - 1, n + 1) | st.none()),
+            data.draw(st.integers(-n - 1, n + 1) | st.none()),
+            data.draw(st.sampled_from([None, 1, 2, -1, -3])),
+        )
+        for n in dense.shape
+    )
     np.testing.assert_array_equal(block[key].to_dense(), dense[key])
 
 
@@ -165,8 +169,9 @@ def test_pickle_keeps_events():
 
 def test_counted_dataset_keeps_dims_coords_attrs(rng):
     dense = rng.poisson(0.2, (5, 7, 8, 6)).astype(np.uint16)
-    data = stemdask.from_array(dense, chunks=(2, 3), energy_ev=200e3, scan_step_A=0.5,
-                               detector_pixel_mrad=0.8, semiangle_mrad=20)
+    data = stemdask.from_array(
+        dense, chunks=(2, 3), energy_ev=200e3, scan_step_A=0.5, detector_pixel_mrad=0.8, semiangle_mrad=20
+    )
     counted = from_dense(data)
     stemdask.validate(counted)
     assert counted.dims == data.dims and counted.dtype == data.dtype and counted.shape == data.shape
@@ -181,8 +186,7 @@ def test_counted_dataset_keeps_dims_coords_attrs(rng):
     np.testing.assert_array_equal(back.values, dense)
     # dask machinery on event chunks: rechunk, fancy and sliced selection, reductions
     np.testing.assert_array_equal(np.asarray(counted.chunk({"scan_y": 3, "scan_x": 7}).compute().data), dense)
-    np.testing.assert_array_equal(to_dense(counted.isel(scan_x=[6, 1], k_y=slice(2, 5))).values,
-                                  dense[:, [6, 1], 2:5])
+    np.testing.assert_array_equal(to_dense(counted.isel(scan_x=[6, 1], k_y=slice(2, 5))).values, dense[:, [6, 1], 2:5])
     np.testing.assert_array_equal(counted.sum(("k_y", "k_x")).values, dense.sum((2, 3)))
     np.testing.assert_array_equal(counted.sum(("scan_y", "scan_x")).values, dense.sum((0, 1)))
     with pytest.raises(InvalidArgumentError, match="integer electron counts"):

@@ -115,8 +115,9 @@ def test_counting_on_gpu_matches_cpu(rng):
     frames[rng.random(frames.shape) < 0.05] += 9.0
     for centroid in (False, True):
         cpu = ev.count_electrons(stemdask.from_array(frames, chunks=(1, 3)), threshold=4.0, centroid=centroid)
-        gpu = ev.count_electrons(stemdask.from_array(cupy.asarray(frames), chunks=(1, 3)), threshold=4.0,
-                                 centroid=centroid)
+        gpu = ev.count_electrons(
+            stemdask.from_array(cupy.asarray(frames), chunks=(1, 3)), threshold=4.0, centroid=centroid
+        )
         block = gpu.data.compute()
         assert block.xp is cupy
         np.testing.assert_array_equal(cupy.asnumpy(block.to_dense()), ev.to_dense(cpu).values)

@@ -18,8 +18,9 @@ SPARSITIES = [0.005, 0.05, 0.5, 3.0]
 
 def make(rate: float, shape=(6, 8, 12, 10), chunks=(4, 3), seed=0):
     dense = np.random.default_rng(seed).poisson(rate, shape).astype(np.uint16)
-    data = stemdask.from_array(dense, chunks=chunks, detector_pixel_mrad=1.5, scan_step_A=0.4,
-                               energy_ev=300e3, beam_center_px=(5.5, 4.0))
+    data = stemdask.from_array(
+        dense, chunks=chunks, detector_pixel_mrad=1.5, scan_step_A=0.4, energy_ev=300e3, beam_center_px=(5.5, 4.0)
+    )
     return dense, data, ev.from_dense(data)
 
 
@@ -46,8 +47,7 @@ def test_projection_and_virtual_detectors_equal_dense(rate):
     np.testing.assert_allclose(img.values, np.einsum("abij,ij->ab", dense, fmask.values), rtol=1e-12)
     np.testing.assert_allclose(img.values, imaging.virtual_image(data, fmask).values, rtol=1e-12)
     # the imaging engine on events: exactly the dense engine's result
-    stack = imaging.detectors.stack(imaging.detectors.disk(data, 4.0),
-                                    imaging.detectors.annulus(data, 4.0, 9.0))
+    stack = imaging.detectors.stack(imaging.detectors.disk(data, 4.0), imaging.detectors.annulus(data, 4.0, 9.0))
     xr.testing.assert_equal(imaging.project(counted, stack).compute(), imaging.project(data, stack).compute())
 
 
@@ -78,8 +78,9 @@ def test_sums_com_radial_equal_dense(rate):
     np.testing.assert_array_equal(radial.values, want)
     assert int(radial.sum()) == int(dense.sum())  # nothing dropped by default
     ranged = ev.radial_sum(counted, bin_width=3.0, n_bins=2).values
-    np.testing.assert_array_equal(ranged, np.stack([(dense * (np.floor(r / 3) == i)).sum((2, 3))
-                                                    for i in range(2)], axis=-1))
+    np.testing.assert_array_equal(
+        ranged, np.stack([(dense * (np.floor(r / 3) == i)).sum((2, 3)) for i in range(2)], axis=-1)
+    )
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.5])
@@ -104,8 +105,7 @@ def test_binning_and_cropping_equal_dense(rate):
     assert counted.attrs["beam_center_px"] == [5.5, 4.0]  # the input is untouched
     np.testing.assert_array_equal(cropped.k_y.values, data.k_y.values[2:9])
     stemdask.validate(cropped)
-    np.testing.assert_array_equal(ev.to_dense(ev.scan_crop(counted, scan_x=slice(1, 6))).values,
-                                  dense[:, 1:6])
+    np.testing.assert_array_equal(ev.to_dense(ev.scan_crop(counted, scan_x=slice(1, 6))).values, dense[:, 1:6])
     with pytest.raises(InvalidArgumentError, match="divisor of k_x=10"):
         ev.bin_detector(counted, 4)
     with pytest.raises(InvalidArgumentError, match="step 1"):
@@ -117,8 +117,7 @@ def test_gather_kernels_agree():
     block = EventBlock.from_dense(dense)
     w = np.random.default_rng(5).random((42, 4))
     np.testing.assert_allclose(gather_block(block, w), gather_block_vectorised(block, w), rtol=1e-12)
-    np.testing.assert_allclose(gather_block(block, w), np.einsum("abp,pm->abm", dense.reshape(3, 5, 42), w),
-                               rtol=1e-12)
+    np.testing.assert_allclose(gather_block(block, w), np.einsum("abp,pm->abm", dense.reshape(3, 5, 42), w), rtol=1e-12)
 
 
 def test_masks_are_checked_as_for_dense_data():
@@ -140,8 +139,14 @@ def test_operations_on_local_cluster(local_client):
     dense, data, counted = make(0.05, shape=(8, 8, 16, 16), chunks=(4, 4), seed=7)
     masks = as_masks(np.random.default_rng(8).integers(0, 2, (2, 16, 16)), data)
     got_proj, got_sum, got_total, got_bin = local_client.compute(
-        [imaging.project(counted, masks), ev.frame_sum(counted), ev.total_counts(counted),
-         ev.to_dense(ev.bin_scan(counted, 2))], sync=True)
+        [
+            imaging.project(counted, masks),
+            ev.frame_sum(counted),
+            ev.total_counts(counted),
+            ev.to_dense(ev.bin_scan(counted, 2)),
+        ],
+        sync=True,
+    )
     np.testing.assert_array_equal(got_proj.values, np.einsum("abij,mij->abm", dense.astype(np.int64), masks.values))
     np.testing.assert_array_equal(got_sum.values, dense.sum((0, 1)))
     np.testing.assert_array_equal(got_total.values, dense.sum((2, 3)))
@@ -160,8 +165,10 @@ def test_operations_on_gpu_blocks():
     assert gpu_block.xp is cupy
     np.testing.assert_array_equal(cupy.asnumpy(gpu_block.to_dense()), dense)
     w = np.random.default_rng(10).integers(0, 3, (256, 3)).astype(np.float64)
-    np.testing.assert_array_equal(cupy.asnumpy(gather_block(gpu_block, cupy.asarray(w))),
-                                  np.einsum("abp,pm->abm", dense.reshape(4, 6, 256).astype(float), w))
+    np.testing.assert_array_equal(
+        cupy.asnumpy(gather_block(gpu_block, cupy.asarray(w))),
+        np.einsum("abp,pm->abm", dense.reshape(4, 6, 256).astype(float), w),
+    )
     np.testing.assert_array_equal(cupy.asnumpy(np.sum(gpu_block, axis=(0, 1))), dense.sum((0, 1)))
     np.testing.assert_array_equal(cupy.asnumpy(gpu_block[1:3, :, 2:9].to_dense()), dense[1:3, :, 2:9])
     data = stemdask.from_array(cupy.asarray(dense), chunks=(2, 3))

@@ -16,11 +16,13 @@ from stemdask.events.rle import code_dtype
 def blocks(draw):
     ny, nx = draw(st.integers(0, 3)), draw(st.integers(0, 3))
     big = draw(st.booleans())
-    ky, kx = (draw(st.integers(1, 300)), draw(st.integers(200, 300))) if big else \
-        (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    ky, kx = (
+        (draw(st.integers(1, 300)), draw(st.integers(200, 300)))
+        if big
+        else (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    )
     m = ky * kx
-    frames = [draw(st.lists(st.integers(0, m - 1) | st.sampled_from([0, m - 1]), max_size=10))
-              for _ in range(ny * nx)]
+    frames = [draw(st.lists(st.integers(0, m - 1) | st.sampled_from([0, m - 1]), max_size=10)) for _ in range(ny * nx)]
     indices = np.array([p for f in frames for p in f], np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64)
     return EventBlock(indices, offsets, (ny, nx), (ky, kx))
@@ -57,8 +59,9 @@ def test_malformed_rle_is_rejected():
     no_count = RunLengthEvents(np.array([0, 1], np.uint16), np.array([0, 1, 2]), (1, 2), (2, 2), np.dtype("uint16"))
     with pytest.raises(FileFormatError, match="frame 1 are malformed"):
         rle_decode(no_count)
-    decreasing = RunLengthEvents(np.array([0, 0, 0], np.uint16), np.array([0, 2, 1, 3]), (1, 3), (2, 2),
-                                 np.dtype("uint16"))
+    decreasing = RunLengthEvents(
+        np.array([0, 0, 0], np.uint16), np.array([0, 2, 1, 3]), (1, 3), (2, 2), np.dtype("uint16")
+    )
     with pytest.raises(FileFormatError, match="decrease at frame 1"):
         rle_decode(decreasing)
     truncated = RunLengthEvents(good.codes[:1], good.offsets, (1, 2), (2, 2), np.dtype("uint16"))

@@ -22,9 +22,13 @@ from stemdask.events import storage
 
 def counted_case():
     shapes = st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6))
-    return shapes.flatmap(lambda s: st.tuples(
-        hnp.arrays(np.uint16, s, elements=st.integers(0, 3) | st.just(0)),
-        st.integers(1, s[0]), st.integers(1, s[1])))
+    return shapes.flatmap(
+        lambda s: st.tuples(
+            hnp.arrays(np.uint16, s, elements=st.integers(0, 3) | st.just(0)),
+            st.integers(1, s[0]),
+            st.integers(1, s[1]),
+        )
+    )
 
 
 def counted(dense, chunks, **calibration):
@@ -64,7 +68,7 @@ def test_frame_deltas_round_trip(frames):
     assert deltas.dtype == np.uint16
     back = ev.EventBlock(storage.undo_frame_deltas(deltas, offsets), offsets, (1, len(frames)), (256, 256))
     for f in range(len(frames)):
-        np.testing.assert_array_equal(back.indices[offsets[f]:offsets[f + 1]], sorted(frames[f]))
+        np.testing.assert_array_equal(back.indices[offsets[f] : offsets[f + 1]], sorted(frames[f]))
 
 
 def test_zarr_store_layout_and_lazy_blocks(tmp_path, rng):

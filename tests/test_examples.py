@@ -12,8 +12,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_stream_acquisition_example(tmp_path):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "stream_acquisition.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "stream_acquisition.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     data = stemdask.open_dataset(tmp_path / "acquisition.zarr")
     assert data.shape == (24, 32, 64, 64) and data.attrs["energy_ev"] == 300e3
@@ -22,7 +26,11 @@ def test_stream_acquisition_example(tmp_path):
 
 def test_convert_real_file_example(shared_data, tmp_path):
     src = shared_data / "merlin" / "001_4x2_6bit.mib"
-    proc = subprocess.run([sys.executable, str(EXAMPLES / "convert_real_file.py"), str(src), str(tmp_path / "o.zarr")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "convert_real_file.py"), str(src), str(tmp_path / "o.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert stemdask.open_dataset(tmp_path / "o.zarr").attrs["detector_pixel_mrad"] == [0.05, 0.05]

@@ -10,8 +10,18 @@ import xarray as xr
 
 import stemdask
 from stemdask.errors import InvalidArgumentError, MissingCalibrationError
-from stemdask.imaging import (center_of_mass, correct_com, detectors, dpc, electric_field, find_rotation,
-                              fit_descan, icom, remove_descan, rotate_com)
+from stemdask.imaging import (
+    center_of_mass,
+    correct_com,
+    detectors,
+    dpc,
+    electric_field,
+    find_rotation,
+    fit_descan,
+    icom,
+    remove_descan,
+    rotate_com,
+)
 from stemdask.physics import wavelength_A
 
 ENERGY = 200e3
@@ -29,7 +39,7 @@ def _phase_object(n, dx, rng, n_atoms=14, sigma_A=0.35, peak_rad=0.25):
     for y0, x0 in rng.random((n_atoms, 2)) * size:
         dy = (yy - y0 + size / 2) % size - size / 2
         dx_ = (xx - x0 + size / 2) % size - size / 2
-        phi += peak_rad * np.exp(-(dy ** 2 + dx_ ** 2) / (2 * sigma_A ** 2))
+        phi += peak_rad * np.exp(-(dy**2 + dx_**2) / (2 * sigma_A**2))
     return phi
 
 
@@ -50,8 +60,14 @@ def _simulate(rng, n_scan=32, step_px=2, window=64, dx=0.1):
             exit_wave = probe * obj[np.ix_(rows, cols)]
             frames[iy, ix] = np.abs(np.fft.fftshift(np.fft.fft2(exit_wave))) ** 2
     frames *= 1e4 / frames[0, 0].sum()
-    data = stemdask.from_array(frames, chunks=(8, 8), energy_ev=ENERGY, semiangle_mrad=ALPHA,
-                               scan_step_A=step_px * dx, detector_pixel_mrad=lam / (window * dx) * 1e3)
+    data = stemdask.from_array(
+        frames,
+        chunks=(8, 8),
+        energy_ev=ENERGY,
+        semiangle_mrad=ALPHA,
+        scan_step_A=step_px * dx,
+        detector_pixel_mrad=lam / (window * dx) * 1e3,
+    )
     return data, phi[::step_px, ::step_px], phi
 
 
@@ -93,12 +109,16 @@ def test_icom_recovers_an_exact_gradient_field(rng):
     gy = np.fft.ifft2(2j * np.pi * q[:, None] * f).real
     gx = np.fft.ifft2(2j * np.pi * q[None, :] * f).real
     lam = wavelength_A(ENERGY)
-    com = xr.DataArray(np.stack([gy, gx], -1) * lam / (2 * np.pi) * 1e3,
-                       dims=("scan_y", "scan_x", "component"),
-                       coords={"scan_y": ("scan_y", np.arange(n) * step, {"units": "Å"}),
-                               "scan_x": ("scan_x", np.arange(n) * step, {"units": "Å"}),
-                               "component": ["y", "x"]},
-                       attrs={"units": "mrad", "energy_ev": ENERGY})
+    com = xr.DataArray(
+        np.stack([gy, gx], -1) * lam / (2 * np.pi) * 1e3,
+        dims=("scan_y", "scan_x", "component"),
+        coords={
+            "scan_y": ("scan_y", np.arange(n) * step, {"units": "Å"}),
+            "scan_x": ("scan_x", np.arange(n) * step, {"units": "Å"}),
+            "component": ["y", "x"],
+        },
+        attrs={"units": "mrad", "energy_ev": ENERGY},
+    )
     exact = icom(com).values
     np.testing.assert_allclose(exact, phi - phi.mean(), atol=1e-10)
     # the iterated, padded solver converges to the same field up to boundary effects
@@ -119,8 +139,9 @@ def test_icom_recovers_an_exact_gradient_field(rng):
 def test_center_of_mass_matches_numpy(local_client, rng, dtype):
     arr = rng.integers(0, 200, size=(5, 9, 13, 16)).astype(dtype)
     arr[2, 3] = 0  # an empty pattern: CoM undefined -> NaN
-    data = stemdask.from_array(arr, chunks=(2, 4), detector_pixel_mrad=(0.5, 0.7), beam_center_px=(6.2, 7.9),
-                               energy_ev=ENERGY)
+    data = stemdask.from_array(
+        arr, chunks=(2, 4), detector_pixel_mrad=(0.5, 0.7), beam_center_px=(6.2, 7.9), energy_ev=ENERGY
+    )
     com = center_of_mass(data).compute()
     ky = (np.arange(13) - 6.2) * 0.5
     kx = (np.arange(16) - 7.9) * 0.7
@@ -135,8 +156,13 @@ def test_center_of_mass_matches_numpy(local_client, rng, dtype):
     disk = detectors.disk(data, 2.0)
     w = disk.values[0]
     with np.errstate(invalid="ignore"):
-        ref_m = np.stack([(a * w * ky[:, None]).sum((2, 3)) / (a * w).sum((2, 3)),
-                          (a * w * kx[None, :]).sum((2, 3)) / (a * w).sum((2, 3))], -1)
+        ref_m = np.stack(
+            [
+                (a * w * ky[:, None]).sum((2, 3)) / (a * w).sum((2, 3)),
+                (a * w * kx[None, :]).sum((2, 3)) / (a * w).sum((2, 3)),
+            ],
+            -1,
+        )
     np.testing.assert_allclose(center_of_mass(data, mask=disk).values, ref_m, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(data.stem.center_of_mass().values, ref, rtol=1e-10, atol=1e-12)
     with pytest.raises(InvalidArgumentError, match="single mask"):
@@ -147,8 +173,9 @@ def test_descan_plane_is_removed(rng):
     ny, nx = 12, 15
     yy, xx = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
     plane = np.stack([0.3 + 0.8 * yy - 0.2 * xx, -0.5 + 0.1 * yy + 0.6 * xx], -1)
-    com = xr.DataArray(plane.copy(), dims=("scan_y", "scan_x", "component"), coords={"component": ["y", "x"]},
-                       attrs={"units": "mrad"})
+    com = xr.DataArray(
+        plane.copy(), dims=("scan_y", "scan_x", "component"), coords={"component": ["y", "x"]}, attrs={"units": "mrad"}
+    )
     com.values[3, 4] = np.nan  # ignored by the fit
     np.testing.assert_allclose(fit_descan(com).values, plane, atol=1e-12)
     resid = remove_descan(com).values
@@ -163,8 +190,9 @@ def _atom_field(rng, n=48):
     return np.stack([gy, gx], -1)
 
 
-@pytest.mark.parametrize("rotation,flip", [(0.0, False), (37.0, False), (-128.0, True), (163.5, False),
-                                           (-12.3, True), (90.0, True)])
+@pytest.mark.parametrize(
+    "rotation,flip", [(0.0, False), (37.0, False), (-128.0, True), (163.5, False), (-12.3, True), (90.0, True)]
+)
 def test_rotation_and_flip_are_recovered(rng, rotation, flip):
     true = _atom_field(rng)
     t = math.radians(rotation)
@@ -173,8 +201,9 @@ def test_rotation_and_flip_are_recovered(rng, rotation, flip):
     my = math.sin(-t) * x + math.cos(-t) * y
     mx = math.cos(-t) * x - math.sin(-t) * y
     measured = np.stack([-my if flip else my, mx], -1)
-    com = xr.DataArray(measured, dims=("scan_y", "scan_x", "component"), coords={"component": ["y", "x"]},
-                       attrs={"units": "mrad"})
+    com = xr.DataArray(
+        measured, dims=("scan_y", "scan_x", "component"), coords={"component": ["y", "x"]}, attrs={"units": "mrad"}
+    )
     found = find_rotation(com)
     assert bool(found["flip"]) == flip
     err = (float(found["rotation_deg"]) - rotation + 180) % 360 - 180
@@ -187,8 +216,9 @@ def test_rotation_and_flip_are_recovered(rng, rotation, flip):
 
 
 def test_rotate_com_convention():
-    com = xr.DataArray(np.array([[[0.0, 1.0]]] * 1), dims=("scan_y", "scan_x", "component"),
-                       coords={"component": ["y", "x"]})  # a vector along +x
+    com = xr.DataArray(
+        np.array([[[0.0, 1.0]]] * 1), dims=("scan_y", "scan_x", "component"), coords={"component": ["y", "x"]}
+    )  # a vector along +x
     out = rotate_com(com, 90.0).values[0, 0]
     np.testing.assert_allclose(out, [1.0, 0.0], atol=1e-12)  # +x -> +y
     np.testing.assert_allclose(rotate_com(com, 0.0, flip=True).values[0, 0], [-0.0, 1.0])

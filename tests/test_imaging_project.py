@@ -110,8 +110,7 @@ def test_bad_masks_raise_clear_errors(rng):
         bad.values[0, 5, 5] = np.nan
         project(data, bad)
     with pytest.raises(InvalidArgumentError, match="zero everywhere"):
-        project(data, xr.DataArray(np.zeros((2, 12, 10)), dims=("mask", "k_y", "k_x"),
-                                   coords={"mask": ["a", "b"]}))
+        project(data, xr.DataArray(np.zeros((2, 12, 10)), dims=("mask", "k_y", "k_x"), coords={"mask": ["a", "b"]}))
     with pytest.raises(InvalidArgumentError, match="at least one mask"):
         project(data, xr.DataArray(np.zeros((0, 12, 10)), dims=("mask", "k_y", "k_x")))
     with pytest.raises(InvalidArgumentError, match="dims"):
@@ -162,7 +161,7 @@ def test_project_cupy_matches_numpy(rng):
 def test_exact_float32_path_blocks_partial_sums(rng, dtype):
     # full-range values force short float32 partial sums (or the float64 fallback); results stay exact
     info = np.iinfo(dtype)
-    lo, hi = (0, 65535) if dtype == "uint16" else (-(2 ** 20), 2 ** 20) if dtype == "int32" else (0, 2 ** 31)
+    lo, hi = (0, 65535) if dtype == "uint16" else (-(2**20), 2**20) if dtype == "int32" else (0, 2**31)
     arr = rng.integers(lo, hi, size=(4, 5, 40, 44), endpoint=True).astype(dtype)
     data = stemdask.from_array(arr, chunks=(3, 2))
     weights = rng.integers(-3, 4, size=(3, 40, 44))

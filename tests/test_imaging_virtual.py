@@ -14,8 +14,15 @@ PIX = (0.8, 0.6)  # mrad per pixel (y, x): non-square on purpose
 
 def _dataset(rng, dtype="uint16", shape=(6, 7, 21, 24), chunks=(4, 3), center=(10.0, 11.5)):
     arr = rng.integers(0, 1000, size=shape).astype(dtype)
-    data = stemdask.from_array(arr, chunks=chunks, detector_pixel_mrad=PIX, beam_center_px=center,
-                               energy_ev=300e3, semiangle_mrad=4.0, scan_step_A=0.4)
+    data = stemdask.from_array(
+        arr,
+        chunks=chunks,
+        detector_pixel_mrad=PIX,
+        beam_center_px=center,
+        energy_ev=300e3,
+        semiangle_mrad=4.0,
+        scan_step_A=0.4,
+    )
     return arr, data
 
 
@@ -88,8 +95,11 @@ def test_bad_detectors_raise(rng):
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int32", "float32", "float64"])
 def test_virtual_images_match_numpy(local_client, rng, dtype):
     arr, data = _dataset(rng, dtype)
-    det = detectors.stack(detectors.disk(data, 4.0), detectors.annulus(data, 4.0, 8.0),
-                          detectors.segments(data, 4, outer_mrad=4.0, name="q"))
+    det = detectors.stack(
+        detectors.disk(data, 4.0),
+        detectors.annulus(data, 4.0, 8.0),
+        detectors.segments(data, 4, outer_mrad=4.0, name="q"),
+    )
     got = virtual_image(data, det).compute()
     ref = np.einsum("abkl,mkl->abm", arr.astype(np.float64), det.values)
     np.testing.assert_allclose(got.values, ref, rtol=1e-12)
@@ -107,8 +117,10 @@ def test_virtual_image_with_per_pattern_shifts(rng):
     sy = 0.25 * PIX[0] * np.round(yy * 1.5)
     sx = -0.25 * PIX[1] * np.round(xx * 2.0)
     import xarray as xr
-    shifts = xr.DataArray(np.stack([sy, sx], -1), dims=("scan_y", "scan_x", "component"),
-                          coords={"component": ["y", "x"]})
+
+    shifts = xr.DataArray(
+        np.stack([sy, sx], -1), dims=("scan_y", "scan_x", "component"), coords={"component": ["y", "x"]}
+    )
     det = detectors.annulus(data, 2.0, 5.0)
     got = virtual_image(data, det, shifts=shifts).values
     ref = np.empty((5, 6))
@@ -138,8 +150,13 @@ def test_radial_profile_matches_numpy(rng):
     prof = radial_profile(data, edges)
     assert prof.dims == ("scan_y", "scan_x", "k_r")
     _, _, r = _radius_grid(data.shape[2:])
-    ref = np.stack([arr[..., (r > lo if lo > 0 else r >= 0) & (r <= hi)].astype(np.float64).mean(-1)
-                    for lo, hi in zip(edges[:-1], edges[1:])], -1)
+    ref = np.stack(
+        [
+            arr[..., (r > lo if lo > 0 else r >= 0) & (r <= hi)].astype(np.float64).mean(-1)
+            for lo, hi in zip(edges[:-1], edges[1:])
+        ],
+        -1,
+    )
     np.testing.assert_allclose(prof.values, ref, rtol=1e-12)
     np.testing.assert_allclose(prof.coords["k_r"].values, 0.5 * (edges[:-1] + edges[1:]))
     summed = radial_profile(pacbed(data, "sum"), edges, statistic="sum")

@@ -25,6 +25,7 @@ def dense_dataset(rng, shape=(6, 4, 8, 8), chunks=(2, 2)):
 
 def failing(data, bad_block=(1, 0, 0, 0), after=None):
     """``data`` whose ``bad_block`` raises (once the ``after`` event is set, when given)."""
+
     def fail(block, block_id=None):
         if block_id == bad_block:
             if after is not None:
@@ -103,10 +104,15 @@ def _open_coefficients(store, attrs, *, chunks=None, allow_incomplete=False):
 
 @pytest.fixture
 def coefficients_layout():
-    layout = layouts.register_layout(layouts.Layout(
-        "coefficients-test", version=2,
-        claims=lambda data: isinstance(data, xr.Dataset) and "coefficients" in data,
-        write=_write_coefficients, open=_open_coefficients))
+    layout = layouts.register_layout(
+        layouts.Layout(
+            "coefficients-test",
+            version=2,
+            claims=lambda data: isinstance(data, xr.Dataset) and "coefficients" in data,
+            write=_write_coefficients,
+            open=_open_coefficients,
+        )
+    )
     yield layout
     layouts.unregister_layout(layout.name)
 
@@ -141,8 +147,9 @@ def test_io_imports_nothing_from_events():
             if isinstance(node, ast.ImportFrom):
                 target = ("." * node.level) + (node.module or "")
                 names = [a.name for a in node.names]
-                assert "events" not in target.split(".") and not (target == ".." and "events" in names), \
+                assert "events" not in target.split(".") and not (target == ".." and "events" in names), (
                     f"{source.name} imports {target} {names}"
+                )
             elif isinstance(node, ast.Import):
                 assert not any("events" in a.name.split(".") for a in node.names), source.name
 

@@ -13,8 +13,9 @@ from stemdask.errors import DatasetContractError
 
 def _tile(rng, origin, shape=(3, 4, 8, 8), step=0.5, pixel=1.0):
     counts = rng.poisson(2.0, shape).astype(np.uint16)
-    return counts, stemdask.from_array(counts, scan_step_A=step, scan_origin_A=origin, detector_pixel_mrad=pixel,
-                                       energy_ev=200e3, chunks=(2, 2))
+    return counts, stemdask.from_array(
+        counts, scan_step_A=step, scan_origin_A=origin, detector_pixel_mrad=pixel, energy_ev=200e3, chunks=(2, 2)
+    )
 
 
 def test_montage_of_tiles_validates_describes_and_maps(rng):
@@ -26,8 +27,10 @@ def test_montage_of_tiles_validates_describes_and_maps(rng):
     disk = imaging.detectors.disk(a, 2.5)
     images = tree.stem.map(imaging.virtual_image, disk)
     mask = disk.values.reshape(8, 8).astype(np.int64)
-    np.testing.assert_array_equal(images["right"].dataset[disk.name or "virtual_image"].values,
-                                  np.einsum("abij,ij->ab", b_np.astype(np.int64), mask))
+    np.testing.assert_array_equal(
+        images["right"].dataset[disk.name or "virtual_image"].values,
+        np.einsum("abij,ij->ab", b_np.astype(np.int64), mask),
+    )
     left = images["left"].dataset
     assert left[next(iter(left.data_vars))].attrs["scan_origin_A"] == [0.0, 0.0]
 
@@ -37,8 +40,9 @@ def test_montage_refuses_tiles_that_do_not_fit(rng):
     _, other_detector = _tile(rng, (5.0, 0.0), pixel=2.0)
     with pytest.raises(DatasetContractError, match="another detector"):
         stemdask.montage.from_tiles({"a": a, "b": other_detector})
-    no_origin = stemdask.from_array(np.zeros((3, 4, 8, 8), np.uint16), scan_step_A=0.5, detector_pixel_mrad=1.0,
-                                    energy_ev=200e3)
+    no_origin = stemdask.from_array(
+        np.zeros((3, 4, 8, 8), np.uint16), scan_step_A=0.5, detector_pixel_mrad=1.0, energy_ev=200e3
+    )
     with pytest.raises(DatasetContractError, match="stage position"):
         stemdask.montage.from_tiles({"a": a, "b": no_origin})
     other_energy = stemdask.calibrate(a, energy_ev=300e3, scan_origin_A=(9.0, 9.0))

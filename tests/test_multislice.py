@@ -33,20 +33,20 @@ def _reference_step(psi, t, kernel, spectrum=False):
 def test_numpy_step_matches_a_direct_numpy_fft_and_keeps_its_input(rng):
     psi, t = _waves(rng), _transmission(rng, 3)
     kernel = propagation_kernel(SHAPE, D, E, 2.5, dtype=np.complex128)
-    np.testing.assert_allclose(kernel, optics.fresnel_propagator(SHAPE, D, E, 2.5, dtype=np.complex128)
-                               * optics.bandlimit(SHAPE))
+    np.testing.assert_allclose(
+        kernel, optics.fresnel_propagator(SHAPE, D, E, 2.5, dtype=np.complex128) * optics.bandlimit(SHAPE)
+    )
     before = psi.copy()
     for spectrum in (False, True):
         ref = _reference_step(psi, t, kernel, spectrum)
-        np.testing.assert_allclose(multislice_step(psi, t, kernel, return_spectrum=spectrum), ref,
-                                   atol=1e-10)
+        np.testing.assert_allclose(multislice_step(psi, t, kernel, return_spectrum=spectrum), ref, atol=1e-10)
         # the per-wave sequence form (windows as views) and the in-place form give the same
-        np.testing.assert_allclose(multislice_step(psi, list(t), kernel, return_spectrum=spectrum),
-                                   ref, atol=1e-10)
+        np.testing.assert_allclose(multislice_step(psi, list(t), kernel, return_spectrum=spectrum), ref, atol=1e-10)
         np.testing.assert_array_equal(psi, before)
         work = psi.copy()
-        np.testing.assert_allclose(multislice_step(work, t, kernel, overwrite=True,
-                                                   return_spectrum=spectrum), ref, atol=1e-10)
+        np.testing.assert_allclose(
+            multislice_step(work, t, kernel, overwrite=True, return_spectrum=spectrum), ref, atol=1e-10
+        )
 
 
 def test_one_slice_is_the_projection_approximation(rng):
@@ -60,8 +60,9 @@ def test_one_slice_is_the_projection_approximation(rng):
     np.testing.assert_allclose(exit_wave, psi * t, atol=1e-8 * np.abs(psi).max())
     mask = optics.bandlimit(shape)
     spectrum = multislice_step(psi, t, mask, return_spectrum=True)
-    np.testing.assert_allclose(np.abs(spectrum) ** 2, np.abs(np.fft.fft2(psi * t)) ** 2,
-                               atol=1e-7 * np.abs(np.fft.fft2(psi * t)).max() ** 2)
+    np.testing.assert_allclose(
+        np.abs(spectrum) ** 2, np.abs(np.fft.fft2(psi * t)) ** 2, atol=1e-7 * np.abs(np.fft.fft2(psi * t)).max() ** 2
+    )
 
 
 def test_free_propagation_over_dz1_then_dz2_is_one_over_their_sum(rng):
@@ -120,8 +121,9 @@ def test_cupy_step_agrees_with_numpy(rng):
     kernel = propagation_kernel(SHAPE, D, E, 2.0, cupy, dtype=np.complex128)
     for spectrum in (False, True):
         ref = multislice_step(psi, t, kernel_np, return_spectrum=spectrum)
-        ours = multislice_step(cupy.asarray(psi), [cupy.asarray(a) for a in t], kernel,
-                               overwrite=True, return_spectrum=spectrum)
+        ours = multislice_step(
+            cupy.asarray(psi), [cupy.asarray(a) for a in t], kernel, overwrite=True, return_spectrum=spectrum
+        )
         assert type(ours).__module__.startswith("cupy")
         np.testing.assert_allclose(to_numpy(ours), ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
 
@@ -141,8 +143,12 @@ def test_torch_gradient_wrt_the_transmission_matches_finite_differences(rng):
         return float(np.sum(weight * np.abs(spectrum) ** 2))
 
     t_t = torch.tensor(t, requires_grad=True)
-    spectrum = multislice_step(multislice_step(torch.as_tensor(psi), t_t, torch.as_tensor(k1)), t_t,
-                               torch.as_tensor(mask), return_spectrum=True)
+    spectrum = multislice_step(
+        multislice_step(torch.as_tensor(psi), t_t, torch.as_tensor(k1)),
+        t_t,
+        torch.as_tensor(mask),
+        return_spectrum=True,
+    )
     loss = torch.sum(torch.as_tensor(weight) * torch.abs(spectrum) ** 2)
     loss.backward()
     assert float(loss.detach()) == pytest.approx(loss_numpy(t), rel=1e-12)

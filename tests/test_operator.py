@@ -18,8 +18,9 @@ from stemdask.imaging.project import MaskWeights, mask_weights, project_block
 
 
 def _masks(values, ky=6, kx=5):
-    return xr.DataArray(values, dims=("mask", "k_y", "k_x"),
-                        coords={"k_y": np.arange(ky) - ky // 2, "k_x": np.arange(kx) - kx // 2})
+    return xr.DataArray(
+        values, dims=("mask", "k_y", "k_x"), coords={"k_y": np.arange(ky) - ky // 2, "k_x": np.arange(kx) - kx // 2}
+    )
 
 
 def _weights(rng, complex_: bool, n=4, ky=6, kx=5) -> MaskWeights:
@@ -88,7 +89,7 @@ def test_lazy_project_and_back_project_are_adjoint(rng):
     assert lhs == pytest.approx(rhs, rel=1e-12)
     # orthonormal masks: back-projection then projection is the identity on coefficients
     m = rings.values.astype(float)
-    unit = rings.copy(data=m / np.sqrt((m ** 2).sum((1, 2)))[:, None, None])
+    unit = rings.copy(data=m / np.sqrt((m**2).sum((1, 2)))[:, None, None])
     again = imaging.project(imaging.back_project(imaging.project(data, unit), unit), unit)
     np.testing.assert_allclose(again.values, imaging.project(data, unit).values, rtol=1e-12)
 
@@ -124,14 +125,16 @@ def test_dot_product_cupy(rng, complex_weights):
     fc = op.adjoint(cupy.asarray(c))
     assert isinstance(fd, cupy.ndarray) and isinstance(fc, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(fd), op.forward(d), rtol=1e-10)
-    np.testing.assert_allclose(complex(cupy.vdot(fd, cupy.asarray(c))), complex(cupy.vdot(cupy.asarray(d), fc)),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        complex(cupy.vdot(fd, cupy.asarray(c))), complex(cupy.vdot(cupy.asarray(d), fc)), rtol=1e-10
+    )
 
 
 def test_affine_masks_are_recognised_for_the_moment_kernel():
     """CoM masks (k_y, k_x, 1) are affine in the pixel position; a disk is not; the coefficients are exact."""
-    data = stemdask.from_array(np.ones((2, 2, 6, 5), np.uint16), detector_pixel_mrad=(0.5, 0.25),
-                               beam_center_px=(2.5, 1.0))
+    data = stemdask.from_array(
+        np.ones((2, 2, 6, 5), np.uint16), detector_pixel_mrad=(0.5, 0.25), beam_center_px=(2.5, 1.0)
+    )
     from stemdask.imaging.com import _com_masks
 
     op = mask_weights(_com_masks(data, None))

@@ -18,20 +18,24 @@ LAM = wavelength_A(E)
 
 
 def test_defocus_is_minus_c10_and_aliases_map_to_polar_symbols():
-    p = optics.polar_coefficients({"defocus": 50.0, "Cs": 1e4, "astigmatism": 3.0,
-                                   "astigmatism_angle": 0.5, "coma": 7.0})
+    p = optics.polar_coefficients(
+        {"defocus": 50.0, "Cs": 1e4, "astigmatism": 3.0, "astigmatism_angle": 0.5, "coma": 7.0}
+    )
     assert p["C10"] == -50.0
     assert p["C30"] == 1e4 and p["C12"] == 3.0 and p["phi12"] == 0.5 and p["C21"] == 7.0
     assert set(p) == set(optics.POLAR_SYMBOLS)
     assert all(v == 0.0 for k, v in p.items() if k not in {"C10", "C30", "C12", "phi12", "C21"})
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"C99": 1.0}, "C99"),
-    ({"defocus": 10.0, "C10": -10.0}, "each coefficient once"),
-    ({"C30": float("nan")}, "finite"),
-    ({"C12": "big"}, "finite"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"C99": 1.0}, "C99"),
+        ({"defocus": 10.0, "C10": -10.0}, "each coefficient once"),
+        ({"C30": float("nan")}, "finite"),
+        ({"C12": "big"}, "finite"),
+    ],
+)
 def test_bad_aberrations_raise(bad, match):
     with pytest.raises(InvalidArgumentError, match=match):
         optics.polar_coefficients(bad)
@@ -46,16 +50,33 @@ def test_chi_matches_the_polar_formula():
     rng = np.random.default_rng(3)
     alpha = rng.uniform(0, 0.03, 50)
     phi = rng.uniform(-np.pi, np.pi, 50)
-    ab = {"defocus": 120.0, "C12": 20.0, "phi12": 0.3, "C21": 500.0, "phi21": -1.0,
-          "C23": 300.0, "phi23": 0.7, "C30": 2e4, "C32": 1e3, "phi32": 0.2, "C34": 800.0,
-          "phi34": 1.1, "C41": 1e5, "phi41": 0.4, "C50": 1e6, "C56": 2e5, "phi56": 0.9}
+    ab = {
+        "defocus": 120.0,
+        "C12": 20.0,
+        "phi12": 0.3,
+        "C21": 500.0,
+        "phi21": -1.0,
+        "C23": 300.0,
+        "phi23": 0.7,
+        "C30": 2e4,
+        "C32": 1e3,
+        "phi32": 0.2,
+        "C34": 800.0,
+        "phi34": 1.1,
+        "C41": 1e5,
+        "phi41": 0.4,
+        "C50": 1e6,
+        "C56": 2e5,
+        "phi56": 0.9,
+    }
     chi = optics.aberration_function(alpha, phi, E, ab)
     expected = (2 * np.pi / LAM) * (
         alpha**2 / 2 * (-120.0 + 20.0 * np.cos(2 * (phi - 0.3)))
         + alpha**3 / 3 * (500.0 * np.cos(phi + 1.0) + 300.0 * np.cos(3 * (phi - 0.7)))
         + alpha**4 / 4 * (2e4 + 1e3 * np.cos(2 * (phi - 0.2)) + 800.0 * np.cos(4 * (phi - 1.1)))
         + alpha**5 / 5 * (1e5 * np.cos(phi - 0.4))
-        + alpha**6 / 6 * (1e6 + 2e5 * np.cos(6 * (phi - 0.9))))
+        + alpha**6 / 6 * (1e6 + 2e5 * np.cos(6 * (phi - 0.9)))
+    )
     np.testing.assert_allclose(chi, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -63,8 +84,7 @@ def test_positive_defocus_focuses_below_the_entrance_surface():
     # abTEM: C10 = -defocus and propagation over dz multiplies by exp(-iπλ dz k²),
     # i.e. adds dz to C10: a probe with defocus Δ is in focus after travelling Δ.
     shape, sampling, delta = (128, 128), (0.05, 0.05), 80.0
-    defocused = optics.probe_fourier(shape, sampling, energy_ev=E, semiangle_mrad=25,
-                                     aberrations={"defocus": delta})
+    defocused = optics.probe_fourier(shape, sampling, energy_ev=E, semiangle_mrad=25, aberrations={"defocus": delta})
     focused = optics.probe_fourier(shape, sampling, energy_ev=E, semiangle_mrad=25)
     after = defocused * fresnel_propagator(shape, sampling, E, delta)
     np.testing.assert_allclose(after, focused, atol=2e-6 * np.abs(focused).max())
@@ -74,8 +94,7 @@ def test_positive_defocus_focuses_below_the_entrance_surface():
 
 
 def test_probe_is_normalised_and_centred():
-    psi = optics.probe((96, 80), (0.07, 0.06), energy_ev=E, semiangle_mrad=20,
-                       aberrations={"defocus": 30})
+    psi = optics.probe((96, 80), (0.07, 0.06), energy_ev=E, semiangle_mrad=20, aberrations={"defocus": 30})
     intensity = np.abs(psi) ** 2
     assert intensity.sum() == pytest.approx(1.0, rel=1e-10)
     assert np.unravel_index(np.argmax(intensity), intensity.shape) == (48, 40)
@@ -104,8 +123,11 @@ def test_aberration_free_probe_is_the_airy_pattern():
         airy = np.where(v > 0, (2 * special.j1(v) / v) ** 2, 1.0)
     np.testing.assert_allclose(profile, airy, atol=0.01)
     # first zero at 0.61 λ/α
-    zero = optimize.minimize_scalar(lambda s: _probe_on_line(np.array([s]), 20.0)[0],
-                                    bounds=(0.5 * LAM / alpha, 0.7 * LAM / alpha), method="bounded").x
+    zero = optimize.minimize_scalar(
+        lambda s: _probe_on_line(np.array([s]), 20.0)[0],
+        bounds=(0.5 * LAM / alpha, 0.7 * LAM / alpha),
+        method="bounded",
+    ).x
     assert zero == pytest.approx(0.6098 * LAM / alpha, rel=0.01)
 
 

@@ -14,8 +14,19 @@ torch = pytest.importorskip("torch")
 
 E = 200e3
 SHAPE, SAMPLING = (48, 40), (0.09, 0.11)
-ABERRATIONS = {"defocus": 60.0, "C12": 12.0, "phi12": 0.4, "C21": 900.0, "phi21": -0.7,
-               "C23": 400.0, "phi23": 1.2, "Cs": 3e4, "C32": 2e3, "phi32": 0.3, "C50": 2e6}
+ABERRATIONS = {
+    "defocus": 60.0,
+    "C12": 12.0,
+    "phi12": 0.4,
+    "C21": 900.0,
+    "phi21": -0.7,
+    "C23": 400.0,
+    "phi23": 1.2,
+    "Cs": 3e4,
+    "C32": 2e3,
+    "phi32": 0.3,
+    "C50": 2e6,
+}
 
 BACKENDS = [
     pytest.param(("torch", "cpu"), id="torch-cpu"),
@@ -44,8 +55,9 @@ def _close(ours, reference, atol=1e-6):
 
 def test_grids_and_angles_agree_with_numpy(backend):
     xp, device = backend
-    for a, b in zip(optics.spatial_frequencies(SHAPE, SAMPLING, xp, device=device),
-                    optics.spatial_frequencies(SHAPE, SAMPLING)):
+    for a, b in zip(
+        optics.spatial_frequencies(SHAPE, SAMPLING, xp, device=device), optics.spatial_frequencies(SHAPE, SAMPLING)
+    ):
         _close(a, b)
     alpha, phi = optics.polar_angles(SHAPE, SAMPLING, E, xp, device=device)
     alpha_np, phi_np = optics.polar_angles(SHAPE, SAMPLING, E)
@@ -60,8 +72,10 @@ def test_apertures_and_chi_agree_with_numpy(backend):
     alpha_np, phi_np = optics.polar_angles(SHAPE, SAMPLING, E)
     pixel = 1e3 * wavelength_A(E) / (SHAPE[1] * SAMPLING[1])
     _close(optics.aperture(alpha, 25.0), optics.aperture(alpha_np, 25.0))
-    _close(optics.aperture(alpha, 25.0, soft=True, angular_sampling_mrad=pixel),
-           optics.aperture(alpha_np, 25.0, soft=True, angular_sampling_mrad=pixel))
+    _close(
+        optics.aperture(alpha, 25.0, soft=True, angular_sampling_mrad=pixel),
+        optics.aperture(alpha_np, 25.0, soft=True, angular_sampling_mrad=pixel),
+    )
     chi = optics.aberration_function(alpha, phi, E, ABERRATIONS)
     chi_np = optics.aberration_function(alpha_np, phi_np, E, ABERRATIONS)
     # χ reaches hundreds of rad: relative agreement
@@ -86,11 +100,12 @@ def test_aberrated_probe_agrees_with_numpy(backend, soft):
 def test_shift_propagator_and_bandlimit_agree_with_numpy(backend):
     xp, device = backend
     shifts = np.array([[0.3, -1.1], [2.5, 0.07], [-0.4, 0.9]])
-    _close(optics.shift_phase(SHAPE, SAMPLING, shifts, xp, device=device),
-           optics.shift_phase(SHAPE, SAMPLING, shifts))
+    _close(optics.shift_phase(SHAPE, SAMPLING, shifts, xp, device=device), optics.shift_phase(SHAPE, SAMPLING, shifts))
     for dtype in (np.complex128, np.complex64):
-        _close(optics.fresnel_propagator(SHAPE, SAMPLING, E, 7.5, xp, device=device, dtype=dtype),
-               optics.fresnel_propagator(SHAPE, SAMPLING, E, 7.5, dtype=dtype))
+        _close(
+            optics.fresnel_propagator(SHAPE, SAMPLING, E, 7.5, xp, device=device, dtype=dtype),
+            optics.fresnel_propagator(SHAPE, SAMPLING, E, 7.5, dtype=dtype),
+        )
     _close(optics.bandlimit(SHAPE, xp=xp, device=device), optics.bandlimit(SHAPE), atol=0)
     _close(optics.bandlimit((33, 20), 0.5, xp=xp, device=device), optics.bandlimit((33, 20), 0.5), atol=0)
 
@@ -109,20 +124,32 @@ def test_torch_dtype_and_array_api_namespace_are_accepted():
 
 
 def _loss_numpy(defocus, c12, target):
-    psi = optics.probe(SHAPE, SAMPLING, energy_ev=E, semiangle_mrad=22.0,
-                       aberrations={"defocus": defocus, "C12": c12, "phi12": 0.4, "Cs": 3e4})
+    psi = optics.probe(
+        SHAPE,
+        SAMPLING,
+        energy_ev=E,
+        semiangle_mrad=22.0,
+        aberrations={"defocus": defocus, "C12": c12, "phi12": 0.4, "Cs": 3e4},
+    )
     return float(np.sum(np.abs(psi - target) ** 2))
 
 
 @pytest.mark.parametrize("defocus, c12", [(50.0, 8.0), (50.0, 0.0)])
 def test_gradient_wrt_defocus_and_c12_matches_finite_differences(defocus, c12):
     # C12 = 0 as a tensor: its term must stay in χ, else its gradient would be lost
-    target = optics.probe(SHAPE, SAMPLING, energy_ev=E, semiangle_mrad=22.0,
-                          aberrations={"defocus": 30.0, "C12": 15.0, "phi12": -0.2})
+    target = optics.probe(
+        SHAPE, SAMPLING, energy_ev=E, semiangle_mrad=22.0, aberrations={"defocus": 30.0, "C12": 15.0, "phi12": -0.2}
+    )
     d = torch.tensor(defocus, dtype=torch.float64, requires_grad=True)
     c = torch.tensor(c12, dtype=torch.float64, requires_grad=True)
-    psi = optics.probe(SHAPE, SAMPLING, energy_ev=E, semiangle_mrad=22.0, xp=torch,
-                       aberrations={"defocus": d, "C12": c, "phi12": 0.4, "Cs": 3e4})
+    psi = optics.probe(
+        SHAPE,
+        SAMPLING,
+        energy_ev=E,
+        semiangle_mrad=22.0,
+        xp=torch,
+        aberrations={"defocus": d, "C12": c, "phi12": 0.4, "Cs": 3e4},
+    )
     loss = torch.sum(torch.abs(psi - torch.as_tensor(target)) ** 2)
     loss.backward()
     assert float(loss.detach()) == pytest.approx(_loss_numpy(defocus, c12, target), rel=1e-10)
@@ -155,11 +182,14 @@ def test_polar_coefficients_keep_tensors():
     assert optics.polar_coefficients({"C12": np.array(3.0)})["C12"] == 3.0
 
 
-@pytest.mark.parametrize("value, match", [
-    (torch.tensor([1.0, 2.0]), "scalar"),
-    (torch.tensor(float("nan")), "finite"),
-    (np.array([1.0, 2.0]), "scalar"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (torch.tensor([1.0, 2.0]), "scalar"),
+        (torch.tensor(float("nan")), "finite"),
+        (np.array([1.0, 2.0]), "scalar"),
+    ],
+)
 def test_bad_tensor_coefficients_raise(value, match):
     with pytest.raises(InvalidArgumentError, match=rf"aberrations\['C10'\].*{match}"):
         optics.polar_coefficients({"C10": value})

@@ -8,10 +8,15 @@ from stemdask import physics
 from stemdask.errors import InvalidArgumentError
 
 
-@pytest.mark.parametrize("energy_ev, wavelength_A", [
-    # Kirkland, Advanced Computing in Electron Microscopy (2010), Table 2.2 / 5.2
-    (100e3, 0.0370144), (200e3, 0.0250793), (300e3, 0.0196875),
-])
+@pytest.mark.parametrize(
+    "energy_ev, wavelength_A",
+    [
+        # Kirkland, Advanced Computing in Electron Microscopy (2010), Table 2.2 / 5.2
+        (100e3, 0.0370144),
+        (200e3, 0.0250793),
+        (300e3, 0.0196875),
+    ],
+)
 def test_wavelength_matches_tables(energy_ev, wavelength_A):
     assert physics.wavelength_A(energy_ev) == pytest.approx(wavelength_A, rel=2e-5)
 

@@ -22,8 +22,10 @@ def decode_mib(path):
     dtype = {b"U08": np.dtype("u1"), b"U16": np.dtype(">u2"), b"U32": np.dtype(">u4")}[fields[6]]
     frame_bytes = header_bytes + width * height * dtype.itemsize
     assert len(raw) % frame_bytes == 0
-    frames = [np.frombuffer(raw, dtype, width * height, offset=i * frame_bytes + header_bytes)
-              for i in range(len(raw) // frame_bytes)]
+    frames = [
+        np.frombuffer(raw, dtype, width * height, offset=i * frame_bytes + header_bytes)
+        for i in range(len(raw) // frame_bytes)
+    ]
     return np.stack(frames).reshape(-1, height, width)[:, ::-1, :]
 
 
@@ -50,16 +52,18 @@ def test_merlin_6bit_statistics_and_hot_pixel(shared_data):
     data = stemdask.open_dataset(shared_data / "merlin" / "001_4x2_6bit.mib").values
     assert data.max() <= 63  # 6-bit counter
     assert data.mean() == pytest.approx(6.9, abs=0.3)
-    hot = stemdask.open_dataset(shared_data / "merlin" /
-                                "002_merlin_test_roi_sig256x128_nav4x2_hot_pixel_52x_39y.mib").values
+    hot = stemdask.open_dataset(
+        shared_data / "merlin" / "002_merlin_test_roi_sig256x128_nav4x2_hot_pixel_52x_39y.mib"
+    ).values
     frame_sum = hot.sum(axis=(0, 1)).astype(np.int64)
     # the file's name counts the hot pixel's row (y=39) in the detector's bottom-up row order
     assert np.unravel_index(frame_sum.argmax(), frame_sum.shape) == (128 - 1 - 39, 52)
 
 
 def test_merlin_with_calibration_supplied(shared_data):
-    data = stemdask.open_dataset(shared_data / "merlin" / "001_4x2_6bit.mib",
-                                 detector_pixel_mrad=0.5, energy_ev=300e3, scan_step_A=2.0)
+    data = stemdask.open_dataset(
+        shared_data / "merlin" / "001_4x2_6bit.mib", detector_pixel_mrad=0.5, energy_ev=300e3, scan_step_A=2.0
+    )
     assert data.k_x.attrs["units"] == "mrad"
     assert data.k_x.values[0] == pytest.approx(-128 * 0.5)
     assert data.stem.wavelength_A == pytest.approx(0.0196875, rel=1e-5)
@@ -90,8 +94,9 @@ def test_hdf5_dataset_by_path_and_auto(tmp_path, rng):
     path = tmp_path / "x.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("meta/frame", data=np.zeros((6, 5)))
-        f.create_dataset("entry/scan", data=arr.astype(">u2"), chunks=(1, 4, 6, 5),
-                         **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+        f.create_dataset(
+            "entry/scan", data=arr.astype(">u2"), chunks=(1, 4, 6, 5), **hdf5plugin.Bitshuffle(nelems=0, cname="lz4")
+        )
     data = stemdask.open_dataset(path, scan_step_A=0.5)
     assert data.dtype == np.uint16 and data.dtype.isnative
     np.testing.assert_array_equal(data.values, arr)
@@ -130,8 +135,14 @@ def test_emd_1_0_file_with_calibrated_dims(tmp_path, rng):
         g = f.create_group("4DSTEM_experiment/data/datacubes/datacube_0")
         g.attrs["emd_group_type"] = 1
         g["data"] = arr
-        for i, (values, units) in enumerate([(np.arange(4) * 0.05, "nm"), (np.arange(3) * 0.05, "nm"),
-                                             ((np.arange(8) - 3) * 0.8, "mrad"), ((np.arange(8) - 4) * 0.8, "mrad")]):
+        for i, (values, units) in enumerate(
+            [
+                (np.arange(4) * 0.05, "nm"),
+                (np.arange(3) * 0.05, "nm"),
+                ((np.arange(8) - 3) * 0.8, "mrad"),
+                ((np.arange(8) - 4) * 0.8, "mrad"),
+            ]
+        ):
             g[f"dim{i + 1}"] = values
             g[f"dim{i + 1}"].attrs["units"] = units
     data = stemdask.open_dataset(path)
@@ -151,8 +162,9 @@ def test_npy_and_raw(tmp_path, rng):
     np.testing.assert_array_equal(data.values, arr)
     header = b"HEADER" * 10
     (tmp_path / "a.raw").write_bytes(header + arr.tobytes())
-    raw = stemdask.open_dataset(tmp_path / "a.raw", shape=arr.shape, dtype="uint16", byte_order="big",
-                                header_bytes=len(header))
+    raw = stemdask.open_dataset(
+        tmp_path / "a.raw", shape=arr.shape, dtype="uint16", byte_order="big", header_bytes=len(header)
+    )
     np.testing.assert_array_equal(raw.values, arr)
 
 
@@ -160,8 +172,9 @@ def test_raw_with_frame_headers(tmp_path, rng):
     arr = rng.integers(0, 255, size=(2, 3, 4, 4), dtype="uint8")
     blob = b"".join(b"\xff" * 16 + frame.tobytes() for frame in arr.reshape(6, 4, 4))
     (tmp_path / "f.bin").write_bytes(blob)
-    data = stemdask.open_dataset(tmp_path / "f.bin", shape=(6, 4, 4), scan_shape=(2, 3), dtype="uint8",
-                                 frame_header_bytes=16)
+    data = stemdask.open_dataset(
+        tmp_path / "f.bin", shape=(6, 4, 4), scan_shape=(2, 3), dtype="uint8", frame_header_bytes=16
+    )
     np.testing.assert_array_equal(data.values, arr)
 
 
@@ -197,10 +210,17 @@ def test_readers_compute_on_a_local_cluster(local_client, shared_data, tmp_path,
     assert int(stemdask.open_dataset(mib).sum().compute()) == int(decode_mib(mib).sum(dtype=np.int64))
 
 
-@pytest.mark.parametrize("index", [
-    (slice(0, 3), slice(0, 5)), (slice(1, 2), slice(2, 4)), (slice(0, 3), slice(4, 5)),
-    (slice(2, 3), slice(0, 5), slice(1, 3)), (1, slice(None)), (slice(0, 3, 2), slice(None)),
-])
+@pytest.mark.parametrize(
+    "index",
+    [
+        (slice(0, 3), slice(0, 5)),
+        (slice(1, 2), slice(2, 4)),
+        (slice(0, 3), slice(4, 5)),
+        (slice(2, 3), slice(0, 5), slice(1, 3)),
+        (1, slice(None)),
+        (slice(0, 3, 2), slice(None)),
+    ],
+)
 def test_raw_source_reads_any_block_like_numpy(tmp_path, rng, index):
     from stemdask.io.sources import RawSource
 

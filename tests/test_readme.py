@@ -19,8 +19,7 @@ def test_readme_python_example(shared_data, tmp_path):
     # worker processes re-import the main module: guard it as a user's script would be
     body = "\n".join("    " + line for line in example.splitlines())
     script.write_text(f"if __name__ == '__main__':\n{body}\n    print('EXAMPLE OK')\n")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "EXAMPLE OK" in proc.stdout and "dashboard" in proc.stdout
     assert (tmp_path / "scan.zarr" / "zarr.json").is_file()

@@ -96,10 +96,10 @@ def test_detector_crop_indices_and_runs_agree():
     by_runs = np.empty((64, 5))
     for dy, sy0, sy1 in runs_y:
         for dx, sx0, sx1 in runs_x:
-            by_runs[dy:dy + sy1 - sy0, dx:dx + sx1 - sx0] = spectrum[sy0:sy1, sx0:sx1]
+            by_runs[dy : dy + sy1 - sy0, dx : dx + sx1 - sx0] = spectrum[sy0:sy1, sx0:sx1]
     np.testing.assert_array_equal(by_runs, spectrum[iy[:, None], ix[None, :]])
     shifted = np.fft.fftshift(spectrum)
-    np.testing.assert_array_equal(by_runs[:, 2], shifted[m_y // 2 - 32:m_y // 2 + 32, m_x // 2])
+    np.testing.assert_array_equal(by_runs[:, 2], shifted[m_y // 2 - 32 : m_y // 2 + 32, m_x // 2])
 
 
 def test_frozen_and_consistent_with_the_simulator():
@@ -110,9 +110,15 @@ def test_frozen_and_consistent_with_the_simulator():
     assert dataclasses.replace(geo, max_angle_mrad=(50.0, 50.0)) == geo
     from stemdask.simulate import samples, simulate_4dstem
 
-    data, truth = simulate_4dstem(samples.mos2((2, 2)), energy_ev=E, semiangle_mrad=20,
-                                  scan_shape=(2, 2), scan_step_A=0.5, detector_shape=32,
-                                  max_angle_mrad=50.0)
+    data, truth = simulate_4dstem(
+        samples.mos2((2, 2)),
+        energy_ev=E,
+        semiangle_mrad=20,
+        scan_shape=(2, 2),
+        scan_step_A=0.5,
+        detector_shape=32,
+        max_angle_mrad=50.0,
+    )
     assert truth.attrs["window_px"] == list(geo.window_px)
     assert truth.attrs["potential_sampling_A"] == list(geo.sampling_A)
     assert data.attrs["detector_pixel_mrad"] == pytest.approx(list(geo.detector_pixel_mrad))

@@ -12,8 +12,15 @@ import stemdask
 from stemdask.errors import FileFormatError, IncompleteStoreError, InvalidArgumentError
 from stemdask.io.zarr_store import storage_layout
 
-CAL = dict(energy_ev=200e3, semiangle_mrad=21.4, scan_step_A=(0.31, 0.29), detector_pixel_mrad=(0.9, 1.1),
-           beam_center_px=(6.5, 4.0), dose_e_per_pattern=1e4, scan_rotation_deg=12.5)
+CAL = dict(
+    energy_ev=200e3,
+    semiangle_mrad=21.4,
+    scan_step_A=(0.31, 0.29),
+    detector_pixel_mrad=(0.9, 1.1),
+    beam_center_px=(6.5, 4.0),
+    dose_e_per_pattern=1e4,
+    scan_rotation_deg=12.5,
+)
 
 
 def dataset(rng, shape=(7, 5, 13, 9), dtype="uint16", chunks=(3, 2)):
@@ -119,10 +126,17 @@ def test_store_without_completion_marker_is_refused(tmp_path, rng):
 
 def test_writer_region_writes_then_publishes(tmp_path, rng):
     arr, _ = dataset(rng, shape=(6, 4, 5, 5))
-    writer = stemdask.DatasetWriter(tmp_path / "w.zarr", scan_shape=(6, 4), detector_shape=(5, 5),
-                                    dtype="uint16", chunks=(2, 4), shards=(6, 4), **CAL)
+    writer = stemdask.DatasetWriter(
+        tmp_path / "w.zarr",
+        scan_shape=(6, 4),
+        detector_shape=(5, 5),
+        dtype="uint16",
+        chunks=(2, 4),
+        shards=(6, 4),
+        **CAL,
+    )
     for row in [5, 0, 3, 1, 4, 2]:  # rows arrive out of order
-        writer.write(arr[row:row + 1], scan_y=row)
+        writer.write(arr[row : row + 1], scan_y=row)
         with pytest.raises(IncompleteStoreError):
             stemdask.open_dataset(tmp_path / "w.zarr")
     writer.write(arr[2:4, 1:3], scan_y=slice(2, 4), scan_x=slice(1, 3))
@@ -135,17 +149,19 @@ def test_writer_region_writes_then_publishes(tmp_path, rng):
 
 def test_writer_appends_rows_and_crash_stays_incomplete(tmp_path, rng):
     arr, _ = dataset(rng, shape=(5, 3, 4, 4))
-    with stemdask.DatasetWriter(tmp_path / "a.zarr", scan_shape=(0, 3), detector_shape=(4, 4),
-                                dtype="uint16", scan_step_A=0.5) as writer:
+    with stemdask.DatasetWriter(
+        tmp_path / "a.zarr", scan_shape=(0, 3), detector_shape=(4, 4), dtype="uint16", scan_step_A=0.5
+    ) as writer:
         for y in range(5):
-            writer.append(arr[y:y + 1])
+            writer.append(arr[y : y + 1])
     back = stemdask.open_dataset(tmp_path / "a.zarr")
     np.testing.assert_array_equal(back.values, arr)
     np.testing.assert_allclose(back.scan_y.values, np.arange(5) * 0.5)
 
     with pytest.raises(KeyboardInterrupt):
-        with stemdask.DatasetWriter(tmp_path / "b.zarr", scan_shape=(0, 3), detector_shape=(4, 4),
-                                    dtype="uint16") as writer:
+        with stemdask.DatasetWriter(
+            tmp_path / "b.zarr", scan_shape=(0, 3), detector_shape=(4, 4), dtype="uint16"
+        ) as writer:
             writer.append(arr[:2])
             raise KeyboardInterrupt  # the acquisition is aborted
     with pytest.raises(IncompleteStoreError):

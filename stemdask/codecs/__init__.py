@@ -33,13 +33,16 @@ CODECS: dict[str, Callable[[], CodecChoice]] = {
     "none": lambda: CodecChoice(compressors=()),
     "zstd": lambda: CodecChoice(compressors=(zarr.codecs.ZstdCodec(level=3),)),
     "gzip": lambda: CodecChoice(compressors=(zarr.codecs.GzipCodec(level=6),)),
-    "blosc": lambda: CodecChoice(compressors=(
-        zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle),)),
+    "blosc": lambda: CodecChoice(
+        compressors=(zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle),)
+    ),
     # lossless per-pixel histogram + range coder (imported lazily: it compiles numba kernels)
     # (256+ frames per chunk: with fewer, the per-pixel histograms cost 5-10 % in size)
-    "histogram": lambda: CodecChoice(serializer=__import__(
-        "stemdask.codecs.histogram", fromlist=["HistogramCodec"]).HistogramCodec(), compressors=(),
-        min_chunk_frames=256),
+    "histogram": lambda: CodecChoice(
+        serializer=__import__("stemdask.codecs.histogram", fromlist=["HistogramCodec"]).HistogramCodec(),
+        compressors=(),
+        min_chunk_frames=256,
+    ),
 }
 
 #: what save() uses when codec=None: a fast general-purpose lossless codec

@@ -404,8 +404,7 @@ def encode_local(x, flip, H, W, K, base, emin, out):
             if hist[b] > 0:
                 lastb = b
                 break
-        low, rng, pos = _enc_number(low, rng, pos, out, freq, tot,
-                                    _last_ctx(last, cur, y, xx, W), lastb)
+        low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, _last_ctx(last, cur, y, xx, W), lastb)
         remaining = np.int64(n)
         for b in range(1, lastb + 1):
             ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
@@ -440,8 +439,7 @@ def encode_local(x, flip, H, W, K, base, emin, out):
                     nz -= 1
                 left -= 1
             if s == K:
-                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX,
-                                            _load(x, t, p, flip) - emin)
+                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX, _load(x, t, p, flip) - emin)
         for b in range(lastb + 1):
             hist[b] = 0
     pos = _flush(low, pos, out)
@@ -469,8 +467,7 @@ def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
         y = p // W
         xx = p - y * W
         cur = y & 1
-        code, rng, ipos, lastb = _dec_number(code, rng, ipos, inp, freq, tot,
-                                             _last_ctx(last, cur, y, xx, W))
+        code, rng, ipos, lastb = _dec_number(code, rng, ipos, inp, freq, tot, _last_ctx(last, cur, y, xx, W))
         if lastb > K:
             return CORRUPT
         remaining = np.int64(n)
@@ -560,11 +557,9 @@ def encode_shared(x, flip, cumtab, K, base, emin, out):
         for t in range(n):
             u = _load(x, t, p, flip) - base
             s = u if (u >= 0 and u < K) else K
-            low, rng, pos = _enc(low, rng, pos, out, cumtab[p, s],
-                                 cumtab[p, s + 1] - cumtab[p, s], total)
+            low, rng, pos = _enc(low, rng, pos, out, cumtab[p, s], cumtab[p, s + 1] - cumtab[p, s], total)
             if s == K:
-                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX,
-                                            _load(x, t, p, flip) - emin)
+                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX, _load(x, t, p, flip) - emin)
     pos = _flush(low, pos, out)
     return pos
 
@@ -589,8 +584,7 @@ def decode_shared(inp, out, flip, cumtab, K, base, emin, vmin, vmax):
                 else:
                     hi = mid - 1
             s = lo
-            code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cumtab[p, s],
-                                         cumtab[p, s + 1] - cumtab[p, s])
+            code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cumtab[p, s], cumtab[p, s + 1] - cumtab[p, s])
             if s == K:
                 code, rng, ipos, e = _dec_number(code, rng, ipos, inp, freq, tot, ESC_CTX)
                 value = emin + e

@@ -85,8 +85,9 @@ def check_dtype(dtype: Any, *, name: str = "dtype") -> np.dtype:
     dt = _native(dtype)
     key = f"{dt.kind}{dt.itemsize}"
     if key not in _DTYPE_CODES:
-        raise bad_value(name, str(np.dtype(dtype)),
-                        f"an integer dtype the histogram codec supports: {', '.join(SUPPORTED_DTYPES)}")
+        raise bad_value(
+            name, str(np.dtype(dtype)), f"an integer dtype the histogram codec supports: {', '.join(SUPPORTED_DTYPES)}"
+        )
     return dt
 
 
@@ -186,10 +187,13 @@ class HistogramModel:
 
     def to_json(self) -> dict[str, Any]:
         raw = self.frequencies.astype("<u2").tobytes()
-        return {"detector_shape": list(self.detector_shape), "offset": self.offset,
-                "n_symbols": self.n_symbols,
-                "frequencies": base64.b64encode(zlib.compress(raw, 9)).decode("ascii"),
-                "crc32": self.fingerprint}
+        return {
+            "detector_shape": list(self.detector_shape),
+            "offset": self.offset,
+            "n_symbols": self.n_symbols,
+            "frequencies": base64.b64encode(zlib.compress(raw, 9)).decode("ascii"),
+            "crc32": self.fingerprint,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> HistogramModel:
@@ -219,8 +223,7 @@ def _check_max_symbols(value: Any) -> int:
 # -- chunk coding (no zarr needed) -------------------------------------------
 
 
-def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS,
-                 model: HistogramModel | None = None) -> bytes:
+def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS, model: HistogramModel | None = None) -> bytes:
     """Code one chunk (an integer array; last two axes are the detector) to bytes."""
     arr = np.asarray(array)
     dt = check_dtype(arr.dtype, name="array.dtype")
@@ -248,11 +251,26 @@ def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS,
     while True:
         out = np.empty(cap, dtype=np.uint8)
         if mode == MODE_LOCAL:
-            size = _k.encode_local(raw, np.int64(flip), np.int64(ny), np.int64(nx), np.int64(k),
-                                   np.int64(base + bias), np.int64(emin + bias), out)
+            size = _k.encode_local(
+                raw,
+                np.int64(flip),
+                np.int64(ny),
+                np.int64(nx),
+                np.int64(k),
+                np.int64(base + bias),
+                np.int64(emin + bias),
+                out,
+            )
         else:
-            size = _k.encode_shared(raw, np.int64(flip), model._cumtab,  # type: ignore[attr-defined]
-                                    np.int64(k), np.int64(base + bias), np.int64(emin + bias), out)
+            size = _k.encode_shared(
+                raw,
+                np.int64(flip),
+                model._cumtab,  # type: ignore[attr-defined]
+                np.int64(k),
+                np.int64(base + bias),
+                np.int64(emin + bias),
+                out,
+            )
         if size >= 0:
             break
         cap *= 2
@@ -260,11 +278,16 @@ def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS,
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def _pack_header(mode: int, dt: np.dtype, shape: tuple[int, ...], base: int, emin: int,
-                 k: int, fingerprint: int) -> bytes:
+def _pack_header(
+    mode: int, dt: np.dtype, shape: tuple[int, ...], base: int, emin: int, k: int, fingerprint: int
+) -> bytes:
     code = _DTYPE_CODES[f"{dt.kind}{dt.itemsize}"]
-    return (MAGIC + struct.pack("<BBBB", FORMAT_VERSION, mode, code, len(shape))
-            + struct.pack(f"<{len(shape)}I", *shape) + struct.pack("<qqII", base, emin, k, fingerprint))
+    return (
+        MAGIC
+        + struct.pack("<BBBB", FORMAT_VERSION, mode, code, len(shape))
+        + struct.pack(f"<{len(shape)}I", *shape)
+        + struct.pack("<qqII", base, emin, k, fingerprint)
+    )
 
 
 def read_header(data: bytes | memoryview) -> dict[str, Any]:
@@ -279,30 +302,45 @@ def read_header(data: bytes | memoryview) -> dict[str, Any]:
     buf = memoryview(data).cast("B")
     size = len(buf)
     if size < 12 or bytes(buf[:4]) != MAGIC:
-        raise ChunkCorruptError(f"not a stemdask.histogram chunk: {size} bytes starting {bytes(buf[:4])!r}, "
-                                f"expected the magic {MAGIC!r}")
+        raise ChunkCorruptError(
+            f"not a stemdask.histogram chunk: {size} bytes starting {bytes(buf[:4])!r}, expected the magic {MAGIC!r}"
+        )
     version, mode, code, ndim = struct.unpack_from("<BBBB", buf, 4)
     if version != FORMAT_VERSION:
-        raise ChunkCorruptError(f"stemdask.histogram chunk has format version {version}; this stemdask "
-                                f"reads version {FORMAT_VERSION} (upgrade stemdask?)")
+        raise ChunkCorruptError(
+            f"stemdask.histogram chunk has format version {version}; this stemdask "
+            f"reads version {FORMAT_VERSION} (upgrade stemdask?)"
+        )
     head = 8 + 4 * ndim + 24
     if size < head + 5 + 4:
         raise ChunkCorruptError(f"stemdask.histogram chunk truncated: {size} bytes, header needs {head + 9}")
     (crc,) = struct.unpack_from("<I", buf, size - 4)
     if zlib.crc32(buf[: size - 4]) != crc:
-        raise ChunkCorruptError(f"stemdask.histogram chunk corrupted or truncated: CRC-32 mismatch "
-                                f"({size} bytes)")
+        raise ChunkCorruptError(f"stemdask.histogram chunk corrupted or truncated: CRC-32 mismatch ({size} bytes)")
     if mode not in (MODE_LOCAL, MODE_SHARED) or code not in _CODE_DTYPES:
         raise ChunkCorruptError(f"stemdask.histogram chunk has unknown mode {mode} or dtype code {code}")
     shape = struct.unpack_from(f"<{ndim}I", buf, 8)
     base, emin, k, fingerprint = struct.unpack_from("<qqII", buf, 8 + 4 * ndim)
-    return {"version": version, "mode": mode, "dtype": _CODE_DTYPES[code], "shape": tuple(shape),
-            "base": base, "emin": emin, "n_symbols": k, "fingerprint": fingerprint,
-            "payload": buf[head: size - 4]}
+    return {
+        "version": version,
+        "mode": mode,
+        "dtype": _CODE_DTYPES[code],
+        "shape": tuple(shape),
+        "base": base,
+        "emin": emin,
+        "n_symbols": k,
+        "fingerprint": fingerprint,
+        "payload": buf[head : size - 4],
+    }
 
 
-def decode_chunk(data: bytes | memoryview, *, model: HistogramModel | None = None,
-                 shape: tuple[int, ...] | None = None, dtype: Any = None) -> np.ndarray:
+def decode_chunk(
+    data: bytes | memoryview,
+    *,
+    model: HistogramModel | None = None,
+    shape: tuple[int, ...] | None = None,
+    dtype: Any = None,
+) -> np.ndarray:
     """Decode bytes written by :func:`encode_chunk` (checking shape/dtype if given)."""
     h = read_header(data)
     dt = h["dtype"]
@@ -312,8 +350,9 @@ def decode_chunk(data: bytes | memoryview, *, model: HistogramModel | None = Non
         raise ChunkCorruptError(f"stemdask.histogram chunk has dtype {dt}, expected {_native(dtype)}")
     info = np.iinfo(dt)
     k, base, emin = h["n_symbols"], h["base"], h["emin"]
-    if not (1 <= k <= MAX_SYMBOLS_LIMIT and info.min <= base and base + k - 1 <= info.max
-            and info.min <= emin <= info.max):
+    if not (
+        1 <= k <= MAX_SYMBOLS_LIMIT and info.min <= base and base + k - 1 <= info.max and info.min <= emin <= info.max
+    ):
         raise ChunkCorruptError(f"stemdask.histogram chunk header inconsistent: base={base}, emin={emin}, K={k}")
     n, ny, nx = _detector(h["shape"])
     if n > MAX_FRAMES:
@@ -325,21 +364,48 @@ def decode_chunk(data: bytes | memoryview, *, model: HistogramModel | None = Non
     flip = bias = (1 << (8 * isz - 1)) if dt.kind == "i" else 0
     span = (np.int64(0), np.int64((1 << (8 * isz)) - 1))  # the biased value range
     if h["mode"] == MODE_LOCAL:
-        status = _k.decode_local(payload, out, np.int64(flip), np.int64(ny), np.int64(nx), np.int64(k),
-                                 np.int64(base + bias), np.int64(emin + bias), *span)
+        status = _k.decode_local(
+            payload,
+            out,
+            np.int64(flip),
+            np.int64(ny),
+            np.int64(nx),
+            np.int64(k),
+            np.int64(base + bias),
+            np.int64(emin + bias),
+            *span,
+        )
     else:
         if model is None:
-            raise ChunkCorruptError("stemdask.histogram chunk was coded with a shared model, but the codec "
-                                    "has none (was the array's metadata edited?)")
-        if h["fingerprint"] != model.fingerprint or (ny, nx) != model.detector_shape \
-                or k != model.n_symbols or base != model.offset:
-            raise ChunkCorruptError("stemdask.histogram chunk was coded with another shared model "
-                                    f"(fingerprint {h['fingerprint']:#010x}, codec's {model.fingerprint:#010x})")
-        status = _k.decode_shared(payload, out, np.int64(flip), model._cumtab,  # type: ignore[attr-defined]
-                                  np.int64(k), np.int64(base + bias), np.int64(emin + bias), *span)
+            raise ChunkCorruptError(
+                "stemdask.histogram chunk was coded with a shared model, but the codec "
+                "has none (was the array's metadata edited?)"
+            )
+        if (
+            h["fingerprint"] != model.fingerprint
+            or (ny, nx) != model.detector_shape
+            or k != model.n_symbols
+            or base != model.offset
+        ):
+            raise ChunkCorruptError(
+                "stemdask.histogram chunk was coded with another shared model "
+                f"(fingerprint {h['fingerprint']:#010x}, codec's {model.fingerprint:#010x})"
+            )
+        status = _k.decode_shared(
+            payload,
+            out,
+            np.int64(flip),
+            model._cumtab,  # type: ignore[attr-defined]
+            np.int64(k),
+            np.int64(base + bias),
+            np.int64(emin + bias),
+            *span,
+        )
     if status != 0:
-        raise ChunkCorruptError("stemdask.histogram chunk payload is inconsistent (corrupted data that "
-                                "passed the checksum, or a writer bug)")
+        raise ChunkCorruptError(
+            "stemdask.histogram chunk payload is inconsistent (corrupted data that "
+            "passed the checksum, or a writer bug)"
+        )
     return result.reshape(h["shape"])
 
 
@@ -375,8 +441,7 @@ class HistogramCodec(ArrayBytesCodec):
     max_symbols: int
     model: HistogramModel | None
 
-    def __init__(self, *, max_symbols: int = DEFAULT_MAX_SYMBOLS,
-                 model: HistogramModel | dict | None = None) -> None:
+    def __init__(self, *, max_symbols: int = DEFAULT_MAX_SYMBOLS, model: HistogramModel | dict | None = None) -> None:
         object.__setattr__(self, "max_symbols", _check_max_symbols(max_symbols))
         if isinstance(model, dict):
             model = HistogramModel.from_json(model)
@@ -433,8 +498,7 @@ class HistogramCodec(ArrayBytesCodec):
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         native = chunk_spec.dtype.to_native_dtype()
-        arr = decode_chunk(chunk_bytes.as_numpy_array(), model=self.model, shape=chunk_spec.shape,
-                           dtype=native)
+        arr = decode_chunk(chunk_bytes.as_numpy_array(), model=self.model, shape=chunk_spec.shape, dtype=native)
         if arr.dtype != native:  # a non-native byte order was asked for
             arr = arr.astype(native)
         return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)

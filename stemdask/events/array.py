@@ -35,8 +35,11 @@ def require_counted(data: Any, name: str = "data") -> xr.DataArray:
     if not isinstance(data, xr.DataArray):
         raise bad_type(name, data, "a counted xarray.DataArray (from stemdask.events.from_dense or count_electrons)")
     if not is_counted(data):
-        raise bad_value(name, f"<DataArray with {type(data.data).__name__} data>",
-                        "a counted dataset of electron events (convert with stemdask.events.from_dense)")
+        raise bad_value(
+            name,
+            f"<DataArray with {type(data.data).__name__} data>",
+            "a counted dataset of electron events (convert with stemdask.events.from_dense)",
+        )
     if not isinstance(data.data, da.Array):
         return data.copy(data=da.from_array(data.data, chunks=-1, asarray=False))
     if tuple(data.dims) != DIMS:
@@ -49,8 +52,14 @@ def event_meta(frame_shape: tuple[int, int], dtype: Any) -> EventBlock:
     return EventBlock.empty(frame_shape, dtype)
 
 
-def wrap_events(events: da.Array, like: xr.DataArray | None = None, *,
-                coords: Any = None, attrs: dict | None = None, name: Hashable | None = None) -> xr.DataArray:
+def wrap_events(
+    events: da.Array,
+    like: xr.DataArray | None = None,
+    *,
+    coords: Any = None,
+    attrs: dict | None = None,
+    name: Hashable | None = None,
+) -> xr.DataArray:
     """A counted DataArray with the coords and attrs of ``like`` (or those given)."""
     if like is not None:
         coords = like.coords if coords is None else coords
@@ -88,13 +97,17 @@ def from_dense(data: xr.DataArray, *, dtype: Any = None) -> xr.DataArray:
     validate(data)
     require_whole_frames(data, "conversion to electron events")
     if data.dtype.kind not in "ui":
-        raise bad_value("data", f"<dataset of dtype {data.dtype}>",
-                        "integer electron counts (use stemdask.events.count_electrons for raw frames)")
+        raise bad_value(
+            "data",
+            f"<dataset of dtype {data.dtype}>",
+            "integer electron counts (use stemdask.events.count_electrons for raw frames)",
+        )
     out_dtype = np.dtype(dtype) if dtype is not None else data.dtype
     arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1)
     ky, kx = arr.shape[2:]
-    events = da.map_blocks(_from_dense_block, arr, count_dtype=out_dtype, dtype=out_dtype,
-                           meta=event_meta((ky, kx), out_dtype))
+    events = da.map_blocks(
+        _from_dense_block, arr, count_dtype=out_dtype, dtype=out_dtype, meta=event_meta((ky, kx), out_dtype)
+    )
     return wrap_events(events, data)
 
 
@@ -117,8 +130,7 @@ def to_dense(data: xr.DataArray) -> xr.DataArray:
         return data
     data = require_counted(data)
     arr = data.data
-    dense = arr.map_blocks(_to_dense_block, dtype=arr.dtype,
-                           meta=np.empty((0, 0, 0, 0), arr.dtype))
+    dense = arr.map_blocks(_to_dense_block, dtype=arr.dtype, meta=np.empty((0, 0, 0, 0), arr.dtype))
     attrs = {k: v for k, v in data.attrs.items() if k != REPRESENTATION_ATTR}
     return xr.DataArray(dense, dims=DIMS, coords=data.coords, attrs=attrs, name=data.name)
 
@@ -132,5 +144,10 @@ def events_per_frame(data: xr.DataArray) -> xr.DataArray:
     data = require_counted(data)
     arr = data.data
     counts = arr.map_blocks(_frame_counts, drop_axis=(2, 3), dtype=np.int64, meta=np.empty((0, 0), np.int64))
-    return xr.DataArray(counts, dims=DIMS[:2], coords={d: data.coords[d] for d in DIMS[:2]},
-                        attrs={"units": "electrons"}, name="electrons")
+    return xr.DataArray(
+        counts,
+        dims=DIMS[:2],
+        coords={d: data.coords[d] for d in DIMS[:2]},
+        attrs={"units": "electrons"},
+        name="electrons",
+    )

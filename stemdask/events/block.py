@@ -96,8 +96,16 @@ class EventBlock:
     __slots__ = ("indices", "offsets", "scan_shape", "frame_shape", "dtype")
     __array_priority__ = 30
 
-    def __init__(self, indices: Any, offsets: Any, scan_shape: Sequence[int],
-                 frame_shape: Sequence[int], dtype: Any = np.uint16, *, check: bool = True):
+    def __init__(
+        self,
+        indices: Any,
+        offsets: Any,
+        scan_shape: Sequence[int],
+        frame_shape: Sequence[int],
+        dtype: Any = np.uint16,
+        *,
+        check: bool = True,
+    ):
         self.scan_shape = _shape2("scan_shape", scan_shape, positive=False)
         self.frame_shape = _shape2("frame_shape", frame_shape, positive=False)
         self.dtype = _count_dtype(dtype)
@@ -146,21 +154,25 @@ class EventBlock:
 
     def __repr__(self) -> str:
         backend = "cupy" if self.xp is not np else "numpy"
-        return (f"EventBlock(shape={self.shape}, dtype={self.dtype}, events={self.n_events}, "
-                f"index_dtype={self.indices.dtype}, backend={backend})")
+        return (
+            f"EventBlock(shape={self.shape}, dtype={self.dtype}, events={self.n_events}, "
+            f"index_dtype={self.indices.dtype}, backend={backend})"
+        )
 
     def __reduce__(self):
         return (_rebuild, (self.indices, self.offsets, self.scan_shape, self.frame_shape, self.dtype))
 
     # -- construction ----------------------------------------------------------
     @classmethod
-    def empty(cls, frame_shape: Sequence[int], dtype: Any = np.uint16,
-              scan_shape: Sequence[int] = (0, 0), xp: Any = np) -> EventBlock:
+    def empty(
+        cls, frame_shape: Sequence[int], dtype: Any = np.uint16, scan_shape: Sequence[int] = (0, 0), xp: Any = np
+    ) -> EventBlock:
         """A block without electrons (all frames zero)."""
         fy, fx = _shape2("frame_shape", frame_shape, positive=False)
         sy, sx = _shape2("scan_shape", scan_shape, positive=False)
-        return cls(xp.zeros(0, index_dtype(fy * fx)), xp.zeros(sy * sx + 1, np.int64),
-                   (sy, sx), (fy, fx), dtype, check=False)
+        return cls(
+            xp.zeros(0, index_dtype(fy * fx)), xp.zeros(sy * sx + 1, np.int64), (sy, sx), (fy, fx), dtype, check=False
+        )
 
     @classmethod
     def from_dense(cls, frames: Any, dtype: Any = None) -> EventBlock:
@@ -174,8 +186,11 @@ class EventBlock:
         if frames.ndim != 4:
             raise bad_value("frames", f"<{frames.ndim}-D array>", "a 4-D array (scan_y, scan_x, k_y, k_x)")
         if frames.dtype.kind not in "ui":
-            raise bad_value("frames", f"<array of dtype {frames.dtype}>",
-                            "integer electron counts (count raw frames with count_electrons first)")
+            raise bad_value(
+                "frames",
+                f"<array of dtype {frames.dtype}>",
+                "integer electron counts (count raw frames with count_electrons first)",
+            )
         ny, nx, ky, kx = (int(s) for s in frames.shape)
         flat = frames.reshape(ny * nx, ky * kx)
         if frames.dtype.kind == "i" and flat.size and bool((flat < 0).any()):
@@ -216,14 +231,14 @@ class EventBlock:
         if flat.size and self.dtype.itemsize < 8:
             top = int(flat.max())
             if top > np.iinfo(self.dtype).max:
-                raise bad_value("dtype", self.dtype,
-                                f"an integer dtype that holds {top} electrons in one pixel")
+                raise bad_value("dtype", self.dtype, f"an integer dtype that holds {top} electrons in one pixel")
         return flat.astype(self.dtype, copy=False).reshape(self.shape)
 
     def astype(self, dtype: Any, copy: bool = True) -> EventBlock:
         """The same events with another integer dtype for the dense counts."""
-        return EventBlock(self.indices, self.offsets, self.scan_shape, self.frame_shape,
-                          _count_dtype(dtype), check=False)
+        return EventBlock(
+            self.indices, self.offsets, self.scan_shape, self.frame_shape, _count_dtype(dtype), check=False
+        )
 
     def to_backend(self, xp: Any) -> EventBlock:
         """The same events on another backend (``numpy`` or ``cupy``)."""
@@ -249,8 +264,7 @@ class EventBlock:
         new_offsets = xp.concatenate([xp.zeros(1, np.int64), xp.cumsum(lengths)])
         total = int(new_offsets[-1])
         src = xp.repeat(starts - new_offsets[:-1], lengths) + xp.arange(total, dtype=np.int64)
-        return EventBlock(self.indices[src], new_offsets, scan_shape, self.frame_shape,
-                          self.dtype, check=False)
+        return EventBlock(self.indices[src], new_offsets, scan_shape, self.frame_shape, self.dtype, check=False)
 
     def remap_pixels(self, lut: Any, frame_shape: Sequence[int]) -> EventBlock:
         """Events moved through ``lut`` (old pixel -> new pixel, -1 drops it), O(counts)."""
@@ -260,8 +274,9 @@ class EventBlock:
         kept = xp.concatenate([xp.zeros(1, np.int64), xp.cumsum(keep, dtype=np.int64)])
         offsets = kept[self.offsets]
         fy, fx = frame_shape
-        return EventBlock(new[keep].astype(index_dtype(fy * fx)), offsets, self.scan_shape,
-                          frame_shape, self.dtype, check=False)
+        return EventBlock(
+            new[keep].astype(index_dtype(fy * fx)), offsets, self.scan_shape, frame_shape, self.dtype, check=False
+        )
 
     def __getitem__(self, key: Any) -> EventBlock:
         sel = _normalise_key(key, self.shape)
@@ -277,8 +292,7 @@ class EventBlock:
             if len(np.unique(rows)) != len(rows) or len(np.unique(cols)) != len(cols):
                 raise bad_value("key", key, "detector selections without repeated pixels")
             lut = np.full(self.n_pixels, -1, np.int64)
-            lut[(rows[:, None] * self.frame_shape[1] + cols[None, :]).ravel()] = np.arange(
-                rows.size * cols.size)
+            lut[(rows[:, None] * self.frame_shape[1] + cols[None, :]).ravel()] = np.arange(rows.size * cols.size)
             out = out.remap_pixels(out.xp.asarray(lut), (rows.size, cols.size))
         return out
 
@@ -294,12 +308,14 @@ class EventBlock:
             return _take(*args, **kwargs)
         raise InvalidTypeError(
             f"numpy.{func.__name__} is not defined on electron events (EventBlock); "
-            f"convert with stemdask.events.to_dense(data) or use stemdask.events operations")
+            f"convert with stemdask.events.to_dense(data) or use stemdask.events operations"
+        )
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         raise InvalidTypeError(
             f"ufunc {ufunc.__name__}.{method} is not defined on electron events (EventBlock); "
-            f"convert with stemdask.events.to_dense(data) first")
+            f"convert with stemdask.events.to_dense(data) first"
+        )
 
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, **kwargs: Any):
         """Sum of counts over ``axis`` in O(counts) (see :func:`numpy.sum`)."""
@@ -321,34 +337,45 @@ def _validated(indices: Any, offsets: Any, n_frames: int, n_pixels: int):
         xp = np
     offsets = xp.asarray(offsets)
     if indices.ndim != 1 or indices.dtype.kind not in "ui":
-        raise bad_value("indices", f"<{indices.ndim}-D array of {indices.dtype}>",
-                        "a 1-D integer array of linear detector indices")
+        raise bad_value(
+            "indices", f"<{indices.ndim}-D array of {indices.dtype}>", "a 1-D integer array of linear detector indices"
+        )
     if offsets.ndim != 1 or offsets.dtype.kind not in "ui":
-        raise bad_value("offsets", f"<{offsets.ndim}-D array of {offsets.dtype}>",
-                        "a 1-D integer array of frame offsets")
+        raise bad_value(
+            "offsets", f"<{offsets.ndim}-D array of {offsets.dtype}>", "a 1-D integer array of frame offsets"
+        )
     if offsets.shape[0] != n_frames + 1:
-        raise bad_value("offsets", f"<{offsets.shape[0]} offsets>",
-                        f"{n_frames + 1} offsets (one more than the {n_frames} frames)")
+        raise bad_value(
+            "offsets", f"<{offsets.shape[0]} offsets>", f"{n_frames + 1} offsets (one more than the {n_frames} frames)"
+        )
     if int(offsets[0]) != 0:
         raise bad_value("offsets", f"<offsets[0]={int(offsets[0])}>", "offsets starting at 0")
     steps = offsets[1:].astype(np.int64) - offsets[:-1].astype(np.int64)
     if steps.size and bool((steps < 0).any()):
         frame = int(xp.argmax(steps < 0))
-        raise bad_value("offsets", f"<offsets[{frame}]={int(offsets[frame])} > "
-                        f"offsets[{frame + 1}]={int(offsets[frame + 1])}>", "non-decreasing frame offsets")
+        raise bad_value(
+            "offsets",
+            f"<offsets[{frame}]={int(offsets[frame])} > offsets[{frame + 1}]={int(offsets[frame + 1])}>",
+            "non-decreasing frame offsets",
+        )
     if int(offsets[-1]) != indices.shape[0]:
-        raise bad_value("offsets", f"<offsets[-1]={int(offsets[-1])}>",
-                        f"the last offset equal to the number of events {indices.shape[0]}")
+        raise bad_value(
+            "offsets",
+            f"<offsets[-1]={int(offsets[-1])}>",
+            f"the last offset equal to the number of events {indices.shape[0]}",
+        )
     if indices.size:
         if indices.dtype.kind == "i" and int(indices.min()) < 0:
             pos = int(xp.argmin(indices))
-            raise bad_value("indices", f"<indices[{pos}]={int(indices[pos])}>",
-                            "non-negative linear detector indices")
+            raise bad_value("indices", f"<indices[{pos}]={int(indices[pos])}>", "non-negative linear detector indices")
         top = int(indices.max())
         if top >= n_pixels:
             pos = int(xp.argmax(indices))
-            raise bad_value("indices", f"<indices[{pos}]={top}>",
-                            f"linear detector indices below the {n_pixels} pixels of the frame")
+            raise bad_value(
+                "indices",
+                f"<indices[{pos}]={top}>",
+                f"linear detector indices below the {n_pixels} pixels of the frame",
+            )
     return indices, offsets
 
 
@@ -358,7 +385,7 @@ def _normalise_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
         key = (key,)
     if any(k is Ellipsis for k in key):
         i = next(i for i, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (4 - len(key) + 1) + key[i + 1:]
+        key = key[:i] + (slice(None),) * (4 - len(key) + 1) + key[i + 1 :]
     if len(key) > 4:
         raise bad_value("key", key, "at most 4 selections (scan_y, scan_x, k_y, k_x)")
     key = key + (slice(None),) * (4 - len(key))
@@ -371,7 +398,8 @@ def _normalise_key(key: Any, shape: tuple[int, ...]) -> list[Any]:
         if k is None or isinstance(k, (int, np.integer)) and not isinstance(k, bool):
             raise InvalidTypeError(
                 f"key {key!r} would drop or add a dimension: electron events stay 4-D "
-                f"(select with slices or lists, e.g. isel(scan_y=[i]), or convert with to_dense)")
+                f"(select with slices or lists, e.g. isel(scan_y=[i]), or convert with to_dense)"
+            )
         arr = to_numpy(k) if hasattr(k, "dtype") else np.asarray(k)
         if arr.dtype == bool and arr.ndim == 1 and arr.size == n:
             arr = np.flatnonzero(arr)
@@ -411,8 +439,11 @@ def concatenate_blocks(blocks: Sequence[EventBlock], axis: int = 0, **kwargs: An
     other = 1 - axis
     for b in blocks[1:]:
         if b.frame_shape != first.frame_shape or b.scan_shape[other] != first.scan_shape[other]:
-            raise bad_value("blocks", b, f"blocks of frame shape {first.frame_shape} and "
-                            f"scan size {first.scan_shape[other]} along axis {other}")
+            raise bad_value(
+                "blocks",
+                b,
+                f"blocks of frame shape {first.frame_shape} and scan size {first.scan_shape[other]} along axis {other}",
+            )
     dtype = np.result_type(*[b.dtype for b in blocks])
     xp = first.xp
     shifts = np.cumsum([0] + [b.n_events for b in blocks[:-1]])
@@ -420,16 +451,14 @@ def concatenate_blocks(blocks: Sequence[EventBlock], axis: int = 0, **kwargs: An
     offsets = xp.concatenate([xp.zeros(1, np.int64)] + [b.offsets[1:] + int(s) for b, s in zip(blocks, shifts)])
     sizes = [b.scan_shape[axis] for b in blocks]
     if axis == 0:
-        return EventBlock(indices, offsets, (sum(sizes), first.scan_shape[1]), first.frame_shape,
-                          dtype, check=False)
+        return EventBlock(indices, offsets, (sum(sizes), first.scan_shape[1]), first.frame_shape, dtype, check=False)
     # along scan_x frames interleave row by row: reorder the stacked frames
     ny = first.scan_shape[0]
     starts = np.cumsum([0] + [ny * s for s in sizes[:-1]])
-    order = np.concatenate([
-        (start + np.arange(ny)[:, None] * s + np.arange(s)[None, :]) for start, s in zip(starts, sizes)
-    ], axis=1)
-    stacked = EventBlock(indices, offsets, (1, int(offsets.shape[0]) - 1), first.frame_shape,
-                         dtype, check=False)
+    order = np.concatenate(
+        [(start + np.arange(ny)[:, None] * s + np.arange(s)[None, :]) for start, s in zip(starts, sizes)], axis=1
+    )
+    stacked = EventBlock(indices, offsets, (1, int(offsets.shape[0]) - 1), first.frame_shape, dtype, check=False)
     return stacked.take_frames(xp.asarray(order.ravel()), (ny, sum(sizes)))
 
 
@@ -453,8 +482,7 @@ def _output_keys(block: EventBlock, axes: set[int], fid: Any, ind: Any) -> tuple
     """Flat output index of every (frame, pixel) pair for a reduction over ``axes``."""
     xp = block.xp
     (ny, nx), (ky, kx) = block.scan_shape, block.frame_shape
-    oy, ox, oky, okx = (1 if 0 in axes else ny, 1 if 1 in axes else nx,
-                        1 if 2 in axes else ky, 1 if 3 in axes else kx)
+    oy, ox, oky, okx = (1 if 0 in axes else ny, 1 if 1 in axes else nx, 1 if 2 in axes else ky, 1 if 3 in axes else kx)
     zero = xp.zeros_like(fid)
     fy, fx = (fid // nx, fid % nx) if nx else (zero, zero)
     py, px = (ind // kx, ind % kx) if kx else (zero, zero)
@@ -488,8 +516,9 @@ def _max(block: EventBlock, axis: Any = None, out: Any = None, keepdims: bool = 
     return result
 
 
-def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None,
-         keepdims: bool = False, **kwargs: Any):
+def _sum(
+    block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False, **kwargs: Any
+):
     """np.sum of the dense counts computed from the events in O(counts + output)."""
     kwargs.pop("computing_meta", None)
     if out is not None or kwargs.get("where", True) is not True or kwargs.get("initial", 0) != 0:
@@ -498,8 +527,7 @@ def _sum(block: EventBlock, axis: Any = None, dtype: Any = None, out: Any = None
     dtype = np.dtype(dtype) if dtype is not None else np.zeros(0, block.dtype).sum().dtype
     xp = block.xp
     (ny, nx), (ky, kx) = block.scan_shape, block.frame_shape
-    oy, ox, oky, okx = (1 if 0 in axes else ny, 1 if 1 in axes else nx,
-                        1 if 2 in axes else ky, 1 if 3 in axes else kx)
+    oy, ox, oky, okx = (1 if 0 in axes else ny, 1 if 1 in axes else nx, 1 if 2 in axes else ky, 1 if 3 in axes else kx)
     if axes == {0, 1, 2, 3} or axes == {2, 3} or axes == {0, 1}:
         # the common reductions without per-electron frame numbers
         if axes == {2, 3}:

@@ -51,8 +51,9 @@ def electrons_per_pixel(data: xr.DataArray, *, sample_blocks: int | None = 1) ->
     return total / max(pixels, 1)
 
 
-def choose_representation(data_or_stats: Any, *, crossover: float = CROSSOVER_E_PER_PIXEL,
-                          sample_blocks: int | None = 1) -> str:
+def choose_representation(
+    data_or_stats: Any, *, crossover: float = CROSSOVER_E_PER_PIXEL, sample_blocks: int | None = 1
+) -> str:
     """``"events"`` or ``"dense"``: the cheaper representation for this sparsity.
 
     Parameters

@@ -83,8 +83,9 @@ def _count_kernel(frames, dark, gain, threshold, centroid, out, offsets, write):
         offsets[n_frames] = pos
 
 
-def _count_numba(frames: np.ndarray, dark: np.ndarray, gain: np.ndarray,
-                 threshold: float, centroid: bool, count_dtype: np.dtype) -> EventBlock:
+def _count_numba(
+    frames: np.ndarray, dark: np.ndarray, gain: np.ndarray, threshold: float, centroid: bool, count_dtype: np.dtype
+) -> EventBlock:
     ny, nx, ky, kx = frames.shape
     stack = np.ascontiguousarray(frames).reshape(ny * nx, ky, kx)
     offsets = np.zeros(ny * nx + 1, np.int64)
@@ -95,13 +96,15 @@ def _count_numba(frames: np.ndarray, dark: np.ndarray, gain: np.ndarray,
     return EventBlock(out.astype(index_dtype(ky * kx)), offsets, (ny, nx), (ky, kx), count_dtype, check=False)
 
 
-def count_block_vectorised(frames: Any, dark: Any, gain: Any, threshold: float,
-                           centroid: bool, count_dtype: Any = np.uint16) -> EventBlock:
+def count_block_vectorised(
+    frames: Any, dark: Any, gain: Any, threshold: float, centroid: bool, count_dtype: Any = np.uint16
+) -> EventBlock:
     """The counting rule with array operations (numpy or cupy)."""
     xp = array_module(frames)
     ny, nx, ky, kx = frames.shape
-    v = (frames.reshape(ny * nx, ky, kx).astype(np.float64) - xp.asarray(dark).reshape(ky, kx)) \
-        * xp.asarray(gain).reshape(ky, kx)
+    v = (frames.reshape(ny * nx, ky, kx).astype(np.float64) - xp.asarray(dark).reshape(ky, kx)) * xp.asarray(
+        gain
+    ).reshape(ky, kx)
     hit = v >= threshold
     if centroid:
         padded = xp.pad(v, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
@@ -109,7 +112,7 @@ def count_block_vectorised(frames: Any, dark: Any, gain: Any, threshold: float,
             for dx in (-1, 0, 1):
                 if dy == 0 and dx == 0:
                     continue
-                w = padded[:, 1 + dy:1 + dy + ky, 1 + dx:1 + dx + kx]
+                w = padded[:, 1 + dy : 1 + dy + ky, 1 + dx : 1 + dx + kx]
                 earlier = dy < 0 or (dy == 0 and dx < 0)
                 hit &= (v > w) if earlier else (v >= w)
         n = hit.astype(np.int64)
@@ -118,8 +121,9 @@ def count_block_vectorised(frames: Any, dark: Any, gain: Any, threshold: float,
     return EventBlock.from_dense(n.reshape(ny, nx, ky, kx), count_dtype)
 
 
-def _count_block(frames: Any, dark: np.ndarray, gain: np.ndarray, threshold: float,
-                 centroid: bool, count_dtype: Any) -> EventBlock:
+def _count_block(
+    frames: Any, dark: np.ndarray, gain: np.ndarray, threshold: float, centroid: bool, count_dtype: Any
+) -> EventBlock:
     if is_cupy(frames):
         return count_block_vectorised(frames, dark, gain, threshold, centroid, count_dtype)
     return _count_numba(np.asarray(frames), dark, gain, threshold, centroid, np.dtype(count_dtype))
@@ -146,8 +150,15 @@ def _per_pixel(name: str, value: Any, shape: tuple[int, int], default: float) ->
     return np.ascontiguousarray(arr.ravel())
 
 
-def count_electrons(data: xr.DataArray, *, threshold: float, dark: Any = None, gain: Any = None,
-                    centroid: bool = False, dtype: Any = np.uint16) -> xr.DataArray:
+def count_electrons(
+    data: xr.DataArray,
+    *,
+    threshold: float,
+    dark: Any = None,
+    gain: Any = None,
+    centroid: bool = False,
+    dtype: Any = np.uint16,
+) -> xr.DataArray:
     """Count electrons in dense frames and return a lazy counted dataset.
 
     Parameters
@@ -190,9 +201,17 @@ def count_electrons(data: xr.DataArray, *, threshold: float, dark: Any = None, g
     ky, kx = arr.shape[2:]
     dark_v = _per_pixel("dark", dark, (ky, kx), 0.0)
     gain_v = _per_pixel("gain", gain, (ky, kx), 1.0)
-    events = da.map_blocks(_count_block, arr, dark=dark_v, gain=gain_v, threshold=float(threshold),
-                           centroid=bool(centroid), count_dtype=count_dtype, dtype=count_dtype,
-                           meta=event_meta((ky, kx), count_dtype))
+    events = da.map_blocks(
+        _count_block,
+        arr,
+        dark=dark_v,
+        gain=gain_v,
+        threshold=float(threshold),
+        centroid=bool(centroid),
+        count_dtype=count_dtype,
+        dtype=count_dtype,
+        meta=event_meta((ky, kx), count_dtype),
+    )
     attrs = dict(data.attrs)
     attrs.update(units="electrons", counting_threshold=float(threshold), counting_centroid=bool(centroid))
     return wrap_events(events, data, attrs=attrs)

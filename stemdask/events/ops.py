@@ -144,8 +144,11 @@ def _histogram_block(block: EventBlock, lut: Any, n_bins: int) -> Any:
     bins = xp.asarray(lut)[block.indices.astype(np.int64)]
     keep = bins >= 0
     flat = block.frame_ids()[keep] * n_bins + bins[keep]
-    out = xp.bincount(flat, minlength=block.n_frames * n_bins) if flat.size else \
-        xp.zeros(block.n_frames * n_bins, np.int64)
+    out = (
+        xp.bincount(flat, minlength=block.n_frames * n_bins)
+        if flat.size
+        else xp.zeros(block.n_frames * n_bins, np.int64)
+    )
     return out.astype(np.int64).reshape(*block.scan_shape, n_bins)
 
 
@@ -165,9 +168,9 @@ def frame_sum(counted: xr.DataArray) -> xr.DataArray:
     total = counted.data.sum(axis=(0, 1), dtype=np.int64)
     attrs = {k: v for k, v in counted.attrs.items() if k != "representation"}
     attrs["long_name"] = "sum of all frames"
-    return xr.DataArray(total, dims=DETECTOR_DIMS, coords={d: counted.coords[d] for d in DETECTOR_DIMS},
-                        attrs=attrs, name="frame_sum")
-
+    return xr.DataArray(
+        total, dims=DETECTOR_DIMS, coords={d: counted.coords[d] for d in DETECTOR_DIMS}, attrs=attrs, name="frame_sum"
+    )
 
 
 def total_counts(counted: xr.DataArray) -> xr.DataArray:
@@ -178,8 +181,7 @@ def total_counts(counted: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(total, dims=SCAN_DIMS, coords=_scan_coords(counted), attrs=attrs, name="total_counts")
 
 
-def radial_sum(counted: xr.DataArray, *, bin_width: float | None = None,
-               n_bins: int | None = None) -> xr.DataArray:
+def radial_sum(counted: xr.DataArray, *, bin_width: float | None = None, n_bins: int | None = None) -> xr.DataArray:
     """Electrons per radial bin of every frame, ``(scan_y, scan_x, radius)`` int64.
 
     The radius of a pixel is ``hypot(k_y, k_x)`` of its centre (mrad when
@@ -208,14 +210,23 @@ def radial_sum(counted: xr.DataArray, *, bin_width: float | None = None,
     n_bins = integer("n_bins", n_bins)
     lut = np.where(bins < n_bins, bins, -1)
     arr = counted.data
-    out = arr.map_blocks(_radial_block, lut=lut, n_bins=n_bins, drop_axis=(2, 3), new_axis=2,
-                         chunks=(arr.chunks[0], arr.chunks[1], (n_bins,)), dtype=np.int64,
-                         meta=np.empty((0, 0, 0), np.int64))
+    out = arr.map_blocks(
+        _radial_block,
+        lut=lut,
+        n_bins=n_bins,
+        drop_axis=(2, 3),
+        new_axis=2,
+        chunks=(arr.chunks[0], arr.chunks[1], (n_bins,)),
+        dtype=np.int64,
+        meta=np.empty((0, 0, 0), np.int64),
+    )
     units = counted.coords["k_x"].attrs.get("units", "px")
     coords = _scan_coords(counted)
-    coords["radius"] = xr.Variable("radius", (np.arange(n_bins) + 0.5) * float(bin_width),
-                                   {"units": units, "long_name": "radius (bin centre)",
-                                    "bin_width": float(bin_width)})
+    coords["radius"] = xr.Variable(
+        "radius",
+        (np.arange(n_bins) + 0.5) * float(bin_width),
+        {"units": units, "long_name": "radius (bin centre)", "bin_width": float(bin_width)},
+    )
     attrs = {k: v for k, v in counted.attrs.items() if k != "representation"}
     attrs["units"] = "electrons"
     return xr.DataArray(out, dims=(*SCAN_DIMS, "radius"), coords=coords, attrs=attrs, name="radial_sum")
@@ -256,9 +267,14 @@ def bin_detector(counted: xr.DataArray, factor: int) -> xr.DataArray:
     lut = ((rows // f) * nx + cols // f).ravel().astype(np.int64)
     arr = counted.data
     out_dtype = np.dtype(counted.dtype)
-    events = arr.map_blocks(_remap_block, lut=lut, frame_shape=(ny, nx),
-                            chunks=(arr.chunks[0], arr.chunks[1], (ny,), (nx,)), dtype=out_dtype,
-                            meta=EventBlock.empty((ny, nx), out_dtype))
+    events = arr.map_blocks(
+        _remap_block,
+        lut=lut,
+        frame_shape=(ny, nx),
+        chunks=(arr.chunks[0], arr.chunks[1], (ny,), (nx,)),
+        dtype=out_dtype,
+        meta=EventBlock.empty((ny, nx), out_dtype),
+    )
     coords = _scan_coords(counted)
     for d in DETECTOR_DIMS:
         coords[d] = _binned_coord(counted.coords[d], f)
@@ -294,10 +310,18 @@ def bin_scan(counted: xr.DataArray, factor: int) -> xr.DataArray:
     if any(c % f for axis in (0, 1) for c in arr.chunks[axis]):
         target = tuple(max(f, (arr.chunks[a][0] // f) * f) for a in (0, 1))
         arr = arr.rechunk((target[0], target[1], -1, -1))
-    events = arr.map_blocks(_bin_scan_block, factor=f,
-                            chunks=(tuple(c // f for c in arr.chunks[0]), tuple(c // f for c in arr.chunks[1]),
-                                    arr.chunks[2], arr.chunks[3]),
-                            dtype=arr.dtype, meta=arr._meta)
+    events = arr.map_blocks(
+        _bin_scan_block,
+        factor=f,
+        chunks=(
+            tuple(c // f for c in arr.chunks[0]),
+            tuple(c // f for c in arr.chunks[1]),
+            arr.chunks[2],
+            arr.chunks[3],
+        ),
+        dtype=arr.dtype,
+        meta=arr._meta,
+    )
     coords = {d: _binned_coord(counted.coords[d], f) for d in SCAN_DIMS}
     for d in DETECTOR_DIMS:
         coords[d] = counted.coords[d]
@@ -305,8 +329,10 @@ def bin_scan(counted: xr.DataArray, factor: int) -> xr.DataArray:
     if "scan_step_A" in attrs:
         attrs["scan_step_A"] = [float(s) * f for s in attrs["scan_step_A"]]
     if "scan_origin_A" in attrs:  # the first binned position is the mean of its f x f positions
-        attrs["scan_origin_A"] = [float(coords[d].values[0]) if counted.coords[d].attrs.get("units") == "Å"
-                                  else float(o) for d, o in zip(SCAN_DIMS, attrs["scan_origin_A"])]
+        attrs["scan_origin_A"] = [
+            float(coords[d].values[0]) if counted.coords[d].attrs.get("units") == "Å" else float(o)
+            for d, o in zip(SCAN_DIMS, attrs["scan_origin_A"])
+        ]
     if "dose_e_per_pattern" in attrs:
         attrs["dose_e_per_pattern"] = float(attrs["dose_e_per_pattern"]) * f * f
     return wrap_events(events, coords=coords, attrs=attrs, name=counted.name)
@@ -342,11 +368,25 @@ def scan_crop(counted: xr.DataArray, *, scan_y: slice = slice(None), scan_x: sli
     """
     counted = require_counted(counted, "counted")
     out = counted.isel(scan_y=scan_y, scan_x=scan_x)
-    if "scan_origin_A" in out.attrs and out.sizes["scan_y"] and out.sizes["scan_x"] \
-            and out.coords["scan_y"].attrs.get("units") == "Å":
+    if (
+        "scan_origin_A" in out.attrs
+        and out.sizes["scan_y"]
+        and out.sizes["scan_x"]
+        and out.coords["scan_y"].attrs.get("units") == "Å"
+    ):
         out.attrs = {**out.attrs, "scan_origin_A": [float(out.coords[d].values[0]) for d in SCAN_DIMS]}
     return out
 
 
-__all__ = ["bin_detector", "bin_scan", "crop", "frame_sum", "gather_block", "gather_block_vectorised",
-           "moments_block", "radial_sum", "scan_crop", "total_counts"]
+__all__ = [
+    "bin_detector",
+    "bin_scan",
+    "crop",
+    "frame_sum",
+    "gather_block",
+    "gather_block_vectorised",
+    "moments_block",
+    "radial_sum",
+    "scan_crop",
+    "total_counts",
+]

@@ -23,8 +23,9 @@ _INT_GATHER_BOUND = 2.0**31
 
 
 @project_block.register(EventBlock)
-def _project_events(block: EventBlock, weights: MaskWeights, *, dtype: Any = np.float64,
-                    batch_bytes: int = BATCH_BYTES) -> Any:
+def _project_events(
+    block: EventBlock, weights: MaskWeights, *, dtype: Any = np.float64, batch_bytes: int = BATCH_BYTES
+) -> Any:
     """``(scan_y, scan_x, n_masks)`` sums of the mask weights of every electron.
 
     Three exact paths by the kind of masks, fastest first: affine masks (CoM)
@@ -35,8 +36,11 @@ def _project_events(block: EventBlock, weights: MaskWeights, *, dtype: Any = np.
     xp = block.xp
     if weights.affine is not None and np.dtype(dtype).kind == "f":
         moments = moments_block(block).reshape(block.n_frames, 3)
-        coef = weights.affine if xp is np else weights.on_device("cupy-affine", np.float64,
-                                                                 lambda: xp.asarray(weights.affine))
+        coef = (
+            weights.affine
+            if xp is np
+            else weights.on_device("cupy-affine", np.float64, lambda: xp.asarray(weights.affine))
+        )
         out = moments.astype(np.float64) @ coef
         return out.astype(dtype, copy=False).reshape(*block.scan_shape, weights.n_masks)
     exact_int = weights.integer_bound is not None and weights.integer_bound < _INT_GATHER_BOUND

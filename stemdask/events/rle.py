@@ -158,8 +158,11 @@ def rle_encode(block: EventBlock) -> RunLengthEvents:
     code_offsets = np.empty(offsets.shape[0], np.int64)
     n = _encode(indices, offsets, codes, code_offsets, np.iinfo(ctype).max)
     if n < 0:
-        raise bad_value("block", f"<pixel {-n - 1} with more electrons in one frame than {ctype} holds>",
-                        f"at most {np.iinfo(ctype).max} electrons per pixel per frame")
+        raise bad_value(
+            "block",
+            f"<pixel {-n - 1} with more electrons in one frame than {ctype} holds>",
+            f"at most {np.iinfo(ctype).max} electrons per pixel per frame",
+        )
     return RunLengthEvents(codes[:n].copy(), code_offsets, block.scan_shape, block.frame_shape, block.dtype)
 
 
@@ -178,9 +181,11 @@ def rle_decode(rle: RunLengthEvents) -> EventBlock:
     offsets = np.ascontiguousarray(rle.offsets, dtype=np.int64)
     n_frames = rle.scan_shape[0] * rle.scan_shape[1]
     if offsets.shape != (n_frames + 1,) or offsets[0] != 0 or offsets[-1] != codes.shape[0]:
-        raise FileFormatError(f"run-length offsets must be {n_frames + 1} values from 0 to the "
-                              f"{codes.shape[0]} codes; got {offsets.shape[0]} from "
-                              f"{offsets[:1].tolist()} to {offsets[-1:].tolist()}")
+        raise FileFormatError(
+            f"run-length offsets must be {n_frames + 1} values from 0 to the "
+            f"{codes.shape[0]} codes; got {offsets.shape[0]} from "
+            f"{offsets[:1].tolist()} to {offsets[-1:].tolist()}"
+        )
     if np.any(np.diff(offsets) < 0):
         frame = int(np.argmax(np.diff(offsets) < 0))
         raise FileFormatError(f"run-length offsets decrease at frame {frame}")
@@ -188,13 +193,16 @@ def rle_decode(rle: RunLengthEvents) -> EventBlock:
     sizes = np.zeros(n_frames, np.int64)
     bad = _decoded_sizes(codes, offsets, n_pixels, sizes)
     if bad < 0:
-        raise FileFormatError(f"run-length codes of frame {-bad - 1} are malformed: a gap runs past the "
-                              f"{n_pixels} pixels of the frame or a repeat flag lacks its count")
+        raise FileFormatError(
+            f"run-length codes of frame {-bad - 1} are malformed: a gap runs past the "
+            f"{n_pixels} pixels of the frame or a repeat flag lacks its count"
+        )
     out = np.empty(int(sizes.sum()), np.int64)
     _decode(codes, offsets, out)
     event_offsets = np.concatenate([[0], np.cumsum(sizes)])
-    return EventBlock(out.astype(index_dtype(n_pixels)), event_offsets, rle.scan_shape,
-                      rle.frame_shape, rle.dtype, check=False)
+    return EventBlock(
+        out.astype(index_dtype(n_pixels)), event_offsets, rle.scan_shape, rle.frame_shape, rle.dtype, check=False
+    )
 
 
 def rle_nbytes(block: Any) -> int:

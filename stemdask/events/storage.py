@@ -107,6 +107,14 @@ WRITE_BATCH = 8
 STAGING = ".staging"
 
 
+def _array(group: zarr.Group, name: str, store: Any) -> zarr.Array:
+    """The array ``name`` of an event store's group (a group of that name is a format error)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise FileFormatError(f"event store {str(store)!r}: {name!r} is a group, not an array")
+    return node
+
+
 def _checksum(indices: np.ndarray) -> int:
     """Order-sensitive sum of a block's indices (wraps modulo 2**64)."""
     if indices.size == 0:
@@ -120,8 +128,11 @@ def _block_grid(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[int, int, int
     """(row0, rows, col0, cols) of every block in C order of the block grid."""
     ys = np.cumsum((0,) + chunks[0])
     xs = np.cumsum((0,) + chunks[1])
-    return [(int(ys[i]), int(chunks[0][i]), int(xs[j]), int(chunks[1][j]))
-            for i in range(len(chunks[0])) for j in range(len(chunks[1]))]
+    return [
+        (int(ys[i]), int(chunks[0][i]), int(xs[j]), int(chunks[1][j]))
+        for i in range(len(chunks[0]))
+        for j in range(len(chunks[1]))
+    ]
 
 
 # ----------------------------------------------------------------------------
@@ -165,13 +176,22 @@ def undo_frame_deltas(deltas: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Indices of :func:`frame_deltas` output (offsets relative to the block), O(counts)."""
     running = np.cumsum(deltas, dtype=np.int64)
     counts = offsets[1:] - offsets[:-1]
-    base = np.where(offsets[:-1] > 0, running[np.maximum(offsets[:-1] - 1, 0)], 0) if running.size \
+    base = (
+        np.where(offsets[:-1] > 0, running[np.maximum(offsets[:-1] - 1, 0)], 0)
+        if running.size
         else np.zeros(counts.size, np.int64)
+    )
     return running - np.repeat(base, counts)
 
 
-def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: bool = False,
-                codec: str = "delta-blosc", progress: bool = False) -> str:
+def save_events(
+    counted: xr.DataArray,
+    store: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    codec: str = "delta-blosc",
+    progress: bool = False,
+) -> str:
     """Write a counted dataset to a sharded zarr v3 store, atomically, from dask tasks.
 
     Each dask block is computed once, on a worker, by the task that stages
@@ -211,8 +231,7 @@ def save_events(counted: xr.DataArray, store: str | os.PathLike, *, overwrite: b
     return str(final)
 
 
-def _stage_block(block: EventBlock, root: str, number: int, rows: int, cols: int,
-                 deltas: bool) -> tuple[int, int]:
+def _stage_block(block: EventBlock, root: str, number: int, rows: int, cols: int, deltas: bool) -> tuple[int, int]:
     """Pass 1, one task per block: stage its stored indices and offsets; return (events, checksum)."""
     block = block.to_backend(np)
     if block.scan_shape != (rows, cols):
@@ -231,30 +250,31 @@ def _staged(root: str, number: int, kind: str) -> np.ndarray:
     return np.load(Path(root) / STAGING / f"{number}.{kind}.npy", mmap_mode="r")
 
 
-def _copy_indices(root: str, lo: int, hi: int, event_starts: np.ndarray, blocks: range,
-                  dtype: str) -> int:
+def _copy_indices(root: str, lo: int, hi: int, event_starts: np.ndarray, blocks: range, dtype: str) -> int:
     """Pass 2: write ``indices[lo:hi]`` (one whole shard) from the staged blocks it overlaps."""
     parts = []
     for b in blocks:
         start = int(event_starts[b])
         values = _staged(root, b, "indices")
-        parts.append(values[max(lo - start, 0):max(min(hi - start, values.size), 0)])
+        parts.append(values[max(lo - start, 0) : max(min(hi - start, values.size), 0)])
     with write_guard(root) as alive:
         if alive:
-            zarr.open_array(root, path="indices", mode="r+", zarr_format=3)[lo:hi] = \
-                np.concatenate(parts).astype(dtype, copy=False)
+            zarr.open_array(root, path="indices", mode="r+", zarr_format=3)[lo:hi] = np.concatenate(parts).astype(
+                dtype, copy=False
+            )
     return hi - lo
 
 
-def _copy_offsets(root: str, lo: int, hi: int, frame_starts: np.ndarray, event_starts: np.ndarray,
-                  blocks: range, n_events: int) -> int:
+def _copy_offsets(
+    root: str, lo: int, hi: int, frame_starts: np.ndarray, event_starts: np.ndarray, blocks: range, n_events: int
+) -> int:
     """Pass 2: write ``offsets[lo:hi]`` (one chunk) from the staged blocks it overlaps."""
     out = np.empty(hi - lo, np.int64)
     for b in blocks:
         f0 = int(frame_starts[b])
         local = _staged(root, b, "offsets")[:-1]  # the last one is the next block's first
         a, z = max(lo, f0), min(hi, f0 + local.size)
-        out[a - lo:z - lo] = local[a - f0:z - f0] + int(event_starts[b])
+        out[a - lo : z - lo] = local[a - f0 : z - f0] + int(event_starts[b])
     if hi == int(frame_starts[-1]) + 1:
         out[-1] = n_events  # the end of the last frame
     with write_guard(root) as alive:
@@ -284,8 +304,10 @@ def _write_store(counted: xr.DataArray, path: Path, codec: str, progress: bool, 
 
     # pass 1: one task per block, on the workers
     stage = dask.delayed(_stage_block, pure=False)
-    tasks = [stage(block, root, b, rows, cols, deltas)
-             for b, (block, (_, rows, _, cols)) in enumerate(zip(arr.to_delayed().ravel(), grid))]
+    tasks = [
+        stage(block, root, b, rows, cols, deltas)
+        for b, (block, (_, rows, _, cols)) in enumerate(zip(arr.to_delayed().ravel(), grid))
+    ]
     staged = compute_writes(tasks, progress=progress, description=f"counting blocks of {label}")
     counts = np.array([n for n, _ in staged], np.int64)
     checksums = np.array([c for _, c in staged], np.uint64)
@@ -295,70 +317,122 @@ def _write_store(counted: xr.DataArray, path: Path, codec: str, progress: bool, 
 
     # the arrays (metadata only), then pass 2: one task per shard / chunk
     shard = INNER_EVENTS * SHARD_CHUNKS
-    group.create_array("indices", shape=(n_events,), dtype=idx_dtype, chunks=(INNER_EVENTS,),
-                       shards=(shard,), compressors=_compressors(codec), fill_value=0)
+    group.create_array(
+        "indices",
+        shape=(n_events,),
+        dtype=idx_dtype,
+        chunks=(INNER_EVENTS,),
+        shards=(shard,),
+        compressors=_compressors(codec),
+        fill_value=0,
+    )
     off_chunk = min(max(n_frames + 1, 1), OFFSET_CHUNK)
-    group.create_array("offsets", shape=(n_frames + 1,), dtype=np.int64, chunks=(off_chunk,),
-                       compressors=_compressors(codec))
+    group.create_array(
+        "offsets", shape=(n_frames + 1,), dtype=np.int64, chunks=(off_chunk,), compressors=_compressors(codec)
+    )
     copy_indices = dask.delayed(_copy_indices, pure=False)
     copy_offsets = dask.delayed(_copy_offsets, pure=False)
-    copies = [copy_indices(root, lo, min(lo + shard, n_events), event_starts,
-                           _overlapping(event_starts, lo, min(lo + shard, n_events)), idx_dtype.str)
-              for lo in range(0, n_events, shard)]
-    copies += [copy_offsets(root, lo, min(lo + off_chunk, n_frames + 1), frame_starts, event_starts,
-                            _overlapping(frame_starts, lo, min(lo + off_chunk, n_frames)), n_events)
-               for lo in range(0, n_frames + 1, off_chunk)]
+    copies = [
+        copy_indices(
+            root,
+            lo,
+            min(lo + shard, n_events),
+            event_starts,
+            _overlapping(event_starts, lo, min(lo + shard, n_events)),
+            idx_dtype.str,
+        )
+        for lo in range(0, n_events, shard)
+    ]
+    copies += [
+        copy_offsets(
+            root,
+            lo,
+            min(lo + off_chunk, n_frames + 1),
+            frame_starts,
+            event_starts,
+            _overlapping(frame_starts, lo, min(lo + off_chunk, n_frames)),
+            n_events,
+        )
+        for lo in range(0, n_frames + 1, off_chunk)
+    ]
     compute_writes(copies, progress=progress, description=f"writing {label}")
     shutil.rmtree(path / STAGING)
 
-    chk = group.create_array("checksums", shape=checksums.shape, dtype=np.uint64,
-                             chunks=(max(checksums.size, 1),), compressors=None)
+    chk = group.create_array(
+        "checksums", shape=checksums.shape, dtype=np.uint64, chunks=(max(checksums.size, 1),), compressors=None
+    )
     chk[...] = checksums
     for dim in DIMS:
         coord = counted.coords[dim]
-        c = group.create_array(dim, shape=coord.shape, dtype=np.float64, chunks=(max(coord.size, 1),),
-                               dimension_names=(dim,), compressors=None,
-                               attributes=jsonable(dict(coord.attrs)))
+        c = group.create_array(
+            dim,
+            shape=coord.shape,
+            dtype=np.float64,
+            chunks=(max(coord.size, 1),),
+            dimension_names=(dim,),
+            compressors=None,
+            attributes=jsonable(dict(coord.attrs)),
+        )
         c[...] = np.asarray(coord.values, np.float64)
     attrs = {k: v for k, v in counted.attrs.items() if k != REPRESENTATION_ATTR}
-    group.attrs.update({
-        "shape": [ny, nx, ky, kx], "dtype": str(np.dtype(counted.dtype)),
-        "chunks": [list(arr.chunks[0]), list(arr.chunks[1])], "n_events": n_events,
-        "name": str(counted.name or "intensity"), "dataset_attrs": jsonable(attrs), "codec": codec,
-        "index_encoding": "frame-delta" if deltas else "linear",
-    })
+    group.attrs.update(
+        {
+            "shape": [ny, nx, ky, kx],
+            "dtype": str(np.dtype(counted.dtype)),
+            "chunks": [list(arr.chunks[0]), list(arr.chunks[1])],
+            "n_events": n_events,
+            "name": str(counted.name or "intensity"),
+            "dataset_attrs": jsonable(attrs),
+            "codec": codec,
+            "index_encoding": "frame-delta" if deltas else "linear",
+        }
+    )
     mark_complete(path)
 
 
 # ----------------------------------------------------------------------------
 # zarr v3: reading
 # ----------------------------------------------------------------------------
-def _read_block(path: str, frame0: int, rows: int, cols: int, frame_shape: tuple[int, int],
-                dtype: str, checksum: int, block_no: int, deltas: bool) -> EventBlock:
+def _read_block(
+    path: str,
+    frame0: int,
+    rows: int,
+    cols: int,
+    frame_shape: tuple[int, int],
+    dtype: str,
+    checksum: int,
+    block_no: int,
+    deltas: bool,
+) -> EventBlock:
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
-        offsets = np.asarray(group["offsets"][frame0:frame0 + rows * cols + 1], np.int64)
+        offsets = np.asarray(_array(group, "offsets", path)[frame0 : frame0 + rows * cols + 1], np.int64)
         if offsets.size != rows * cols + 1:
             raise FileFormatError(f"store {path!r} is truncated: offsets of block {block_no} are missing")
         start, stop = int(offsets[0]), int(offsets[-1])
-        indices_arr = group["indices"]
+        indices_arr = _array(group, "indices", path)
         if stop > indices_arr.shape[0] or start > stop:
-            raise FileFormatError(f"store {path!r} is truncated or corrupt: block {block_no} needs "
-                                  f"events {start}..{stop} of {indices_arr.shape[0]}")
+            raise FileFormatError(
+                f"store {path!r} is truncated or corrupt: block {block_no} needs "
+                f"events {start}..{stop} of {indices_arr.shape[0]}"
+            )
         indices = np.asarray(indices_arr[start:stop])
     except FileFormatError:
         raise
     except Exception as err:
         raise FileFormatError(f"cannot read block {block_no} of event store {path!r}: {err}") from err
     if _checksum(indices) != checksum:
-        raise FileFormatError(f"store {path!r} is truncated or corrupt: the events of block {block_no} "
-                              f"do not match their checksum (a missing or damaged shard)")
+        raise FileFormatError(
+            f"store {path!r} is truncated or corrupt: the events of block {block_no} "
+            f"do not match their checksum (a missing or damaged shard)"
+        )
     offsets = offsets - start
     if deltas:
         if offsets.size > 1 and np.any(offsets[1:] < offsets[:-1]):
             frame = int(np.argmax(offsets[1:] < offsets[:-1]))
-            raise FileFormatError(f"store {path!r}, block {block_no}: malformed events: frame offsets "
-                                  f"decrease at frame {frame}")
+            raise FileFormatError(
+                f"store {path!r}, block {block_no}: malformed events: frame offsets decrease at frame {frame}"
+            )
         indices = undo_frame_deltas(indices, offsets)
     try:
         return EventBlock(indices, offsets, (rows, cols), frame_shape, dtype)
@@ -366,8 +440,9 @@ def _read_block(path: str, frame0: int, rows: int, cols: int, frame_shape: tuple
         raise FileFormatError(f"store {path!r}, block {block_no}: malformed events: {err}") from err
 
 
-def open_event_store(store: str | os.PathLike, *, chunks: Sequence[int] | None = None,
-                     allow_incomplete: bool = False, **kwargs: Any) -> xr.DataArray:
+def open_event_store(
+    store: str | os.PathLike, *, chunks: Sequence[int] | None = None, allow_incomplete: bool = False, **kwargs: Any
+) -> xr.DataArray:
     """Open a zarr v3 event store as a lazy counted dataset.
 
     Parameters
@@ -389,8 +464,11 @@ def open_event_store(store: str | os.PathLike, *, chunks: Sequence[int] | None =
         or malformed events (when read).
     """
     if kwargs:
-        raise bad_value("kwargs", sorted(kwargs), "no other keywords for an event store "
-                        "(calibrate the result with stemdask.calibrate)")
+        raise bad_value(
+            "kwargs",
+            sorted(kwargs),
+            "no other keywords for an event store (calibrate the result with stemdask.calibrate)",
+        )
     if not isinstance(store, (str, os.PathLike)):
         raise bad_type("store", store, "a local store path")
     path = str(Path(store).expanduser().absolute())
@@ -402,30 +480,35 @@ def open_event_store(store: str | os.PathLike, *, chunks: Sequence[int] | None =
     except Exception as err:
         raise FileFormatError(f"{str(store)!r} is not a readable zarr v3 group: {err}") from err
     if allow_incomplete:
-        raise bad_value("allow_incomplete", allow_incomplete,
-                        "False: an incomplete event store has no frame offsets to read")
+        raise bad_value(
+            "allow_incomplete", allow_incomplete, "False: an incomplete event store has no frame offsets to read"
+        )
     if attrs.get(LAYOUT_ATTR) != LAYOUT:
         raise FileFormatError(f"store {str(store)!r} has layout {attrs.get(LAYOUT_ATTR)!r}, not 'events'")
     check_header(store, attrs, FORMAT_VERSION)
     return _open_events(path, group, attrs, chunks, store)
 
 
-def _open_layout(store: Any, attrs: dict[str, Any], *, chunks: Sequence[int] | None = None,
-                 allow_incomplete: bool = False) -> xr.DataArray:
+def _open_layout(
+    store: Any, attrs: dict[str, Any], *, chunks: Sequence[int] | None = None, allow_incomplete: bool = False
+) -> xr.DataArray:
     """The ``"events"`` layout's opener (header already checked by ``open_zarr``)."""
     if not isinstance(store, (str, os.PathLike)):
         raise bad_type("store", store, "a local store path for an event store")
     if not attrs.get(COMPLETE_ATTR, False):
         # allow_incomplete cannot help: the frame offsets are written last
-        raise IncompleteStoreError(f"event store {str(store)!r} was not completely written "
-                                   f"({COMPLETE_ATTR} is false) and cannot be read even with "
-                                   f"allow_incomplete=True: it has no frame offsets yet")
+        raise IncompleteStoreError(
+            f"event store {str(store)!r} was not completely written "
+            f"({COMPLETE_ATTR} is false) and cannot be read even with "
+            f"allow_incomplete=True: it has no frame offsets yet"
+        )
     path = str(Path(store).expanduser().absolute())
     return _open_events(path, zarr.open_group(path, mode="r", zarr_format=3), attrs, chunks, store)
 
 
-def _open_events(path: str, group: zarr.Group, attrs: dict[str, Any], chunks: Sequence[int] | None,
-                 store: Any) -> xr.DataArray:
+def _open_events(
+    path: str, group: zarr.Group, attrs: dict[str, Any], chunks: Sequence[int] | None, store: Any
+) -> xr.DataArray:
     """A lazy counted dataset of the checked event store at ``path``."""
     try:
         ny, nx, ky, kx = (int(s) for s in attrs["shape"])
@@ -439,45 +522,62 @@ def _open_events(path: str, group: zarr.Group, attrs: dict[str, Any], chunks: Se
         missing = {"indices", "offsets", "checksums", *DIMS} - names
         if missing:
             raise FileFormatError(f"event store {str(store)!r} lacks the arrays {sorted(missing)}")
-        n_indices = group["indices"].shape[0]
-        n_offsets = group["offsets"].shape[0]
-        checksums = np.asarray(group["checksums"][...])
+        n_indices = _array(group, "indices", store).shape[0]
+        n_offsets = _array(group, "offsets", store).shape[0]
+        checksums = np.asarray(_array(group, "checksums", store)[...])
         coords = {}
         for dim in DIMS:
-            c = group[dim]
+            c = _array(group, dim, store)
             coords[dim] = xr.Variable(dim, np.asarray(c[...]), dict(c.attrs))
     except FileFormatError:
         raise
     except Exception as err:
         raise FileFormatError(f"event store {str(store)!r} is malformed or truncated: {err}") from err
     if n_indices != n_events or n_offsets != ny * nx + 1:
-        raise FileFormatError(f"event store {str(store)!r} is truncated: {n_indices} of {n_events} events "
-                              f"and {n_offsets} of {ny * nx + 1} frame offsets")
+        raise FileFormatError(
+            f"event store {str(store)!r} is truncated: {n_indices} of {n_events} events "
+            f"and {n_offsets} of {ny * nx + 1} frame offsets"
+        )
     if sum(block_chunks[0]) != ny or sum(block_chunks[1]) != nx:
-        raise FileFormatError(f"event store {str(store)!r}: block chunks {block_chunks} do not tile the "
-                              f"scan {(ny, nx)}")
+        raise FileFormatError(
+            f"event store {str(store)!r}: block chunks {block_chunks} do not tile the scan {(ny, nx)}"
+        )
     grid = _block_grid(block_chunks)
     if checksums.shape[0] != len(grid):
-        raise FileFormatError(f"event store {str(store)!r} has {checksums.shape[0]} block checksums for "
-                              f"{len(grid)} blocks")
+        raise FileFormatError(
+            f"event store {str(store)!r} has {checksums.shape[0]} block checksums for {len(grid)} blocks"
+        )
     name = "events-" + dask.base.tokenize(path, attrs.get("n_events"), block_chunks, os.path.getmtime(path))
     graph = {}
     frame0 = 0
     n_bx = len(block_chunks[1])
     for b, (_, rows, _, cols) in enumerate(grid):
         i, j = divmod(b, n_bx)
-        graph[(name, i, j, 0, 0)] = (_read_block, path, frame0, rows, cols, (ky, kx), dtype.str,
-                                     int(checksums[b]), b, encoding == "frame-delta")
+        graph[(name, i, j, 0, 0)] = (
+            _read_block,
+            path,
+            frame0,
+            rows,
+            cols,
+            (ky, kx),
+            dtype.str,
+            int(checksums[b]),
+            b,
+            encoding == "frame-delta",
+        )
         frame0 += rows * cols
-    events = da.Array(graph, name, chunks=(block_chunks[0], block_chunks[1], (ky,), (kx,)),
-                      dtype=dtype, meta=event_meta((ky, kx), dtype))
+    events = da.Array(
+        graph,
+        name,
+        chunks=(block_chunks[0], block_chunks[1], (ky,), (kx,)),
+        dtype=dtype,
+        meta=event_meta((ky, kx), dtype),
+    )
     if chunks is not None:
         tile = tuple(chunks)[:2]
         events = events.rechunk((tile[0], tile[1], -1, -1))
     ds_attrs = dict(attrs.get("dataset_attrs", {}))
     return wrap_events(events, coords=coords, attrs=ds_attrs, name=attrs.get("name", "intensity"))
-
-
 
 
 # ----------------------------------------------------------------------------
@@ -491,7 +591,7 @@ def _computed_tiles(arr: da.Array) -> Iterator[stempy_format.Tile]:
     grid = _block_grid(arr.chunks[:2])
     blocks = arr.to_delayed().ravel()
     for start in range(0, len(grid), WRITE_BATCH):
-        for b, block in enumerate(dask.compute(*blocks[start:start + WRITE_BATCH])):
+        for b, block in enumerate(dask.compute(*blocks[start : start + WRITE_BATCH])):
             block = block.to_backend(np)
             yield grid[start + b], block.indices, block.offsets
 
@@ -509,12 +609,22 @@ def write_stempy(counted: xr.DataArray, path: str | os.PathLike, *, overwrite: b
     counted = require_counted(counted, "counted")
     ny, nx, ky, kx = (int(s) for s in counted.shape)
     attrs = jsonable({k: v for k, v in counted.attrs.items() if k != REPRESENTATION_ATTR})
-    return stempy_format.write_file(path, (ny, nx), (ky, kx), _computed_tiles(counted.data),
-                                    attrs=attrs, overwrite=overwrite)
+    return stempy_format.write_file(
+        path, (ny, nx), (ky, kx), _computed_tiles(counted.data), attrs=attrs, overwrite=overwrite
+    )
 
 
-def _stempy_block(path: str, y0: int, rows: int, x0: int, cols: int, nx: int, per_position: int,
-                  frame_shape: tuple[int, int], dtype: str) -> EventBlock:
+def _stempy_block(
+    path: str,
+    y0: int,
+    rows: int,
+    x0: int,
+    cols: int,
+    nx: int,
+    per_position: int,
+    frame_shape: tuple[int, int],
+    dtype: str,
+) -> EventBlock:
     indices, offsets = stempy_format.read_tile(path, y0, rows, x0, cols, nx, per_position)
     try:
         return EventBlock(indices, offsets, (rows, cols), frame_shape, dtype)
@@ -522,9 +632,15 @@ def _stempy_block(path: str, y0: int, rows: int, x0: int, cols: int, nx: int, pe
         raise FileFormatError(f"{path!r}, scan rows {y0}..{y0 + rows - 1}: malformed events: {err}") from err
 
 
-def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
-                frame_shape: Sequence[int] | None = None, scan_shape: Sequence[int] | None = None,
-                dtype: Any = np.uint16, **calibration: Any) -> xr.DataArray:
+def open_stempy(
+    path: str | os.PathLike,
+    *,
+    chunks: Sequence[int] | None = None,
+    frame_shape: Sequence[int] | None = None,
+    scan_shape: Sequence[int] | None = None,
+    dtype: Any = np.uint16,
+    **calibration: Any,
+) -> xr.DataArray:
     """Open a stempy / 4D Camera sparse HDF5 file as a lazy counted dataset.
 
     Version 3 files (``frames`` holds ``frames_per_position`` frames per scan
@@ -558,8 +674,9 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
     dtype = np.dtype(dtype)
     if meta["version"] >= 3:
         if ny * nx == 0 or meta["n_frames"] % (ny * nx):
-            raise FileFormatError(f"{path!r} holds {meta['n_frames']} frames, not a multiple of the "
-                                  f"{ny}x{nx} scan positions (truncated?)")
+            raise FileFormatError(
+                f"{path!r} holds {meta['n_frames']} frames, not a multiple of the {ny}x{nx} scan positions (truncated?)"
+            )
         per_position = meta["n_frames"] // (ny * nx)
         tile = stempy_format.scan_tile(chunks, scan)
         ch = (stempy_format.split(ny, tile[0]), stempy_format.split(nx, tile[1]))
@@ -567,8 +684,7 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
         graph = {}
         for b, (y0, rows, x0, cols) in enumerate(_block_grid(ch)):
             i, j = divmod(b, len(ch[1]))
-            graph[(name, i, j, 0, 0)] = (_stempy_block, path, y0, rows, x0, cols, nx, per_position,
-                                         frame, dtype.str)
+            graph[(name, i, j, 0, 0)] = (_stempy_block, path, y0, rows, x0, cols, nx, per_position, frame, dtype.str)
         events = da.Array(graph, name, chunks=(*ch, (ky,), (kx,)), dtype=dtype, meta=event_meta(frame, dtype))
     else:
         indices, offsets = stempy_format.read_placed(path, scan)
@@ -581,8 +697,16 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
             tile = stempy_format.scan_tile(chunks, scan)
             events = events.rechunk((tile[0], tile[1], -1, -1))
     stored = dict(meta["attrs"])
-    keys = ("energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad", "beam_center_px",
-            "scan_rotation_deg", "dose_e_per_pattern", "units")
+    keys = (
+        "energy_ev",
+        "semiangle_mrad",
+        "scan_step_A",
+        "detector_pixel_mrad",
+        "beam_center_px",
+        "scan_rotation_deg",
+        "dose_e_per_pattern",
+        "units",
+    )
     kw = {k: stored.pop(k) for k in keys if k in stored}
     kw.update(calibration)
     stored.pop("source", None)
@@ -595,23 +719,37 @@ def open_stempy(path: str | os.PathLike, *, chunks: Sequence[int] | None = None,
 # registration with stemdask.io (io never imports events)
 # ----------------------------------------------------------------------------
 
+
 def _claims(data: Any) -> bool:
     return isinstance(data, xr.DataArray) and is_counted(data)
 
 
-def _write_layout(data: xr.DataArray, store: Any, *, codec: Any = None, chunks: Any = None,
-                  shards: Any = None, overwrite: bool = False, progress: bool = False) -> str:
+def _write_layout(
+    data: xr.DataArray,
+    store: Any,
+    *,
+    codec: Any = None,
+    chunks: Any = None,
+    shards: Any = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> str:
     """The ``"events"`` layout's writer: :func:`save_events` with ``stemdask.save``'s options."""
     # electron events keep their own layout (indices + offsets), never densified
     if chunks is not None or shards not in (None, True):
-        raise bad_value("chunks/shards", (chunks, shards),
-                        "None for counted data: its event blocks are its storage units")
-    return save_events(data, store, overwrite=overwrite, progress=progress,
-                       **({"codec": codec} if codec is not None else {}))
+        raise bad_value(
+            "chunks/shards", (chunks, shards), "None for counted data: its event blocks are its storage units"
+        )
+    return save_events(
+        data, store, overwrite=overwrite, progress=progress, **({"codec": codec} if codec is not None else {})
+    )
 
 
 register_layout(Layout(LAYOUT, version=FORMAT_VERSION, claims=_claims, write=_write_layout, open=_open_layout))
-register_file_reader(FileReader("stempy", suffixes=(".h5", ".hdf5", ".hdf", ".nxs", ".emd"),
-                                detect=stempy_format.is_stempy, open=open_stempy))
+register_file_reader(
+    FileReader(
+        "stempy", suffixes=(".h5", ".hdf5", ".hdf", ".nxs", ".emd"), detect=stempy_format.is_stempy, open=open_stempy
+    )
+)
 
 __all__ = ["open_event_store", "open_stempy", "save_events", "write_stempy"]

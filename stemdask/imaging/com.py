@@ -43,13 +43,16 @@ def _com_masks(data: xr.DataArray, mask: xr.DataArray | None) -> xr.DataArray:
             raise bad_value("mask", f"<{m.sizes['mask']} masks>", "a single mask (k_y, k_x) or (1, k_y, k_x)")
         w = np.asarray(m.values[0], dtype=np.float64)
     weights = np.stack([w * ky[:, None], w * kx[None, :], w])
-    return xr.DataArray(weights, dims=("mask", *DETECTOR_DIMS),
-                        coords={"mask": ["k_y", "k_x", "total"], "k_y": data.coords["k_y"],
-                                "k_x": data.coords["k_x"]})
+    return xr.DataArray(
+        weights,
+        dims=("mask", *DETECTOR_DIMS),
+        coords={"mask": ["k_y", "k_x", "total"], "k_y": data.coords["k_y"], "k_x": data.coords["k_x"]},
+    )
 
 
-def center_of_mass(data: xr.DataArray, *, mask: xr.DataArray | None = None, dtype: Any = "float64",
-                   batch_bytes: int = BATCH_BYTES) -> xr.DataArray:
+def center_of_mass(
+    data: xr.DataArray, *, mask: xr.DataArray | None = None, dtype: Any = "float64", batch_bytes: int = BATCH_BYTES
+) -> xr.DataArray:
     """Centre of mass of every diffraction pattern (lazy), through the projection engine.
 
     One pass with three masks ``(k_y w, k_x w, w)``, ``w`` the optional mask
@@ -80,10 +83,14 @@ def center_of_mass(data: xr.DataArray, *, mask: xr.DataArray | None = None, dtyp
     sums = project_checked(data, masks, dtype=dtype, batch_bytes=batch_bytes).data
     # one task per chunk for the ratio (a chain of xarray operations costs more than the
     # projection itself on sparse or small data)
-    ratio = da.map_blocks(_ratio_block, sums, chunks=(sums.chunks[0], sums.chunks[1], (2,)), dtype=sums.dtype,
-                          meta=sums._meta)
-    com = xr.DataArray(ratio, dims=(*SCAN_DIMS, "component"),
-                       coords={**{d: data.coords[d] for d in SCAN_DIMS}, "component": ["y", "x"]})
+    ratio = da.map_blocks(
+        _ratio_block, sums, chunks=(sums.chunks[0], sums.chunks[1], (2,)), dtype=sums.dtype, meta=sums._meta
+    )
+    com = xr.DataArray(
+        ratio,
+        dims=(*SCAN_DIMS, "component"),
+        coords={**{d: data.coords[d] for d in SCAN_DIMS}, "component": ["y", "x"]},
+    )
     attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
     attrs["units"] = data.coords["k_x"].attrs.get("units", "mrad")
     attrs["long_name"] = "centre-of-mass shift"
@@ -116,8 +123,11 @@ def _check_com(com: Any, name: str = "com") -> xr.DataArray:
     if not isinstance(com, xr.DataArray):
         raise bad_type(name, com, "a (scan_y, scan_x, component) DataArray from center_of_mass")
     if tuple(com.dims) != (*SCAN_DIMS, "component") or com.sizes["component"] != 2:
-        raise bad_value(name, f"<DataArray dims {com.dims} shape {com.shape}>",
-                        "dims (scan_y, scan_x, component) with component = ['y', 'x']")
+        raise bad_value(
+            name,
+            f"<DataArray dims {com.dims} shape {com.shape}>",
+            "dims (scan_y, scan_x, component) with component = ['y', 'x']",
+        )
     return com
 
 
@@ -234,15 +244,17 @@ def find_rotation(com: xr.DataArray, *, flip: bool | None = None, resolve_180: b
     if values.shape[0] < 4 or values.shape[1] < 4:
         raise bad_value("com", f"<CoM of scan shape {values.shape[:2]}>", "a scan of at least 4 x 4 positions")
     if not np.all(np.isfinite(values)):
-        raise bad_value("com", f"<CoM with {int(np.count_nonzero(~np.isfinite(values)))} NaN values>",
-                        "finite values (patterns without intensity give NaN; fill or crop them)")
+        raise bad_value(
+            "com",
+            f"<CoM with {int(np.count_nonzero(~np.isfinite(values)))} NaN values>",
+            "finite values (patterns without intensity give NaN; fill or crop them)",
+        )
     gy = values[..., 0] - values[..., 0].mean()
     gx = values[..., 1] - values[..., 1].mean()
     best = []
-    for flipped in ((False, True) if flip is None else (bool(flip),)):
+    for flipped in (False, True) if flip is None else (bool(flip),):
         curl, div = _curl_div(-gy if flipped else gy, gx)
-        quad = np.array([[np.mean(curl * curl), np.mean(curl * div)],
-                         [np.mean(curl * div), np.mean(div * div)]])
+        quad = np.array([[np.mean(curl * curl), np.mean(curl * div)], [np.mean(curl * div), np.mean(div * div)]])
         evals, evecs = np.linalg.eigh(quad)
         c, s = evecs[:, 0]
         best.append((max(evals[0], 0.0), math.degrees(math.atan2(s, c)), flipped))
@@ -261,16 +273,23 @@ def find_rotation(com: xr.DataArray, *, flip: bool | None = None, resolve_180: b
             # outer fifth of the symmetric range on each side (LiberTEM's 5-bin histogram test)
             neg = np.count_nonzero(div < -0.6 * limit)
             pos = np.count_nonzero(div > 0.6 * limit)
-            if pos > neg or (pos == neg and np.mean(div ** 3) > 0):
+            if pos > neg or (pos == neg and np.mean(div**3) > 0):
                 angle = angle - 180.0 if angle > 0 else angle + 180.0
-    out = xr.Dataset({"rotation_deg": float(angle), "flip": bool(flipped),
-                      "rms_curl": float(math.sqrt(ms)), "rms_curl_other": float(math.sqrt(ms_other))})
+    out = xr.Dataset(
+        {
+            "rotation_deg": float(angle),
+            "flip": bool(flipped),
+            "rms_curl": float(math.sqrt(ms)),
+            "rms_curl_other": float(math.sqrt(ms_other)),
+        }
+    )
     out["rotation_deg"].attrs["units"] = "deg"
     return out
 
 
-def correct_com(com: xr.DataArray, *, descan: int | None = 1, rotation_deg: float | str | None = "auto",
-                flip: bool | None = None) -> xr.DataArray:
+def correct_com(
+    com: xr.DataArray, *, descan: int | None = 1, rotation_deg: float | str | None = "auto", flip: bool | None = None
+) -> xr.DataArray:
     """Remove the descan and rotate the CoM into the scan frame.
 
     Parameters
@@ -305,5 +324,13 @@ def correct_com(com: xr.DataArray, *, descan: int | None = 1, rotation_deg: floa
     return rotate_com(out, float(rotation_deg), flip=bool(flip))
 
 
-__all__ = ["center_of_mass", "correct_com", "electric_field", "field_per_mrad", "find_rotation",
-           "fit_descan", "remove_descan", "rotate_com"]
+__all__ = [
+    "center_of_mass",
+    "correct_com",
+    "electric_field",
+    "field_per_mrad",
+    "find_rotation",
+    "fit_descan",
+    "remove_descan",
+    "rotate_com",
+]

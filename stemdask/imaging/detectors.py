@@ -46,8 +46,11 @@ def _axes(data: Any) -> tuple[np.ndarray, np.ndarray, str]:
         raise bad_type("data", data, "a stemdask dataset or DataArray with k_y, k_x coordinates")
     for dim in DETECTOR_DIMS:
         if dim not in data.coords:
-            raise bad_value("data", f"<object without coordinate {dim!r}>",
-                            "an object with k_y and k_x coordinates (a stemdask dataset or PACBED)")
+            raise bad_value(
+                "data",
+                f"<object without coordinate {dim!r}>",
+                "an object with k_y and k_x coordinates (a stemdask dataset or PACBED)",
+            )
     ky = np.asarray(data.coords["k_y"].values, dtype=np.float64)
     kx = np.asarray(data.coords["k_x"].values, dtype=np.float64)
     units = data.coords["k_x"].attrs.get("units", "mrad")
@@ -70,8 +73,9 @@ def _radius(name: str, value: Any, *, allow_zero: bool = False, allow_inf: bool 
         raise bad_type(name, value, "a real number of mrad")
     v = float(value)
     if math.isnan(v) or v < 0 or (v == 0 and not allow_zero) or (math.isinf(v) and not allow_inf):
-        raise bad_value(name, value, "a positive finite angle in mrad" if not allow_zero
-                        else "a non-negative angle in mrad")
+        raise bad_value(
+            name, value, "a positive finite angle in mrad" if not allow_zero else "a non-negative angle in mrad"
+        )
     return v
 
 
@@ -79,8 +83,9 @@ def _grid(ky: np.ndarray, kx: np.ndarray, center: tuple[float, float]) -> tuple[
     return (ky - center[0])[:, None], (kx - center[1])[None, :]
 
 
-def _render(spec: dict[str, Any], ky: np.ndarray, kx: np.ndarray,
-            offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def _render(
+    spec: dict[str, Any], ky: np.ndarray, kx: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """Draw the masks of a recipe, centred at its centre plus ``offset`` (mrad)."""
     center = (spec["center_mrad"][0] + offset[0], spec["center_mrad"][1] + offset[1])
     y, x = _grid(ky, kx, center)
@@ -88,8 +93,10 @@ def _render(spec: dict[str, Any], ky: np.ndarray, kx: np.ndarray,
     if kind == "rings":
         r = np.hypot(y, x)
         edges = spec["edges_mrad"]
-        out = [(r > lo * (1 + _EPS)) & (r <= hi * (1 + _EPS)) if lo > 0 else (r <= hi * (1 + _EPS))
-               for lo, hi in zip(edges[:-1], edges[1:])]
+        out = [
+            (r > lo * (1 + _EPS)) & (r <= hi * (1 + _EPS)) if lo > 0 else (r <= hi * (1 + _EPS))
+            for lo, hi in zip(edges[:-1], edges[1:])
+        ]
         return np.stack(out)
     if kind == "segments":
         r = np.hypot(y, x)
@@ -110,14 +117,20 @@ def _masks(data: Any, spec: dict[str, Any], names: Sequence[str], name: str) -> 
     ky, kx, units = _axes(data)
     values = _render(spec, ky, kx)
     out = xr.DataArray(
-        values, dims=("mask", *DETECTOR_DIMS),
+        values,
+        dims=("mask", *DETECTOR_DIMS),
         coords={"mask": list(names), "k_y": data.coords["k_y"], "k_x": data.coords["k_x"]},
-        attrs={"detector": spec, "units": units, "long_name": f"{name} detector"}, name=name)
+        attrs={"detector": spec, "units": units, "long_name": f"{name} detector"},
+        name=name,
+    )
     empty = [n for n, m in zip(names, values) if not m.any()]
     if empty:
-        raise bad_value(name, f"<{spec}>",
-                        f"masks that cover at least one pixel; {empty} cover none (detector spans "
-                        f"k_y {ky.min():.4g}..{ky.max():.4g}, k_x {kx.min():.4g}..{kx.max():.4g} {units})")
+        raise bad_value(
+            name,
+            f"<{spec}>",
+            f"masks that cover at least one pixel; {empty} cover none (detector spans "
+            f"k_y {ky.min():.4g}..{ky.max():.4g}, k_x {kx.min():.4g}..{kx.max():.4g} {units})",
+        )
     return out
 
 
@@ -146,8 +159,9 @@ def disk(data: Any, radius_mrad: float, *, center_mrad: Any = None, name: str = 
     return _masks(data, spec, [name], name)
 
 
-def annulus(data: Any, inner_mrad: float, outer_mrad: float, *, center_mrad: Any = None,
-            name: str = "ADF") -> xr.DataArray:
+def annulus(
+    data: Any, inner_mrad: float, outer_mrad: float, *, center_mrad: Any = None, name: str = "ADF"
+) -> xr.DataArray:
     """An annular detector ``inner_mrad < r <= outer_mrad`` (ABF, ADF, HAADF).
 
     ``outer_mrad`` may be ``inf`` (everything beyond ``inner_mrad``).
@@ -160,8 +174,7 @@ def annulus(data: Any, inner_mrad: float, outer_mrad: float, *, center_mrad: Any
     return _masks(data, spec, [name], name)
 
 
-def rings(data: Any, edges_mrad: Sequence[float], *, center_mrad: Any = None,
-          name: str = "rings") -> xr.DataArray:
+def rings(data: Any, edges_mrad: Sequence[float], *, center_mrad: Any = None, name: str = "rings") -> xr.DataArray:
     """``n`` concentric rings between ``n + 1`` increasing edges (mrad).
 
     Ring ``i`` is ``edges[i] < r <= edges[i+1]`` (the first includes r = 0
@@ -169,8 +182,13 @@ def rings(data: Any, edges_mrad: Sequence[float], *, center_mrad: Any = None,
     coordinate ``r_mrad`` holds the ring centres.
     """
     edges = np.asarray(edges_mrad, dtype=np.float64).ravel()
-    if edges.size < 2 or not np.all(np.isfinite(edges[:-1])) or np.isnan(edges[-1]) or edges[0] < 0 \
-            or not np.all(np.diff(edges) > 0):
+    if (
+        edges.size < 2
+        or not np.all(np.isfinite(edges[:-1]))
+        or np.isnan(edges[-1])
+        or edges[0] < 0
+        or not np.all(np.diff(edges) > 0)
+    ):
         raise bad_value("edges_mrad", edges_mrad, "at least two increasing non-negative angles in mrad")
     spec = {"kind": "rings", "edges_mrad": [float(e) for e in edges], "center_mrad": list(_center(center_mrad))}
     labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
@@ -179,8 +197,16 @@ def rings(data: Any, edges_mrad: Sequence[float], *, center_mrad: Any = None,
     return out.assign_coords(r_mrad=("mask", centres, {"units": "mrad", "long_name": "ring centre"}))
 
 
-def segments(data: Any, n: int, *, inner_mrad: float = 0.0, outer_mrad: float = math.inf,
-             rotation_deg: float = 0.0, center_mrad: Any = None, name: str = "segments") -> xr.DataArray:
+def segments(
+    data: Any,
+    n: int,
+    *,
+    inner_mrad: float = 0.0,
+    outer_mrad: float = math.inf,
+    rotation_deg: float = 0.0,
+    center_mrad: Any = None,
+    name: str = "segments",
+) -> xr.DataArray:
     """``n`` equal azimuthal segments of an annulus (``n=4``: DPC quadrants).
 
     Segment ``i`` spans azimuths ``[rotation + i 360/n, rotation + (i+1) 360/n)``
@@ -195,15 +221,22 @@ def segments(data: Any, n: int, *, inner_mrad: float = 0.0, outer_mrad: float = 
     rot = float(rotation_deg)
     if not math.isfinite(rot):
         raise bad_value("rotation_deg", rotation_deg, "a finite angle in degrees")
-    spec = {"kind": "segments", "n": int(n), "inner_mrad": inner, "outer_mrad": outer,
-            "rotation_deg": rot, "center_mrad": list(_center(center_mrad))}
+    spec = {
+        "kind": "segments",
+        "n": int(n),
+        "inner_mrad": inner,
+        "outer_mrad": outer,
+        "rotation_deg": rot,
+        "center_mrad": list(_center(center_mrad)),
+    }
     out = _masks(data, spec, [f"{name}{i}" for i in range(n)], name)
     phi = rot + (np.arange(n) + 0.5) * 360.0 / n
     return out.assign_coords(phi_deg=("mask", phi, {"units": "deg", "long_name": "segment centre azimuth"}))
 
 
-def rectangle(data: Any, y_mrad: Sequence[float], x_mrad: Sequence[float], *, center_mrad: Any = None,
-              name: str = "rectangle") -> xr.DataArray:
+def rectangle(
+    data: Any, y_mrad: Sequence[float], x_mrad: Sequence[float], *, center_mrad: Any = None, name: str = "rectangle"
+) -> xr.DataArray:
     """A rectangle ``y0 <= k_y < y1``, ``x0 <= k_x < x1`` (mrad, relative to the centre)."""
     pairs = []
     for label, pair in (("y_mrad", y_mrad), ("x_mrad", x_mrad)):
@@ -215,8 +248,7 @@ def rectangle(data: Any, y_mrad: Sequence[float], x_mrad: Sequence[float], *, ce
     return _masks(data, spec, [name], name)
 
 
-def custom(data: Any, weights: Any, *, names: Sequence[str] | None = None,
-           name: str = "custom") -> xr.DataArray:
+def custom(data: Any, weights: Any, *, names: Sequence[str] | None = None, name: str = "custom") -> xr.DataArray:
     """Arbitrary boolean or weighted masks ``(k_y, k_x)`` or ``(mask, k_y, k_x)``.
 
     Raises for a wrong shape, non-finite weights or a mask that is zero
@@ -232,20 +264,28 @@ def custom(data: Any, weights: Any, *, names: Sequence[str] | None = None,
         arr = arr[None]
     shape = (data.sizes["k_y"], data.sizes["k_x"])
     if arr.ndim != 3 or arr.shape[1:] != shape:
-        raise bad_value("weights", f"<array of shape {np.shape(weights)}>",
-                        f"shape {shape} or (n_masks, *{shape}) matching the detector")
+        raise bad_value(
+            "weights",
+            f"<array of shape {np.shape(weights)}>",
+            f"shape {shape} or (n_masks, *{shape}) matching the detector",
+        )
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise bad_value("weights", "<array with NaN/inf>", "finite weights")
-    labels = list(names) if names is not None else [f"{name}{i}" if arr.shape[0] > 1 else name
-                                                     for i in range(arr.shape[0])]
+    labels = (
+        list(names) if names is not None else [f"{name}{i}" if arr.shape[0] > 1 else name for i in range(arr.shape[0])]
+    )
     if len(labels) != arr.shape[0]:
         raise bad_value("names", names, f"{arr.shape[0]} labels, one per mask")
     empty = [lab for lab, m in zip(labels, arr) if not np.any(m)]
     if empty:
         raise bad_value("weights", f"<masks {empty} zero everywhere>", "every mask to cover at least one pixel")
-    return xr.DataArray(arr, dims=("mask", *DETECTOR_DIMS),
-                        coords={"mask": labels, "k_y": data.coords["k_y"], "k_x": data.coords["k_x"]},
-                        attrs={"units": units, "long_name": f"{name} detector"}, name=name)
+    return xr.DataArray(
+        arr,
+        dims=("mask", *DETECTOR_DIMS),
+        coords={"mask": labels, "k_y": data.coords["k_y"], "k_x": data.coords["k_x"]},
+        attrs={"units": units, "long_name": f"{name} detector"},
+        name=name,
+    )
 
 
 def stack(*masks: xr.DataArray, name: str = "detectors") -> xr.DataArray:
@@ -258,11 +298,13 @@ def stack(*masks: xr.DataArray, name: str = "detectors") -> xr.DataArray:
     labels = [str(v) for m in masks for v in m.coords["mask"].values]
     if len(set(labels)) != len(labels):
         raise bad_value("masks", labels, "unique mask labels (pass name=... to the builders)")
-    plain = [m.drop_vars([c for c in m.coords if c not in ("mask", *DETECTOR_DIMS)]).astype(np.float64)
-             for m in masks]
+    plain = [m.drop_vars([c for c in m.coords if c not in ("mask", *DETECTOR_DIMS)]).astype(np.float64) for m in masks]
     out = xr.concat(plain, dim="mask", combine_attrs="drop")
-    out.attrs = {"units": masks[0].attrs.get("units"), "long_name": "stacked detectors",
-                 "parts": [m.attrs.get("detector") for m in masks]}
+    out.attrs = {
+        "units": masks[0].attrs.get("units"),
+        "long_name": "stacked detectors",
+        "parts": [m.attrs.get("detector") for m in masks],
+    }
     return out.rename(name)
 
 
@@ -286,8 +328,7 @@ def shifted(masks: xr.DataArray, offset_mrad: Sequence[float]) -> np.ndarray:
     step_y = float(ky[1] - ky[0]) if ky.size > 1 else 1.0
     step_x = float(kx[1] - kx[0]) if kx.size > 1 else 1.0
     values = np.asarray(masks.values, dtype=np.float64)
-    return np.stack([ndimage.shift(m, (dy / step_y, dx / step_x), order=1, mode="constant", cval=0.0)
-                     for m in values])
+    return np.stack([ndimage.shift(m, (dy / step_y, dx / step_x), order=1, mode="constant", cval=0.0) for m in values])
 
 
 __all__ = ["annulus", "custom", "disk", "rectangle", "rings", "segments", "shifted", "stack"]

@@ -56,8 +56,9 @@ def _cutoff(name: str, value: Any) -> float | None:
 def _gradient_field(com: xr.DataArray) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Phase gradient (rad/Å) from a CoM in mrad, and the scan step (Å)."""
     if com.attrs.get("units") != "mrad":
-        raise bad_value("com", f"<CoM in {com.attrs.get('units')!r}>",
-                        "a CoM in mrad (calibrate the dataset's detector_pixel_mrad)")
+        raise bad_value(
+            "com", f"<CoM in {com.attrs.get('units')!r}>", "a CoM in mrad (calibrate the dataset's detector_pixel_mrad)"
+        )
     if "energy_ev" not in com.attrs:
         raise MissingCalibrationError("icom needs the calibration ['energy_ev'] in com.attrs")
     steps = []
@@ -66,12 +67,16 @@ def _gradient_field(com: xr.DataArray) -> tuple[np.ndarray, np.ndarray, tuple[fl
         if coord.attrs.get("units") != "Å" or coord.size < 2:
             raise MissingCalibrationError(
                 f"icom needs scan coordinates in Å; {dim} has units {coord.attrs.get('units')!r} "
-                "(set scan_step_A on the dataset)")
+                "(set scan_step_A on the dataset)"
+            )
         steps.append(float(coord.values[1] - coord.values[0]))
     values = np.asarray(com.values, dtype=np.float64)
     if not np.all(np.isfinite(values)):
-        raise bad_value("com", f"<CoM with {int(np.count_nonzero(~np.isfinite(values)))} NaN values>",
-                        "finite values (patterns without intensity give NaN; fill or crop them)")
+        raise bad_value(
+            "com",
+            f"<CoM with {int(np.count_nonzero(~np.isfinite(values)))} NaN values>",
+            "finite values (patterns without intensity give NaN; fill or crop them)",
+        )
     scale = 2 * math.pi * 1e-3 / wavelength_A(com.attrs["energy_ev"])
     return values[..., 0] * scale, values[..., 1] * scale, (steps[0], steps[1])
 
@@ -83,8 +88,8 @@ def _freqs(shape: tuple[int, int], steps: tuple[float, float]) -> tuple[np.ndarr
 
 
 def _denominator(qy: np.ndarray, qx: np.ndarray, q_hp: float | None, q_lp: float | None) -> np.ndarray:
-    q2 = qy ** 2 + qx ** 2
-    den = q2 + (q_hp ** 2 if q_hp else 0.0) + (q2 ** 2 / q_lp ** 2 if q_lp else 0.0)
+    q2 = qy**2 + qx**2
+    den = q2 + (q_hp**2 if q_hp else 0.0) + (q2**2 / q_lp**2 if q_lp else 0.0)
     return 2 * math.pi * den
 
 
@@ -95,8 +100,16 @@ def _integrate(gy: np.ndarray, gx: np.ndarray, qy: np.ndarray, qx: np.ndarray, d
     return np.fft.ifft2(spec).real
 
 
-def icom(com: xr.DataArray, *, lowpass: float | None = None, highpass: float | None = None,
-         method: str = "fourier", n_iter: int = 64, step: float = 0.5, pad: int = 2) -> xr.DataArray:
+def icom(
+    com: xr.DataArray,
+    *,
+    lowpass: float | None = None,
+    highpass: float | None = None,
+    method: str = "fourier",
+    n_iter: int = 64,
+    step: float = 0.5,
+    pad: int = 2,
+) -> xr.DataArray:
     """Integrate a CoM field into a phase image (radians).
 
     Parameters
@@ -144,21 +157,33 @@ def icom(com: xr.DataArray, *, lowpass: float | None = None, highpass: float | N
         raise bad_value("method", method, "'fourier' or 'iterative'")
     phase = phase - phase.mean()
     attrs = {k: v for k, v in com.attrs.items() if k not in ("units", "long_name", "field_V_per_mrad")}
-    attrs.update(units="rad", long_name="iCoM phase", method=method,
-                 lowpass_inv_A=q_lp if q_lp else 0.0, highpass_inv_A=q_hp if q_hp else 0.0)
-    return xr.DataArray(phase, dims=SCAN_DIMS, coords={d: com.coords[d] for d in SCAN_DIMS},
-                        attrs=attrs, name="icom")
+    attrs.update(
+        units="rad",
+        long_name="iCoM phase",
+        method=method,
+        lowpass_inv_A=q_lp if q_lp else 0.0,
+        highpass_inv_A=q_hp if q_hp else 0.0,
+    )
+    return xr.DataArray(phase, dims=SCAN_DIMS, coords={d: com.coords[d] for d in SCAN_DIMS}, attrs=attrs, name="icom")
 
 
-def _iterate(gy: np.ndarray, gx: np.ndarray, steps: tuple[float, float], q_hp: float | None,
-             q_lp: float | None, n_iter: int, mu: float, pad: int) -> np.ndarray:
+def _iterate(
+    gy: np.ndarray,
+    gx: np.ndarray,
+    steps: tuple[float, float],
+    q_hp: float | None,
+    q_lp: float | None,
+    n_iter: int,
+    mu: float,
+    pad: int,
+) -> np.ndarray:
     ny, nx = gy.shape
     shape = (ny * pad, nx * pad)
     qy, qx = _freqs(shape, steps)
     den = _denominator(qy, qx, q_hp, q_lp)
     a1 = (2 * math.pi * q_hp) ** 2 if q_hp else 0.0
     a2 = 1.0 / (2 * math.pi * q_lp) ** 2 if q_lp else 0.0
-    q2 = qy ** 2 + qx ** 2
+    q2 = qy**2 + qx**2
     phi = np.zeros(shape)
     for _ in range(n_iter):
         f = np.fft.fft2(phi)
@@ -168,7 +193,7 @@ def _iterate(gy: np.ndarray, gx: np.ndarray, steps: tuple[float, float], q_hp: f
         rx = np.zeros(shape)
         rx[:ny, :nx] = gx - np.fft.ifft2(2j * math.pi * qx * f).real[:ny, :nx]
         # minus the regularisers' gradient, expressed in the same units as q . F{residual}
-        reg = (a1 + a2 * (2 * math.pi) ** 4 * q2 ** 2) * f / (2 * math.pi)
+        reg = (a1 + a2 * (2 * math.pi) ** 4 * q2**2) * f / (2 * math.pi)
         num = -1j * (qy * np.fft.fft2(ry) + qx * np.fft.fft2(rx)) - reg
         with np.errstate(divide="ignore", invalid="ignore"):
             upd = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
@@ -176,8 +201,16 @@ def _iterate(gy: np.ndarray, gx: np.ndarray, steps: tuple[float, float], q_hp: f
     return phi[:ny, :nx]
 
 
-def dpc(data: xr.DataArray, *, n_segments: int = 4, inner_mrad: float = 0.0, outer_mrad: float | None = None,
-        rotation_deg: float = 0.0, center_mrad: Any = None, dtype: Any = "float64") -> xr.DataArray:
+def dpc(
+    data: xr.DataArray,
+    *,
+    n_segments: int = 4,
+    inner_mrad: float = 0.0,
+    outer_mrad: float | None = None,
+    rotation_deg: float = 0.0,
+    center_mrad: Any = None,
+    dtype: Any = "float64",
+) -> xr.DataArray:
     """Segmented-detector DPC: beam shift from ``n`` azimuthal segments (lazy).
 
     The signal is ``s = sum_i S_i u_i / sum_i S_i`` with ``S_i`` the segment
@@ -215,17 +248,21 @@ def dpc(data: xr.DataArray, *, n_segments: int = 4, inner_mrad: float = 0.0, out
     outer = 1.5 * alpha if outer_mrad is None else float(outer_mrad)
     inner = float(inner_mrad)
     if not (0 <= inner < alpha <= outer):
-        raise bad_value("inner_mrad/outer_mrad", (inner_mrad, outer_mrad),
-                        f"inner < semiangle ({alpha} mrad) <= outer: the disk edge must fall on the segments")
-    masks = detectors.segments(data, int(n_segments), inner_mrad=inner, outer_mrad=outer,
-                               rotation_deg=rotation_deg, center_mrad=center_mrad)
+        raise bad_value(
+            "inner_mrad/outer_mrad",
+            (inner_mrad, outer_mrad),
+            f"inner < semiangle ({alpha} mrad) <= outer: the disk edge must fall on the segments",
+        )
+    masks = detectors.segments(
+        data, int(n_segments), inner_mrad=inner, outer_mrad=outer, rotation_deg=rotation_deg, center_mrad=center_mrad
+    )
     signals = project_checked(data, check_masks(masks, data), dtype=dtype)
     phi = np.radians(masks.coords["phi_deg"].values)
     uy = xr.DataArray(np.sin(phi), dims=("mask",))
     ux = xr.DataArray(np.cos(phi), dims=("mask",))
     total = signals.sum("mask")
     safe = xr.where(total != 0, total, np.nan)
-    gain = alpha * n_segments * math.sin(math.pi / n_segments) / (math.pi * (alpha ** 2 - inner ** 2))
+    gain = alpha * n_segments * math.sin(math.pi / n_segments) / (math.pi * (alpha**2 - inner**2))
     sy = (signals * uy).sum("mask") / safe / gain
     sx = (signals * ux).sum("mask") / safe / gain
     out = xr.concat([sy, sx], dim="component").assign_coords(component=["y", "x"])

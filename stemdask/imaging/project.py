@@ -135,8 +135,15 @@ class MaskWeights:
     adjoint to a block of patterns or coefficients.
     """
 
-    def __init__(self, matrix: Any, *, n_masks: int, n_pixels: int, sparse: bool = False,
-                 frame_shape: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        matrix: Any,
+        *,
+        n_masks: int,
+        n_pixels: int,
+        sparse: bool = False,
+        frame_shape: tuple[int, int] | None = None,
+    ):
         self.n_masks = int(n_masks)
         self.n_pixels = int(n_pixels)
         self.sparse = bool(sparse)
@@ -147,8 +154,9 @@ class MaskWeights:
         self.frame_shape = None if frame_shape is None else tuple(int(v) for v in frame_shape)
         #: (row weights (k_y, n_masks), column weights (k_x, n_masks)) when every mask depends
         #: on the row only or on the column only (CoM: k_y, k_x, 1), else None
-        self.marginal = (None if sparse or frame_shape is None or self.dtype.kind == "c"
-                         else _marginal_weights(matrix, frame_shape))
+        self.marginal = (
+            None if sparse or frame_shape is None or self.dtype.kind == "c" else _marginal_weights(matrix, frame_shape)
+        )
         #: (3, n_masks) coefficients on (1, row index, column index) when every mask is an
         #: affine function of the pixel position (CoM: k_y, k_x, 1), else None
         self.affine = _affine_weights(self.marginal)
@@ -164,8 +172,12 @@ class MaskWeights:
         values = csr.data if sparse else matrix
         #: max |weight| when every weight is a real integer (exact float32 products), else None
         self.integer_bound: float | None = None
-        if values.size and self.dtype.kind == "f" and np.all(np.isfinite(values)) \
-                and np.all(values == np.round(values)):
+        if (
+            values.size
+            and self.dtype.kind == "f"
+            and np.all(np.isfinite(values))
+            and np.all(values == np.round(values))
+        ):
             self.integer_bound = float(max(np.abs(values).max(), 1.0))
 
     def __dask_tokenize__(self) -> Any:
@@ -192,9 +204,11 @@ class MaskWeights:
 
     def dense(self, dtype: Any = np.float64) -> np.ndarray:
         """The full ``(pixels, n_masks)`` matrix as a C-contiguous numpy array."""
+
         def make():
             m = self._matrix.toarray() if self.sparse else self._matrix
             return np.ascontiguousarray(m, dtype=dtype)
+
         return self._cached(("dense", np.dtype(dtype).name), make)
 
     @property
@@ -209,15 +223,15 @@ class MaskWeights:
 
     def on_support(self, dtype: Any = np.float64) -> np.ndarray:
         """Dense weights of the support pixels, ``(support.size, n_masks)``."""
-        return self._cached(("support", np.dtype(dtype).name),
-                            lambda: np.ascontiguousarray(self.dense(dtype)[self.support]))
+        return self._cached(
+            ("support", np.dtype(dtype).name), lambda: np.ascontiguousarray(self.dense(dtype)[self.support])
+        )
 
     def sparse_transposed(self, dtype: Any = np.float64) -> Any:
         """``scipy.sparse`` CSR matrix ``(n_masks, pixels)``."""
         import scipy.sparse as sp
 
-        return self._cached(("sparseT", np.dtype(dtype).name),
-                            lambda: sp.csr_matrix(self._matrix.T, dtype=dtype))
+        return self._cached(("sparseT", np.dtype(dtype).name), lambda: sp.csr_matrix(self._matrix.T, dtype=dtype))
 
     def on_device(self, kind: str, dtype: Any, make: Any) -> Any:
         """A backend-specific copy (e.g. cupy arrays), built once by ``make()``."""
@@ -236,8 +250,9 @@ class MaskWeights:
         """
         shape = tuple(patterns.shape)
         if len(shape) < 2 or shape[-2] * shape[-1] != self.n_pixels:
-            raise bad_value("patterns", f"<array of shape {shape}>",
-                            f"(..., k_y, k_x) with k_y * k_x = {self.n_pixels} pixels")
+            raise bad_value(
+                "patterns", f"<array of shape {shape}>", f"(..., k_y, k_x) with k_y * k_x = {self.n_pixels} pixels"
+            )
         lead = shape[:-2]
         dtype = self.result_dtype(patterns.dtype, precision)
         if len(lead) == 2:
@@ -260,11 +275,11 @@ class MaskWeights:
         xp = array_module(coefficients)
         dtype = np.result_type(coefficients.dtype, self.dtype)
         if xp is np:
-            wh = self._cached(("adjoint", dtype.name), lambda: np.ascontiguousarray(
-                self.dense(dtype).conj().T))
+            wh = self._cached(("adjoint", dtype.name), lambda: np.ascontiguousarray(self.dense(dtype).conj().T))
         else:
-            wh = self.on_device("adjoint-" + xp.__name__, dtype,
-                                lambda: xp.asarray(np.ascontiguousarray(self.dense(dtype).conj().T)))
+            wh = self.on_device(
+                "adjoint-" + xp.__name__, dtype, lambda: xp.asarray(np.ascontiguousarray(self.dense(dtype).conj().T))
+            )
         flat = coefficients.reshape(-1, self.n_masks).astype(dtype, copy=False)
         out = flat @ wh
         frame = self.frame_shape if self.frame_shape is not None else (self.n_pixels,)
@@ -311,7 +326,7 @@ class _BlockDispatch(Dispatch):
             raise bad_type("block", arg, "a numpy or cupy array of frames (or a registered block type)") from None
         return meth(arg, *args, **kwargs)
 
-    @property  # type: ignore[misc]
+    @property
     def __doc__(self) -> str:  # type: ignore[override]
         return _PROJECT_BLOCK_DOC
 
@@ -320,7 +335,7 @@ project_block = _BlockDispatch("project_block")
 
 
 #: float32 represents every integer up to 2**24 exactly
-_F32_EXACT = 2 ** 24
+_F32_EXACT = 2**24
 
 
 def _exact_f32_step(batch: np.ndarray, weight_bound: float | None) -> int:
@@ -337,8 +352,9 @@ def _exact_f32_step(batch: np.ndarray, weight_bound: float | None) -> int:
     return int(_F32_EXACT // bound) if bound <= _F32_EXACT else 0
 
 
-def _matmul_exact(frames: np.ndarray, w32: np.ndarray, w64: np.ndarray, out: np.ndarray,
-                  weight_bound: float | None, buf32: np.ndarray) -> None:
+def _matmul_exact(
+    frames: np.ndarray, w32: np.ndarray, w64: np.ndarray, out: np.ndarray, weight_bound: float | None, buf32: np.ndarray
+) -> None:
     """``out = frames @ w`` in float64 precision, through float32 BLAS where that is exact.
 
     ``buf32`` is scratch of at least ``frames.shape`` float32 elements, reused
@@ -350,21 +366,22 @@ def _matmul_exact(frames: np.ndarray, w32: np.ndarray, w64: np.ndarray, out: np.
         np.matmul(frames.astype(np.float64), w64, out=out)
         return
     if step >= p:
-        f32 = buf32[:n * p].reshape(n, p)
+        f32 = buf32[: n * p].reshape(n, p)
         f32[...] = frames
         out[:] = f32 @ w32
         return
     out[:] = 0.0
     for k in range(0, p, step):  # exact float32 partial sums, added in float64
         width = min(step, p - k)
-        f32 = buf32[:n * width].reshape(n, width)
-        f32[...] = frames[:, k:k + width]
-        out += f32 @ w32[k:k + width]
+        f32 = buf32[: n * width].reshape(n, width)
+        f32[...] = frames[:, k : k + width]
+        out += f32 @ w32[k : k + width]
 
 
 @project_block.register(np.ndarray)
-def _project_numpy(block: np.ndarray, weights: MaskWeights, *, dtype: Any = np.float64,
-                   batch_bytes: int = BATCH_BYTES) -> np.ndarray:
+def _project_numpy(
+    block: np.ndarray, weights: MaskWeights, *, dtype: Any = np.float64, batch_bytes: int = BATCH_BYTES
+) -> np.ndarray:
     with single_blas_thread():  # this kernel is one of several dask threads: no BLAS threads on top
         return _project_numpy_body(block, weights, dtype, batch_bytes)
 
@@ -384,21 +401,24 @@ def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, bat
     frames = block.reshape(ny * nx, -1)
     out = np.empty((frames.shape[0], weights.n_masks), dtype=dtype)
     # float64 results from integer data and integer weights: exact float32 BLAS, twice as fast
-    exact32 = (np.dtype(dtype) == np.float64 and block.dtype.kind in "iu"
-               and weights.integer_bound is not None and not weights.use_sparse_product)
+    exact32 = (
+        np.dtype(dtype) == np.float64
+        and block.dtype.kind in "iu"
+        and weights.integer_bound is not None
+        and not weights.use_sparse_product
+    )
     itemsize = 4 if exact32 else np.dtype(dtype).itemsize
     # Conversion scratch is allocated once per block and reused by every batch: a fresh
     # multi-MiB temporary per batch is returned to the OS and faulted in again each time
     # (dask workers set MALLOC_TRIM_THRESHOLD_), which made the kernel 2-4x slower there.
-    width = int(weights.support.size if weights.use_support and not weights.use_sparse_product
-                else frames.shape[1])
+    width = int(weights.support.size if weights.use_support and not weights.use_sparse_product else frames.shape[1])
     n_frames = int(frames.shape[0])
     batch_rows = max(1, int(batch_bytes) // max(width * int(itemsize), 1))
     buf = np.empty(min(batch_rows, n_frames) * width, dtype=np.float32 if exact32 else dtype)
     if weights.use_sparse_product:
         mt = weights.sparse_transposed(dtype)
         for a, b in _batches(frames.shape[0], frames.shape[1] * itemsize, batch_bytes):
-            converted = buf[:(b - a) * width].reshape(b - a, width)
+            converted = buf[: (b - a) * width].reshape(b - a, width)
             converted[...] = frames[a:b]
             out[a:b] = (mt @ converted.T).T
     elif weights.use_support:
@@ -409,12 +429,12 @@ def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, bat
         else:
             w = weights.on_support(dtype)
         for a, b in _batches(frames.shape[0], idx.size * itemsize, batch_bytes):
-            picked = gathered[:(b - a) * idx.size].reshape(b - a, idx.size)
+            picked = gathered[: (b - a) * idx.size].reshape(b - a, idx.size)
             np.take(frames[a:b], idx, axis=1, out=picked)
             if exact32:
                 _matmul_exact(picked, w32, w64, out[a:b], weights.integer_bound, buf)
             else:
-                converted = buf[:picked.size].reshape(picked.shape)
+                converted = buf[: picked.size].reshape(picked.shape)
                 converted[...] = picked
                 np.matmul(converted, w, out=out[a:b])
     else:
@@ -428,7 +448,7 @@ def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, bat
                 if frames.dtype == np.dtype(dtype):
                     np.matmul(frames[a:b], w, out=out[a:b])
                     continue
-                converted = buf[:(b - a) * width].reshape(b - a, width)
+                converted = buf[: (b - a) * width].reshape(b - a, width)
                 converted[...] = frames[a:b]
                 np.matmul(converted, w, out=out[a:b])
     return out.reshape(ny, nx, weights.n_masks)
@@ -441,8 +461,7 @@ def _register_cupy() -> None:
     project_block.register(cupy.ndarray, _project_cupy)
 
 
-def _project_cupy(block: Any, weights: MaskWeights, *, dtype: Any = np.float64,
-                  batch_bytes: int = BATCH_BYTES) -> Any:
+def _project_cupy(block: Any, weights: MaskWeights, *, dtype: Any = np.float64, batch_bytes: int = BATCH_BYTES) -> Any:
     import cupy
 
     ny, nx = block.shape[:2]
@@ -452,8 +471,7 @@ def _project_cupy(block: Any, weights: MaskWeights, *, dtype: Any = np.float64,
     if weights.use_sparse_product:
         import cupyx.scipy.sparse as csp
 
-        mt = weights.on_device("cupy-sparseT", dtype,
-                               lambda: csp.csr_matrix(weights.sparse_transposed(dtype)))
+        mt = weights.on_device("cupy-sparseT", dtype, lambda: csp.csr_matrix(weights.sparse_transposed(dtype)))
         for a, b in _batches(frames.shape[0], frames.shape[1] * itemsize, batch_bytes):
             out[a:b] = (mt @ frames[a:b].astype(dtype).T).T
     else:
@@ -475,31 +493,36 @@ def check_masks(masks: Any, data: xr.DataArray | None = None) -> xr.DataArray:
     Weights may be boolean, real or complex.
     """
     if not isinstance(masks, xr.DataArray):
-        raise bad_type("masks", masks, "an xarray.DataArray with dims ('mask', 'k_y', 'k_x') "
-                                       "(see stemdask.imaging.detectors)")
+        raise bad_type(
+            "masks", masks, "an xarray.DataArray with dims ('mask', 'k_y', 'k_x') (see stemdask.imaging.detectors)"
+        )
     if masks.ndim == 2 and tuple(masks.dims) == DETECTOR_DIMS:
         masks = masks.expand_dims("mask")
     if tuple(masks.dims) != ("mask", *DETECTOR_DIMS):
-        raise bad_value("masks", f"<DataArray with dims {tuple(masks.dims)}>",
-                        "dims ('mask', 'k_y', 'k_x') in this order")
+        raise bad_value(
+            "masks", f"<DataArray with dims {tuple(masks.dims)}>", "dims ('mask', 'k_y', 'k_x') in this order"
+        )
     if masks.sizes["mask"] == 0:
         raise bad_value("masks", "<DataArray with 0 masks>", "at least one mask")
     if data is not None:
         want = tuple(int(data.sizes[d]) for d in DETECTOR_DIMS)
         have = tuple(int(masks.sizes[d]) for d in DETECTOR_DIMS)
         if want != have:
-            raise bad_value("masks", f"<masks of detector shape {have}>",
-                            f"the dataset's detector shape {want}")
+            raise bad_value("masks", f"<masks of detector shape {have}>", f"the dataset's detector shape {want}")
         for dim in DETECTOR_DIMS:
             if dim in masks.coords and dim in data.coords:
                 mu = masks.coords[dim].attrs.get("units")
                 du = data.coords[dim].attrs.get("units")
                 same_units = mu is None or du is None or mu == du
-                if not same_units or not np.allclose(masks.coords[dim].values,
-                                                     data.coords[dim].values, rtol=1e-6, atol=1e-9):
-                    raise bad_value(f"masks.coords[{dim!r}]", f"<{mu} {masks.coords[dim].values[:3]}...>",
-                                    f"the dataset's coordinates ({du} {data.coords[dim].values[:3]}...): "
-                                    "build masks from the same dataset (its calibration and beam centre)")
+                if not same_units or not np.allclose(
+                    masks.coords[dim].values, data.coords[dim].values, rtol=1e-6, atol=1e-9
+                ):
+                    raise bad_value(
+                        f"masks.coords[{dim!r}]",
+                        f"<{mu} {masks.coords[dim].values[:3]}...>",
+                        f"the dataset's coordinates ({du} {data.coords[dim].values[:3]}...): "
+                        "build masks from the same dataset (its calibration and beam centre)",
+                    )
     values = masks.data
     if isinstance(values, da.Array):
         values = values.compute()
@@ -510,12 +533,17 @@ def check_masks(masks: Any, data: xr.DataArray | None = None) -> xr.DataArray:
     if kind in "fc" and not np.all(np.isfinite(host)):
         bad = int(np.count_nonzero(~np.isfinite(host)))
         raise bad_value("masks", f"<masks with {bad} non-finite weights>", "finite weights (no NaN/inf)")
-    empty = [str(n) for n, m in zip(masks.coords["mask"].values if "mask" in masks.coords
-                                     else range(host.shape[0]), host) if not np.any(m)]
+    empty = [
+        str(n)
+        for n, m in zip(masks.coords["mask"].values if "mask" in masks.coords else range(host.shape[0]), host)
+        if not np.any(m)
+    ]
     if empty:
-        raise bad_value("masks", f"<masks {empty} are zero everywhere>",
-                        "every mask to cover at least one detector pixel (check radii against the "
-                        "detector's angular range)")
+        raise bad_value(
+            "masks",
+            f"<masks {empty} are zero everywhere>",
+            "every mask to cover at least one detector pixel (check radii against the detector's angular range)",
+        )
     return masks
 
 
@@ -540,10 +568,12 @@ def mask_weights(masks: xr.DataArray, *, sparse: bool | None = None) -> MaskWeig
     if sparse:
         import scipy.sparse as sp
 
-        return MaskWeights(sp.csc_matrix(matrix), n_masks=n_masks, n_pixels=matrix.shape[0], sparse=True,
-                           frame_shape=host.shape[1:])
-    return MaskWeights(np.ascontiguousarray(matrix), n_masks=n_masks, n_pixels=matrix.shape[0],
-                       frame_shape=host.shape[1:])
+        return MaskWeights(
+            sp.csc_matrix(matrix), n_masks=n_masks, n_pixels=matrix.shape[0], sparse=True, frame_shape=host.shape[1:]
+        )
+    return MaskWeights(
+        np.ascontiguousarray(matrix), n_masks=n_masks, n_pixels=matrix.shape[0], frame_shape=host.shape[1:]
+    )
 
 
 def _block_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int) -> Any:
@@ -559,8 +589,9 @@ def _meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
         return xp.empty((0,) * ndim, dtype=dtype)
 
 
-def project_array(arr: da.Array, weights: MaskWeights, *, dtype: Any = np.float64,
-                  batch_bytes: int = BATCH_BYTES) -> da.Array:
+def project_array(
+    arr: da.Array, weights: MaskWeights, *, dtype: Any = np.float64, batch_bytes: int = BATCH_BYTES
+) -> da.Array:
     """Lazy ``(scan_y, scan_x, n_masks)`` projection of a 4-D dask array of frames (the forward operator).
 
     The weights travel to the workers once (one graph key), not once per task.
@@ -569,14 +600,22 @@ def project_array(arr: da.Array, weights: MaskWeights, *, dtype: Any = np.float6
         raise bad_value("data", f"<array of shape {arr.shape}>", "4-D (scan_y, scan_x, k_y, k_x)")
     require_whole_frames(arr, "a mask projection")
     if arr.shape[2] * arr.shape[3] != weights.n_pixels:
-        raise bad_value("masks", f"<{weights.n_pixels} pixels per mask>",
-                        f"{arr.shape[2] * arr.shape[3]} pixels per frame")
+        raise bad_value(
+            "masks", f"<{weights.n_pixels} pixels per mask>", f"{arr.shape[2] * arr.shape[3]} pixels per frame"
+        )
     w = dask.delayed(weights, pure=True, traverse=False)
     return da.map_blocks(
-        _block_kernel, arr, w, dtype, int(batch_bytes),
-        drop_axis=(2, 3), new_axis=2,
+        _block_kernel,
+        arr,
+        w,
+        dtype,
+        int(batch_bytes),
+        drop_axis=(2, 3),
+        new_axis=2,
         chunks=(arr.chunks[0], arr.chunks[1], (weights.n_masks,)),
-        dtype=dtype, meta=_meta(arr, 3, dtype), name="project-" + dask.base.tokenize(arr, w, dtype, batch_bytes),
+        dtype=dtype,
+        meta=_meta(arr, 3, dtype),
+        name="project-" + dask.base.tokenize(arr, w, dtype, batch_bytes),
     )
 
 
@@ -591,8 +630,9 @@ def adjoint_array(coefficients: da.Array, weights: MaskWeights) -> da.Array:
     positions (whole frames out).
     """
     if coefficients.ndim != 3 or coefficients.shape[2] != weights.n_masks:
-        raise bad_value("coefficients", f"<array of shape {coefficients.shape}>",
-                        f"(scan_y, scan_x, {weights.n_masks})")
+        raise bad_value(
+            "coefficients", f"<array of shape {coefficients.shape}>", f"(scan_y, scan_x, {weights.n_masks})"
+        )
     if weights.frame_shape is None:
         raise bad_value("weights", "<MaskWeights without frame_shape>", "masks built by mask_weights()")
     coefficients = coefficients.rechunk({2: -1})
@@ -600,10 +640,16 @@ def adjoint_array(coefficients: da.Array, weights: MaskWeights) -> da.Array:
     w = dask.delayed(weights, pure=True, traverse=False)
     ky, kx = weights.frame_shape
     return da.map_blocks(
-        _adjoint_kernel, coefficients, w, drop_axis=2, new_axis=(2, 3),
+        _adjoint_kernel,
+        coefficients,
+        w,
+        drop_axis=2,
+        new_axis=(2, 3),
         chunks=(coefficients.chunks[0], coefficients.chunks[1], (ky,), (kx,)),
-        dtype=dtype, meta=_meta(coefficients, 4, dtype),
-        name="adjoint-" + dask.base.tokenize(coefficients, w))
+        dtype=dtype,
+        meta=_meta(coefficients, 4, dtype),
+        name="adjoint-" + dask.base.tokenize(coefficients, w),
+    )
 
 
 def dask_data(data: xr.DataArray) -> da.Array:
@@ -612,8 +658,14 @@ def dask_data(data: xr.DataArray) -> da.Array:
     return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=-1, asarray=False)
 
 
-def project_checked(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "float64",
-                    sparse: bool | None = None, batch_bytes: int = BATCH_BYTES) -> xr.DataArray:
+def project_checked(
+    data: xr.DataArray,
+    masks: xr.DataArray,
+    *,
+    dtype: Any = "float64",
+    sparse: bool | None = None,
+    batch_bytes: int = BATCH_BYTES,
+) -> xr.DataArray:
     """:func:`project` for a dataset and masks that the caller has validated and checked.
 
     The public functions (:func:`project`, ``virtual_image``, ``center_of_mass``,
@@ -629,12 +681,17 @@ def project_checked(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "fl
     attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
     attrs["units"] = data.attrs.get("units", "counts")
     attrs["long_name"] = "mask projection"
-    return xr.DataArray(out, dims=(*SCAN_DIMS, "mask"), coords=coords, attrs=attrs,
-                        name=masks.name or "projection")
+    return xr.DataArray(out, dims=(*SCAN_DIMS, "mask"), coords=coords, attrs=attrs, name=masks.name or "projection")
 
 
-def project(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "float64",
-            sparse: bool | None = None, batch_bytes: int = BATCH_BYTES) -> xr.DataArray:
+def project(
+    data: xr.DataArray,
+    masks: xr.DataArray,
+    *,
+    dtype: Any = "float64",
+    sparse: bool | None = None,
+    batch_bytes: int = BATCH_BYTES,
+) -> xr.DataArray:
     """Project every diffraction pattern onto a stack of masks (lazy): the forward operator.
 
     ``out[y, x, m] = sum_k data[y, x, k] * masks[m, k]`` per chunk as one
@@ -679,8 +736,7 @@ def project(data: xr.DataArray, masks: xr.DataArray, *, dtype: Any = "float64",
     """
     validate(data)
     resolve_dtype(dtype)
-    return project_checked(data, check_masks(masks, data), dtype=dtype, sparse=sparse,
-                           batch_bytes=batch_bytes)
+    return project_checked(data, check_masks(masks, data), dtype=dtype, sparse=sparse, batch_bytes=batch_bytes)
 
 
 def back_project(coefficients: xr.DataArray, masks: Any) -> xr.DataArray:
@@ -717,8 +773,11 @@ def back_project(coefficients: xr.DataArray, masks: Any) -> xr.DataArray:
         raise bad_type("coefficients", coefficients, "a (scan_y, scan_x, mask) DataArray (from project)")
     masks = check_masks(masks)
     if masks.sizes["mask"] != coefficients.sizes["mask"]:
-        raise bad_value("masks", f"<{masks.sizes['mask']} masks>",
-                        f"as many masks as the coefficients have ({coefficients.sizes['mask']})")
+        raise bad_value(
+            "masks",
+            f"<{masks.sizes['mask']} masks>",
+            f"as many masks as the coefficients have ({coefficients.sizes['mask']})",
+        )
     weights = mask_weights(masks)
     out = adjoint_array(dask_data(coefficients), weights)
     coords: dict[str, Any] = {d: coefficients.coords[d] for d in SCAN_DIMS}
@@ -726,9 +785,22 @@ def back_project(coefficients: xr.DataArray, masks: Any) -> xr.DataArray:
         coords[d] = masks.coords[d] if d in masks.coords else np.arange(masks.sizes[d])
     attrs = dict(coefficients.attrs)
     attrs["long_name"] = "patterns from mask coefficients (adjoint projection)"
-    return xr.DataArray(out, dims=(*SCAN_DIMS, *DETECTOR_DIMS), coords=coords, attrs=attrs,
-                        name=coefficients.name or "patterns")
+    return xr.DataArray(
+        out, dims=(*SCAN_DIMS, *DETECTOR_DIMS), coords=coords, attrs=attrs, name=coefficients.name or "patterns"
+    )
 
 
-__all__ = ["BATCH_BYTES", "MaskWeights", "adjoint_array", "back_project", "check_masks", "mask_weights",
-           "output_dtype", "project", "project_array", "project_block", "project_checked", "resolve_dtype"]
+__all__ = [
+    "BATCH_BYTES",
+    "MaskWeights",
+    "adjoint_array",
+    "back_project",
+    "check_masks",
+    "mask_weights",
+    "output_dtype",
+    "project",
+    "project_array",
+    "project_block",
+    "project_checked",
+    "resolve_dtype",
+]

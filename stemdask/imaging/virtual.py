@@ -19,16 +19,17 @@ from . import detectors
 from .project import (
     BATCH_BYTES,
     MaskWeights,
-    dask_data,
     check_masks,
+    dask_data,
     project_block,
     project_checked,
     resolve_dtype,
 )
 
 
-def _shifted_block(block: Any, shift: Any, masks: xr.DataArray, quantum: tuple[float, float],
-                   dtype: Any, batch_bytes: int) -> Any:
+def _shifted_block(
+    block: Any, shift: Any, masks: xr.DataArray, quantum: tuple[float, float], dtype: Any, batch_bytes: int
+) -> Any:
     """Project a block with masks re-centred per pattern (shifts quantised to ``quantum``)."""
     from ..backend import array_module, to_numpy
 
@@ -41,17 +42,27 @@ def _shifted_block(block: Any, shift: Any, masks: xr.DataArray, quantum: tuple[f
     for i, key in enumerate(keys):
         rows = np.flatnonzero(inverse.ravel() == i)
         values = detectors.shifted(masks, (key[0] * quantum[0], key[1] * quantum[1]))
-        w = MaskWeights(np.ascontiguousarray(values.reshape(values.shape[0], -1).T),
-                        n_masks=values.shape[0], n_pixels=values[0].size)
+        w = MaskWeights(
+            np.ascontiguousarray(values.reshape(values.shape[0], -1).T),
+            n_masks=values.shape[0],
+            n_pixels=values[0].size,
+        )
         sel = frames[xp.asarray(rows)] if xp is not np else frames[rows]
         out[xp.asarray(rows) if xp is not np else rows] = project_block(
-            sel, w, dtype=dtype, batch_bytes=batch_bytes).reshape(rows.size, -1)
+            sel, w, dtype=dtype, batch_bytes=batch_bytes
+        ).reshape(rows.size, -1)
     return out.reshape(ny, nx, -1)
 
 
-def virtual_image(data: xr.DataArray, detector: xr.DataArray, *, shifts: xr.DataArray | None = None,
-                  shift_step_px: float = 0.25, dtype: Any = "float64",
-                  batch_bytes: int = BATCH_BYTES) -> xr.DataArray:
+def virtual_image(
+    data: xr.DataArray,
+    detector: xr.DataArray,
+    *,
+    shifts: xr.DataArray | None = None,
+    shift_step_px: float = 0.25,
+    dtype: Any = "float64",
+    batch_bytes: int = BATCH_BYTES,
+) -> xr.DataArray:
     """Virtual detector image(s): the weighted sum of every pattern over each mask.
 
     Parameters
@@ -94,23 +105,32 @@ def virtual_image(data: xr.DataArray, detector: xr.DataArray, *, shifts: xr.Data
     return out.isel(mask=0) if out.sizes["mask"] == 1 else out
 
 
-def _project_shifted(data: xr.DataArray, masks: xr.DataArray, shifts: xr.DataArray, step_px: float,
-                     dtype: Any, batch_bytes: int) -> xr.DataArray:
+def _project_shifted(
+    data: xr.DataArray, masks: xr.DataArray, shifts: xr.DataArray, step_px: float, dtype: Any, batch_bytes: int
+) -> xr.DataArray:
     if not isinstance(shifts, xr.DataArray):
         raise bad_type("shifts", shifts, "a (scan_y, scan_x, component) DataArray of beam shifts in mrad")
-    if tuple(shifts.dims) != (*SCAN_DIMS, "component") or shifts.sizes["component"] != 2 \
-            or tuple(shifts.shape[:2]) != tuple(data.shape[:2]):
-        raise bad_value("shifts", f"<DataArray dims {shifts.dims} shape {shifts.shape}>",
-                        f"dims (scan_y, scan_x, component) with shape {(*data.shape[:2], 2)}")
+    if (
+        tuple(shifts.dims) != (*SCAN_DIMS, "component")
+        or shifts.sizes["component"] != 2
+        or tuple(shifts.shape[:2]) != tuple(data.shape[:2])
+    ):
+        raise bad_value(
+            "shifts",
+            f"<DataArray dims {shifts.dims} shape {shifts.shape}>",
+            f"dims (scan_y, scan_x, component) with shape {(*data.shape[:2], 2)}",
+        )
     if not (isinstance(step_px, (int, float)) and 0 < step_px <= 1):
         raise bad_value("shift_step_px", step_px, "a rounding step in (0, 1] detector pixels")
     ky = data.coords["k_y"].values
     kx = data.coords["k_x"].values
     quantum = (abs(float(ky[1] - ky[0])) * step_px, abs(float(kx[1] - kx[0])) * step_px)
     if data.attrs.get("representation") == "events":
-        raise bad_value("shifts", "<beam shifts for electron events>",
-                        "no shifts for counted data (convert with stemdask.events.to_dense, or "
-                        "remove the descan before counting)")
+        raise bad_value(
+            "shifts",
+            "<beam shifts for electron events>",
+            "no shifts for counted data (convert with stemdask.events.to_dense, or remove the descan before counting)",
+        )
     arr = dask_data(data)
     shift_arr = shifts.data if isinstance(shifts.data, da.Array) else da.from_array(np.asarray(shifts.data))
     shift_arr = shift_arr.astype(np.float64).rechunk((arr.chunks[0], arr.chunks[1], 2))
@@ -118,9 +138,26 @@ def _project_shifted(data: xr.DataArray, masks: xr.DataArray, shifts: xr.DataArr
         raise bad_value("shifts", "<shifts with NaN/inf>", "finite shifts in mrad")
     plain = masks.copy(deep=False)
     plain_d = dask.delayed(plain, pure=True, traverse=False)
-    out = da.blockwise(_shifted_block, "yxm", arr, "yxab", shift_arr, "yxc", plain_d, None, quantum, None,
-                       dtype, None, int(batch_bytes), None, new_axes={"m": masks.sizes["mask"]},
-                       concatenate=True, dtype=dtype, meta=np.empty((0, 0, 0), dtype=dtype))
+    out = da.blockwise(
+        _shifted_block,
+        "yxm",
+        arr,
+        "yxab",
+        shift_arr,
+        "yxc",
+        plain_d,
+        None,
+        quantum,
+        None,
+        dtype,
+        None,
+        int(batch_bytes),
+        None,
+        new_axes={"m": masks.sizes["mask"]},
+        concatenate=True,
+        dtype=dtype,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+    )
     coords = {d: data.coords[d] for d in SCAN_DIMS}
     coords["mask"] = masks.coords["mask"]
     attrs = dict(data.attrs)
@@ -157,12 +194,14 @@ def pacbed(data: xr.DataArray, reduce: str = "mean") -> xr.DataArray:
         raise bad_value("reduce", reduce, "'mean', 'sum' or 'max'")
     attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
     attrs["long_name"] = f"PACBED ({reduce} over probe positions)"
-    return xr.DataArray(out, dims=DETECTOR_DIMS, coords={d: data.coords[d] for d in DETECTOR_DIMS},
-                        attrs=attrs, name="pacbed")
+    return xr.DataArray(
+        out, dims=DETECTOR_DIMS, coords={d: data.coords[d] for d in DETECTOR_DIMS}, attrs=attrs, name="pacbed"
+    )
 
 
-def radial_profile(data: xr.DataArray, bins_mrad: Any, *, center_mrad: Any = None,
-                   statistic: str = "mean", dtype: Any = "float64") -> xr.DataArray:
+def radial_profile(
+    data: xr.DataArray, bins_mrad: Any, *, center_mrad: Any = None, statistic: str = "mean", dtype: Any = "float64"
+) -> xr.DataArray:
     """Azimuthally averaged (or summed) intensity in rings.
 
     Parameters
@@ -204,7 +243,7 @@ def radial_profile(data: xr.DataArray, bins_mrad: Any, *, center_mrad: Any = Non
     if tuple(data.dims) == DETECTOR_DIMS:
         w = masks.values.reshape(masks.sizes["mask"], -1).astype(np.float64)
         arr = data.data
-        flat = (arr.reshape(-1) if isinstance(arr, da.Array) else np.asarray(arr).reshape(-1))
+        flat = arr.reshape(-1) if isinstance(arr, da.Array) else np.asarray(arr).reshape(-1)
         sums = flat.astype(np.float64) @ w.T
         prof = xr.DataArray(sums, dims=("mask",), coords={"mask": masks.coords["mask"]}, attrs=dict(data.attrs))
     else:
@@ -215,8 +254,10 @@ def radial_profile(data: xr.DataArray, bins_mrad: Any, *, center_mrad: Any = Non
     prof = prof.rename({"mask": "k_r"}).drop_vars(["k_r", "r_mrad"], errors="ignore")
     prof = prof.assign_coords(
         k_r=("k_r", masks.coords["r_mrad"].values, {"units": "mrad", "long_name": "ring centre"}),
-        k_r_lo=("k_r", edges[:-1], {"units": "mrad"}), k_r_hi=("k_r", edges[1:], {"units": "mrad"}),
-        pixels=("k_r", counts))
+        k_r_lo=("k_r", edges[:-1], {"units": "mrad"}),
+        k_r_hi=("k_r", edges[1:], {"units": "mrad"}),
+        pixels=("k_r", counts),
+    )
     prof.attrs = dict(data.attrs)
     prof.attrs["long_name"] = f"radial profile ({statistic} per ring)"
     return prof.rename("radial_profile")
@@ -247,8 +288,13 @@ def beam_center(data: xr.DataArray, *, threshold: float = 0.5) -> xr.DataArray:
     cy = (weights.sum(axis=1) * ky).sum() / total
     cx = (weights.sum(axis=0) * kx).sum() / total
     units = data.coords["k_x"].attrs.get("units", "mrad")
-    return xr.DataArray(da.stack([cy, cx]), dims=("component",), coords={"component": ["y", "x"]},
-                        attrs={"units": units, "long_name": "beam centre"}, name="beam_center")
+    return xr.DataArray(
+        da.stack([cy, cx]),
+        dims=("component",),
+        coords={"component": ["y", "x"]},
+        attrs={"units": units, "long_name": "beam centre"},
+        name="beam_center",
+    )
 
 
 __all__ = ["beam_center", "pacbed", "radial_profile", "virtual_image"]

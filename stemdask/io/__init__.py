@@ -48,8 +48,7 @@ def _is_zarr(path: Path) -> bool:
     return path.is_dir() and ((path / "zarr.json").is_file() or path.suffix == ".zarr")
 
 
-def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = None,
-                 **kwargs: Any) -> xr.DataArray:
+def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = None, **kwargs: Any) -> xr.DataArray:
     """Open a 4D-STEM dataset lazily, whatever its format.
 
     Parameters
@@ -115,7 +114,8 @@ def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
     raise FileFormatError(
         f"cannot tell the format of {text!r} (suffix {suffix!r}); supported: zarr stores, "
         f"HDF5 {sorted(_HDF5)}, .npy, raw {sorted(_RAW)} with shape= and dtype=, and the "
-        f"RosettaSciIO formats")
+        f"RosettaSciIO formats"
+    )
 
 
 def _looks_like_hdf5(path: Path) -> bool:
@@ -123,5 +123,14 @@ def _looks_like_hdf5(path: Path) -> bool:
         return f.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
-__all__ = ["DatasetWriter", "open_dataset", "open_hdf5", "open_npy", "open_raw", "open_rsciio",
-           "open_zarr", "save", "store_nbytes"]
+__all__ = [
+    "DatasetWriter",
+    "open_dataset",
+    "open_hdf5",
+    "open_npy",
+    "open_raw",
+    "open_rsciio",
+    "open_zarr",
+    "save",
+    "store_nbytes",
+]

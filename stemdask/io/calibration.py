@@ -11,11 +11,30 @@ import math
 
 from ..physics import inverse_A_to_mrad
 
-_LENGTH_TO_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "ångström": 1.0, "nm": 10.0, "pm": 0.01,
-                "um": 1e4, "µm": 1e4, "μm": 1e4, "m": 1e10}
+_LENGTH_TO_A = {
+    "a": 1.0,
+    "å": 1.0,
+    "angstrom": 1.0,
+    "ångström": 1.0,
+    "nm": 10.0,
+    "pm": 0.01,
+    "um": 1e4,
+    "µm": 1e4,
+    "μm": 1e4,
+    "m": 1e10,
+}
 _ANGLE_TO_MRAD = {"mrad": 1.0, "rad": 1e3, "urad": 1e-3, "µrad": 1e-3, "μrad": 1e-3}
-_RECIPROCAL_TO_INV_A = {"1/a": 1.0, "a^-1": 1.0, "å^-1": 1.0, "1/å": 1.0, "a-1": 1.0,
-                        "1/nm": 0.1, "nm^-1": 0.1, "nm-1": 0.1, "1 / nm": 0.1}
+_RECIPROCAL_TO_INV_A = {
+    "1/a": 1.0,
+    "a^-1": 1.0,
+    "å^-1": 1.0,
+    "1/å": 1.0,
+    "a-1": 1.0,
+    "1/nm": 0.1,
+    "nm^-1": 0.1,
+    "nm-1": 0.1,
+    "1 / nm": 0.1,
+}
 
 
 def _norm(units: object) -> str:
@@ -37,8 +56,9 @@ def angle_scale_mrad(units: object, energy_ev: float | None) -> float | None:
     return None
 
 
-def detector_axis(scale: float, offset: float, units: object, energy_ev: float | None
-                  ) -> tuple[float | None, float | None]:
+def detector_axis(
+    scale: float, offset: float, units: object, energy_ev: float | None
+) -> tuple[float | None, float | None]:
     """(pixel size in mrad, beam-centre pixel) of a detector axis, None where unknown.
 
     The beam centre is where the calibrated coordinate is zero: ``-offset/scale``.

@@ -35,8 +35,13 @@ def _lazy(path: Path, name: str, dset: Any, frame_stack: bool = False) -> da.Arr
         chunks: Any = (n, -1, -1)
     else:
         chunks = default_chunks(dset.shape, dset.dtype.itemsize)
-    return da.from_array(source, chunks=chunks, asarray=False,
-                         meta=np.empty((0,) * dset.ndim, source.dtype), name=f"h5-{path.name}-{name}-{os.stat(path).st_mtime_ns}")
+    return da.from_array(
+        source,
+        chunks=chunks,
+        asarray=False,
+        meta=np.empty((0,) * dset.ndim, source.dtype),
+        name=f"h5-{path.name}-{name}-{os.stat(path).st_mtime_ns}",
+    )
 
 
 def _datasets(f: Any) -> dict[str, Any]:
@@ -72,8 +77,14 @@ def _emd_groups(f: Any) -> list[str]:
     return groups
 
 
-def open_hdf5(path: str | os.PathLike, *, dataset: str | None = None, scan_shape: Any = None,
-              chunks: Any = None, **calibration: Any) -> xr.DataArray:
+def open_hdf5(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    scan_shape: Any = None,
+    chunks: Any = None,
+    **calibration: Any,
+) -> xr.DataArray:
     """Open 4D-STEM data in an HDF5 file lazily.
 
     Parameters
@@ -109,8 +120,8 @@ def open_hdf5(path: str | os.PathLike, *, dataset: str | None = None, scan_shape
             if len(candidates) != 1:
                 shapes = {k: v.shape for k, v in _datasets(f).items() if v.ndim >= 2}
                 raise FileFormatError(
-                    f"{str(path)!r} holds {len(candidates)} 4-D datasets; pass dataset=... "
-                    f"(datasets found: {shapes})")
+                    f"{str(path)!r} holds {len(candidates)} 4-D datasets; pass dataset=... (datasets found: {shapes})"
+                )
             dataset = next(iter(candidates))
         if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
             raise bad_value("dataset", dataset, f"a dataset path inside {str(path)!r}")
@@ -120,7 +131,8 @@ def open_hdf5(path: str | os.PathLike, *, dataset: str | None = None, scan_shape
         elif dset.ndim != 4:
             raise FileFormatError(
                 f"dataset {dataset!r} in {str(path)!r} has shape {dset.shape} ({dset.ndim}-D): expected "
-                f"4-D (scan_y, scan_x, k_y, k_x), or a 3-D frame stack with scan_shape=...")
+                f"4-D (scan_y, scan_x, k_y, k_x), or a 3-D frame stack with scan_shape=..."
+            )
         else:
             lazy = _lazy(path, dataset, dset)
         if dset.dtype.kind not in "uif":
@@ -172,8 +184,9 @@ def _open_emd(path: Path, f: Any, group: str, chunks: Any, calibration: dict) ->
             found["beam_center_px"] = [c for _, c in det]
     found["source"] = f"{path}:{group}/data"
     found.update(calibration)
-    return from_array(_lazy(path, f"{group}/data", node["data"]), chunks=chunks,
-                      attrs={"file_format": "EMD 1.0"}, **found)
+    return from_array(
+        _lazy(path, f"{group}/data", node["data"]), chunks=chunks, attrs={"file_format": "EMD 1.0"}, **found
+    )
 
 
 def _open_arina(path: Path, f: Any, scan_shape: Any, chunks: Any, calibration: dict) -> xr.DataArray:
@@ -197,8 +210,9 @@ def _open_arina(path: Path, f: Any, scan_shape: Any, chunks: Any, calibration: d
     if scan_shape is None:
         side = math.isqrt(frames.shape[0])
         if side * side != frames.shape[0]:
-            raise bad_value("scan_shape", None,
-                            f"the (scan_y, scan_x) of the {frames.shape[0]} frames (not a square number)")
+            raise bad_value(
+                "scan_shape", None, f"the (scan_y, scan_x) of the {frames.shape[0]} frames (not a square number)"
+            )
         scan_shape = (side, side)
     data = frames_to_scan(frames, _scan_shape(scan_shape, frames.shape[0]))
     found["source"] = str(path)
@@ -225,8 +239,10 @@ def _arina_metadata(master: Path) -> dict[str, Any]:
 
         out: dict[str, Any] = {}
         if "NumPixelsY" in a and "NumPixelsX" in a:
-            out["scan_shape"] = (int(np.asarray(a["NumPixelsY"]).ravel()[0]),
-                                 int(np.asarray(a["NumPixelsX"]).ravel()[0]))
+            out["scan_shape"] = (
+                int(np.asarray(a["NumPixelsY"]).ravel()[0]),
+                int(np.asarray(a["NumPixelsX"]).ravel()[0]),
+            )
         if scalar("High Tension"):
             out["energy_ev"] = scalar("High Tension")
         if scalar("Pixel Size"):

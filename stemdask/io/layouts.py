@@ -121,8 +121,9 @@ def register_layout(layout: Layout, *, replace: bool = False) -> Layout:
     if not layout.name or not isinstance(layout.name, str):
         raise bad_value("layout.name", layout.name, "a non-empty string")
     if layout.name in _LAYOUTS and not replace:
-        raise bad_value("layout.name", layout.name,
-                        f"a name not yet registered (known: {known_layouts()}), or replace=True")
+        raise bad_value(
+            "layout.name", layout.name, f"a name not yet registered (known: {known_layouts()}), or replace=True"
+        )
     _LAYOUTS.pop(layout.name, None)  # a replaced layout moves to the end (asked first)
     _LAYOUTS[layout.name] = layout
     return layout
@@ -156,7 +157,8 @@ def get_layout(name: str, store: Any = None) -> Layout:
         raise FileFormatError(
             f"{where} has layout {name!r}, which this stemdask does not know "
             f"(known: {known_layouts()}): upgrade stemdask or import the package that "
-            f"registers it") from None
+            f"registers it"
+        ) from None
 
 
 def layout_for(data: Any) -> Layout:
@@ -171,8 +173,9 @@ def layout_for(data: Any) -> Layout:
     for layout in reversed(_LAYOUTS.values()):
         if layout.claims(data):
             return layout
-    raise bad_type("data", data, f"a stemdask xarray.DataArray (or an object one of the layouts "
-                                 f"{known_layouts()} stores)")
+    raise bad_type(
+        "data", data, f"a stemdask xarray.DataArray (or an object one of the layouts {known_layouts()} stores)"
+    )
 
 
 def register_file_reader(reader: FileReader, *, replace: bool = False) -> FileReader:
@@ -180,8 +183,9 @@ def register_file_reader(reader: FileReader, *, replace: bool = False) -> FileRe
     if not isinstance(reader, FileReader):
         raise bad_type("reader", reader, "a stemdask.io.layouts.FileReader")
     if reader.name in _FILE_READERS and not replace:
-        raise bad_value("reader.name", reader.name,
-                        f"a name not yet registered (known: {sorted(_FILE_READERS)}), or replace=True")
+        raise bad_value(
+            "reader.name", reader.name, f"a name not yet registered (known: {sorted(_FILE_READERS)}), or replace=True"
+        )
     _FILE_READERS[reader.name] = reader
     return reader
 
@@ -194,14 +198,16 @@ def file_reader_for(path: Any, suffix: str) -> FileReader | None:
     return None
 
 
-def register_representation(name: str, convert: Callable[[xr.DataArray], xr.DataArray], *,
-                            replace: bool = False) -> None:
+def register_representation(
+    name: str, convert: Callable[[xr.DataArray], xr.DataArray], *, replace: bool = False
+) -> None:
     """Make ``open_dataset(..., representation=name)`` return ``convert(data)``."""
     if not isinstance(name, str) or not name:
         raise bad_value("name", name, "a non-empty string")
     if name in _REPRESENTATIONS and not replace:
-        raise bad_value("name", name, f"a representation not yet registered "
-                                      f"(known: {sorted(_REPRESENTATIONS)}), or replace=True")
+        raise bad_value(
+            "name", name, f"a representation not yet registered (known: {sorted(_REPRESENTATIONS)}), or replace=True"
+        )
     _REPRESENTATIONS[name] = convert
 
 
@@ -210,8 +216,7 @@ def convert_representation(data: xr.DataArray, representation: str) -> xr.DataAr
     try:
         convert = _REPRESENTATIONS[representation]
     except (KeyError, TypeError):
-        raise bad_value("representation", representation,
-                        f"None or one of {sorted(_REPRESENTATIONS)}") from None
+        raise bad_value("representation", representation, f"None or one of {sorted(_REPRESENTATIONS)}") from None
     return convert(data)
 
 

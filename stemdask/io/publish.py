@@ -83,13 +83,15 @@ def check_header(store: Any, attrs: dict[str, Any], version: int, *, allow_incom
     if not attrs.get(COMPLETE_ATTR, False) and not allow_incomplete:
         raise IncompleteStoreError(
             f"store {str(store)!r} was not completely written (interrupted or failed write; "
-            f"{COMPLETE_ATTR} is false); pass allow_incomplete=True to read what is there")
+            f"{COMPLETE_ATTR} is false); pass allow_incomplete=True to read what is there"
+        )
     found = attrs.get(FORMAT_ATTR, 0)
     if not isinstance(found, int) or found > version:
         raise FileFormatError(
             f"store {str(store)!r} has stemdask format {found!r} of layout "
             f"{attrs.get(LAYOUT_ATTR, 'dense')!r}, newer than this stemdask reads ({version}): "
-            f"upgrade stemdask")
+            f"upgrade stemdask"
+        )
 
 
 def mark_complete(store: Any) -> None:
@@ -254,6 +256,21 @@ def compute_writes(tasks: Sequence[Any], *, progress: bool = False, description:
         raise
 
 
-__all__ = ["ABORT_NAME", "COMPLETE_ATTR", "FORMAT_ATTR", "GUARD_NAME", "LAYOUT_ATTR", "abandon",
-           "atomic_directory", "atomic_path", "check_header", "compute_writes", "create_guard", "header",
-           "is_local", "is_stemdask_store", "mark_complete", "write_guard"]
+__all__ = [
+    "ABORT_NAME",
+    "COMPLETE_ATTR",
+    "FORMAT_ATTR",
+    "GUARD_NAME",
+    "LAYOUT_ATTR",
+    "abandon",
+    "atomic_directory",
+    "atomic_path",
+    "check_header",
+    "compute_writes",
+    "create_guard",
+    "header",
+    "is_local",
+    "is_stemdask_store",
+    "mark_complete",
+    "write_guard",
+]

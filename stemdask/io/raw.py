@@ -89,12 +89,14 @@ def open_raw(
         raise FileFormatError(
             f"raw file {str(path)!r} is truncated: the layout shape={dims}, dtype={file_dtype.str}, "
             f"header_bytes={header_bytes}, frame_header_bytes={frame_header_bytes} needs {expected} bytes "
-            f"but the file has {actual} ({(expected - actual)} missing)")
+            f"but the file has {actual} ({(expected - actual)} missing)"
+        )
     if actual > expected and not allow_trailing_bytes:
         raise FileFormatError(
             f"raw file {str(path)!r} has {actual} bytes but the layout shape={dims}, dtype={file_dtype.str}, "
             f"header_bytes={header_bytes} describes {expected}; check the layout or pass "
-            f"allow_trailing_bytes=True")
+            f"allow_trailing_bytes=True"
+        )
     lazy = da.from_array(source, chunks=(-1,) * len(dims), asarray=False, meta=np.empty((0,) * len(dims), source.dtype))
     if len(dims) == 3:
         if scan_shape is None:
@@ -102,11 +104,14 @@ def open_raw(
         ny, nx = (int(s) for s in scan_shape)
         if ny * nx != dims[0]:
             raise bad_value("scan_shape", scan_shape, f"a scan of {dims[0]} positions")
-        lazy = frames_to_scan(da.from_array(source, chunks=(1024, -1, -1), asarray=False,
-                                            meta=np.empty((0, 0, 0), source.dtype)), (ny, nx))
+        lazy = frames_to_scan(
+            da.from_array(source, chunks=(1024, -1, -1), asarray=False, meta=np.empty((0, 0, 0), source.dtype)),
+            (ny, nx),
+        )
     else:
-        lazy = da.from_array(source, chunks=_frame_chunks(dims, source.dtype), asarray=False,
-                             meta=np.empty((0,) * 4, source.dtype))
+        lazy = da.from_array(
+            source, chunks=_frame_chunks(dims, source.dtype), asarray=False, meta=np.empty((0,) * 4, source.dtype)
+        )
     calibration.setdefault("source", str(path))
     return from_array(lazy, chunks=chunks, **calibration)
 
@@ -128,8 +133,9 @@ def open_npy(path: str | os.PathLike, *, chunks: Any = None, **calibration: Any)
     with open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
         except ValueError as err:
             raise FileFormatError(f"{str(path)!r} is not a valid .npy file: {err}") from err
@@ -137,8 +143,17 @@ def open_npy(path: str | os.PathLike, *, chunks: Any = None, **calibration: Any)
     if fortran:
         raise FileFormatError(f"{str(path)!r} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
     if len(shape) not in (3, 4):
-        raise FileFormatError(f"{str(path)!r} holds an array of shape {shape}: expected 4-D "
-                              f"(scan_y, scan_x, k_y, k_x) or a 3-D frame stack")
+        raise FileFormatError(
+            f"{str(path)!r} holds an array of shape {shape}: expected 4-D "
+            f"(scan_y, scan_x, k_y, k_x) or a 3-D frame stack"
+        )
     order = {"<": "little", ">": "big", "=": "native", "|": "native"}[dtype.byteorder]
-    return open_raw(path, shape=shape, dtype=dtype.newbyteorder("="), byte_order=order,
-                    header_bytes=offset, chunks=chunks, **calibration)
+    return open_raw(
+        path,
+        shape=shape,
+        dtype=dtype.newbyteorder("="),
+        byte_order=order,
+        header_bytes=offset,
+        chunks=chunks,
+        **calibration,
+    )

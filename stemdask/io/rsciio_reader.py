@@ -40,8 +40,14 @@ def _get(mapping: dict, *keys: str) -> Any:
     return mapping
 
 
-def open_rsciio(path: str | os.PathLike, *, chunks: Any = None, plugin: dict | None = None,
-                reader_kwargs: dict | None = None, **calibration: Any) -> xr.DataArray:
+def open_rsciio(
+    path: str | os.PathLike,
+    *,
+    chunks: Any = None,
+    plugin: dict | None = None,
+    reader_kwargs: dict | None = None,
+    **calibration: Any,
+) -> xr.DataArray:
     """Open a file through RosettaSciIO, lazily, with the calibration it carries.
 
     Calibration keywords (``energy_ev``, ``scan_step_A`` ...) fill in or
@@ -61,14 +67,17 @@ def open_rsciio(path: str | os.PathLike, *, chunks: Any = None, plugin: dict | N
     four_d = [s for s in signals if getattr(s["data"], "ndim", 0) == 4]
     if not four_d:
         shapes = [tuple(s["data"].shape) for s in signals]
-        raise FileFormatError(f"{str(path)!r} holds no 4-D dataset (found shapes {shapes}); "
-                              f"for a frame stack pass reader_kwargs with the scan shape")
+        raise FileFormatError(
+            f"{str(path)!r} holds no 4-D dataset (found shapes {shapes}); "
+            f"for a frame stack pass reader_kwargs with the scan shape"
+        )
     signal = four_d[0]
     data = signal["data"]
     axes = sorted(signal["axes"], key=lambda a: a.get("index_in_array", 0))
     # navigation axes first, in array order (hyperspy puts them first already)
-    order = [i for i, a in enumerate(axes) if a.get("navigate", i < 2)] + \
-            [i for i, a in enumerate(axes) if not a.get("navigate", i < 2)]
+    order = [i for i, a in enumerate(axes) if a.get("navigate", i < 2)] + [
+        i for i, a in enumerate(axes) if not a.get("navigate", i < 2)
+    ]
     if order != [0, 1, 2, 3]:
         data = data.transpose(order)
         axes = [axes[i] for i in order]

@@ -66,11 +66,12 @@ class RawSource(_NativeSource):
         return self.header_bytes + self.n_frames * frame
 
     def _memmap(self) -> np.ndarray:
-        frame_dtype = np.dtype([("header", f"V{self.frame_header_bytes}"),
-                                ("frame", self.file_dtype, self.frame_shape)]) \
-            if self.frame_header_bytes else np.dtype((self.file_dtype, self.frame_shape))
-        mm = np.memmap(self.path, dtype=frame_dtype, mode="r", offset=self.header_bytes,
-                       shape=(self.n_frames,))
+        frame_dtype = (
+            np.dtype([("header", f"V{self.frame_header_bytes}"), ("frame", self.file_dtype, self.frame_shape)])
+            if self.frame_header_bytes
+            else np.dtype((self.file_dtype, self.frame_shape))
+        )
+        mm = np.memmap(self.path, dtype=frame_dtype, mode="r", offset=self.header_bytes, shape=(self.n_frames,))
         frames = mm["frame"] if self.frame_header_bytes else mm
         return frames.reshape(self.shape)
 

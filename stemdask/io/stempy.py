@@ -55,19 +55,24 @@ def read_meta(path: str) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
             if "electron_events/frames" not in f or "electron_events/scan_positions" not in f:
-                raise FileFormatError(f"{path!r} has no electron_events/frames and scan_positions "
-                                      f"(not a stempy sparse file)")
+                raise FileFormatError(
+                    f"{path!r} has no electron_events/frames and scan_positions (not a stempy sparse file)"
+                )
             frames = f["electron_events/frames"]
             positions = f["electron_events/scan_positions"]
             if frames.ndim != 1 or frames.dtype.kind != "O":
-                raise FileFormatError(f"{path!r}: electron_events/frames is {frames.dtype} of shape "
-                                      f"{frames.shape}, expected 1-D variable-length integers")
+                raise FileFormatError(
+                    f"{path!r}: electron_events/frames is {frames.dtype} of shape "
+                    f"{frames.shape}, expected 1-D variable-length integers"
+                )
             return {
                 "version": int(f.attrs.get("version", 1)),
                 "scan": (int(positions.attrs["Ny"]), int(positions.attrs["Nx"]))
-                if "Nx" in positions.attrs and "Ny" in positions.attrs else None,
+                if "Nx" in positions.attrs and "Ny" in positions.attrs
+                else None,
                 "frame": (int(frames.attrs["Nx"]), int(frames.attrs["Ny"]))
-                if "Nx" in frames.attrs and "Ny" in frames.attrs else None,
+                if "Nx" in frames.attrs and "Ny" in frames.attrs
+                else None,
                 "n_frames": int(frames.shape[0]),
                 "n_positions": int(positions.shape[0]),
                 "attrs": json.loads(f.attrs["stemdask_attrs"]) if "stemdask_attrs" in f.attrs else {},
@@ -84,8 +89,9 @@ def _integers(path: str, indices: np.ndarray) -> np.ndarray:
     return indices
 
 
-def read_tile(path: str, y0: int, rows: int, x0: int, cols: int, nx: int,
-              per_position: int) -> tuple[np.ndarray, np.ndarray]:
+def read_tile(
+    path: str, y0: int, rows: int, x0: int, cols: int, nx: int, per_position: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Events of a scan tile of a version-3 file: ``(indices, offsets)``.
 
     Several frames at one position are joined (their counts add).
@@ -98,12 +104,12 @@ def read_tile(path: str, y0: int, rows: int, x0: int, cols: int, nx: int,
             frames = f["electron_events/frames"]
             for r in range(rows):
                 first = ((y0 + r) * nx + x0) * per_position
-                row = frames[first:first + cols * per_position]
+                row = frames[first : first + cols * per_position]
                 if len(row) != cols * per_position:
                     raise FileFormatError(f"{path!r} is truncated: scan row {y0 + r} lacks frames")
                 for c in range(cols):
                     n = 0
-                    for events in row[c * per_position:(c + 1) * per_position]:
+                    for events in row[c * per_position : (c + 1) * per_position]:
                         parts.append(np.asarray(events))
                         n += len(events)
                     counts.append(n)
@@ -128,16 +134,25 @@ def read_placed(path: str, scan: tuple[int, int]) -> tuple[np.ndarray, np.ndarra
     if positions.size and (positions.min() < 0 or positions.max() >= n):
         raise FileFormatError(f"{path!r}: scan positions outside the {scan} scan")
     order = np.argsort(positions, kind="stable")
-    counts = np.bincount(positions, weights=[len(e) for e in frames], minlength=n).astype(np.int64) \
-        if frames.size else np.zeros(n, np.int64)
+    counts = (
+        np.bincount(positions, weights=[len(e) for e in frames], minlength=n).astype(np.int64)
+        if frames.size
+        else np.zeros(n, np.int64)
+    )
     parts = [np.asarray(frames[i]) for i in order]
     indices = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
     return _integers(path, indices), np.concatenate([[0], np.cumsum(counts)])
 
 
-def write_file(path: str | os.PathLike, scan_shape: tuple[int, int], frame_shape: tuple[int, int],
-               tiles: Iterable[Tile], *, attrs: dict[str, Any] | None = None,
-               overwrite: bool = False) -> str:
+def write_file(
+    path: str | os.PathLike,
+    scan_shape: tuple[int, int],
+    frame_shape: tuple[int, int],
+    tiles: Iterable[Tile],
+    *,
+    attrs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
     """Write events tile by tile as a version-3 stempy file, atomically.
 
     HDF5 files cannot be written by several processes at once, so the tiles
@@ -166,7 +181,7 @@ def write_file(path: str | os.PathLike, scan_shape: tuple[int, int], frame_shape
                 for c in range(cols):
                     fr = r * cols + c
                     # one element at a time: h5py would broadcast a row of equal-length arrays
-                    frames[first + c] = indices[offsets[fr]:offsets[fr + 1]]
+                    frames[first + c] = indices[offsets[fr] : offsets[fr + 1]]
     return str(final)
 
 
@@ -210,5 +225,14 @@ def file_exists(path: str | os.PathLike) -> str:
     return p
 
 
-__all__ = ["STEMPY_VERSION", "is_stempy", "read_meta", "read_placed", "read_tile", "resolve_shape",
-           "scan_tile", "split", "write_file"]
+__all__ = [
+    "STEMPY_VERSION",
+    "is_stempy",
+    "read_meta",
+    "read_placed",
+    "read_tile",
+    "resolve_shape",
+    "scan_tile",
+    "split",
+    "write_file",
+]

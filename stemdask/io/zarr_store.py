@@ -96,8 +96,12 @@ def _scan_tile(name: str, value: Sequence[int] | None, scan_shape: tuple[int, in
 
 
 def storage_layout(
-    shape: Sequence[int], itemsize: int, chunks: Sequence[int] | None = None,
-    shards: Sequence[int] | bool | None = None, *, min_chunk_frames: int = 1,
+    shape: Sequence[int],
+    itemsize: int,
+    chunks: Sequence[int] | None = None,
+    shards: Sequence[int] | bool | None = None,
+    *,
+    min_chunk_frames: int = 1,
 ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
     """Inner-chunk and shard shapes (4-D) for a dataset of ``shape``.
 
@@ -128,8 +132,9 @@ def storage_layout(
 
 def _encoding(data: xr.DataArray, name: str, codec: Any, chunks: Any, shards: Any) -> tuple[dict, tuple]:
     choice = resolve_codec(codec)
-    inner, shard = storage_layout(data.shape, data.dtype.itemsize, chunks, shards,
-                                  min_chunk_frames=choice.min_chunk_frames)
+    inner, shard = storage_layout(
+        data.shape, data.dtype.itemsize, chunks, shards, min_chunk_frames=choice.min_chunk_frames
+    )
     enc: dict[str, Any] = {"chunks": inner, "compressors": list(choice.compressors) or None}
     if shard is not None:
         enc["shards"] = shard
@@ -189,8 +194,7 @@ def save(
     The store (path as str for local stores).
     """
     layout = layout_for(data)
-    return layout.write(data, store, codec=codec, chunks=chunks, shards=shards,
-                        overwrite=overwrite, progress=progress)
+    return layout.write(data, store, codec=codec, chunks=chunks, shards=shards, overwrite=overwrite, progress=progress)
 
 
 def _to_host(block: Any) -> np.ndarray:
@@ -198,8 +202,7 @@ def _to_host(block: Any) -> np.ndarray:
     return block.get() if hasattr(block, "__cuda_array_interface__") else np.asarray(block)
 
 
-def _write_region(block: Any, store: Any, path: str, region: tuple[slice, ...],
-                  guard: str | None) -> int:
+def _write_region(block: Any, store: Any, path: str, region: tuple[slice, ...], guard: str | None) -> int:
     """One write task: store one shard-aligned block; return the bytes written (0 if abandoned)."""
     with write_guard(guard) as alive:
         if not alive:
@@ -211,12 +214,21 @@ def _write_region(block: Any, store: Any, path: str, region: tuple[slice, ...],
 def _block_regions(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]]:
     """Region of every block of a dask array, in the C order of ``to_delayed().ravel()``."""
     edges = [np.cumsum((0,) + c) for c in chunks]
-    return [tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
-            for index in np.ndindex(*(len(c) for c in chunks))]
+    return [
+        tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
+        for index in np.ndindex(*(len(c) for c in chunks))
+    ]
 
 
-def write_blocks(arr: da.Array, store: Any, path: str, guard: str | os.PathLike | None, *,
-                 progress: bool = False, description: str = "writing") -> int:
+def write_blocks(
+    arr: da.Array,
+    store: Any,
+    path: str,
+    guard: str | os.PathLike | None,
+    *,
+    progress: bool = False,
+    description: str = "writing",
+) -> int:
     """Write every block of ``arr`` into the existing zarr array ``path`` of ``store``, one task each.
 
     Blocks must be whole shards (or inner chunks when unsharded) so no two
@@ -224,14 +236,23 @@ def write_blocks(arr: da.Array, store: Any, path: str, guard: str | os.PathLike 
     """
     guard = None if guard is None else str(guard)
     write = dask.delayed(_write_region, pure=False)
-    tasks = [write(block, store, path, region, guard)
-             for block, region in zip(arr.to_delayed().ravel(), _block_regions(arr.chunks))]
+    tasks = [
+        write(block, store, path, region, guard)
+        for block, region in zip(arr.to_delayed().ravel(), _block_regions(arr.chunks))
+    ]
     return sum(compute_writes(tasks, progress=progress, description=description))
 
 
-def _write_dense(data: xr.DataArray, store: str | os.PathLike | Any, *, codec: Any = None,
-                 chunks: Sequence[int] | None = None, shards: Sequence[int] | bool | None = None,
-                 overwrite: bool = False, progress: bool = False) -> str | Any:
+def _write_dense(
+    data: xr.DataArray,
+    store: str | os.PathLike | Any,
+    *,
+    codec: Any = None,
+    chunks: Sequence[int] | None = None,
+    shards: Sequence[int] | bool | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> str | Any:
     """The ``"dense"`` layout's writer (see :func:`save`)."""
     validate(data)
     name = str(data.name or "intensity")
@@ -241,8 +262,10 @@ def _write_dense(data: xr.DataArray, store: str | os.PathLike | Any, *, codec: A
     # one dask task per shard: shards must never be written by two tasks
     arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1)
     arr = arr.rechunk(write_tile)
-    ds = xr.Dataset({name: (DIMS, arr, jsonable(dict(data.attrs)))},
-                    coords={d: data.coords[d].variable.copy(deep=False) for d in DIMS})
+    ds = xr.Dataset(
+        {name: (DIMS, arr, jsonable(dict(data.attrs)))},
+        coords={d: data.coords[d].variable.copy(deep=False) for d in DIMS},
+    )
     for d in DIMS:
         ds[d].attrs = jsonable(dict(data.coords[d].attrs))
     ds.attrs = {**header(LAYOUT, FORMAT_VERSION), "stemdask_variable": name}
@@ -253,8 +276,9 @@ def _write_dense(data: xr.DataArray, store: str | os.PathLike | Any, *, codec: A
         ds.to_zarr(target, mode=mode, zarr_format=3, consolidated=False, encoding=encoding, compute=False)
         if guard is not None:
             create_guard(guard)
-        write_blocks(arr, str(target) if guard is not None else target, name, guard,
-                     progress=progress, description=description)
+        write_blocks(
+            arr, str(target) if guard is not None else target, name, guard, progress=progress, description=description
+        )
         mark_complete(target)
 
     if is_local(store):
@@ -314,21 +338,25 @@ def open_zarr(
         layout = get_layout(attrs.get(LAYOUT_ATTR, LAYOUT), store)
         check_header(store, attrs, layout.version, allow_incomplete=allow_incomplete)
         if calibration:
-            raise bad_value("calibration", sorted(calibration),
-                            "no calibration keywords for a store written by stemdask "
-                            "(use stemdask.calibrate on the result)")
+            raise bad_value(
+                "calibration",
+                sorted(calibration),
+                "no calibration keywords for a store written by stemdask (use stemdask.calibrate on the result)",
+            )
         return layout.open(store, attrs, chunks=chunks, allow_incomplete=allow_incomplete)
     return _open_foreign_store(store, chunks, variable, calibration)
 
 
-def _open_dense(store: Any, attrs: dict, *, chunks: Sequence[int] | None = None,
-                allow_incomplete: bool = False) -> xr.DataArray:
+def _open_dense(
+    store: Any, attrs: dict, *, chunks: Sequence[int] | None = None, allow_incomplete: bool = False
+) -> xr.DataArray:
     """The ``"dense"`` layout's opener (header already checked by :func:`open_zarr`)."""
     name = attrs.get("stemdask_variable", "intensity")
     array = zarr.open_array(store, path=name, mode="r")
     tile = _scan_tile("chunks", chunks, array.shape[:2]) or _read_tile(array)
-    ds = xr.open_zarr(store, zarr_format=3, consolidated=False,
-                      chunks={"scan_y": tile[0], "scan_x": tile[1], "k_y": -1, "k_x": -1})
+    ds = xr.open_zarr(
+        store, zarr_format=3, consolidated=False, chunks={"scan_y": tile[0], "scan_x": tile[1], "k_y": -1, "k_x": -1}
+    )
     out = ds[name]
     out.attrs = dict(out.attrs)
     out.encoding = {}
@@ -360,11 +388,12 @@ def _open_foreign_store(store: Any, chunks: Any, variable: str | None, calibrati
             array = next(iter(arrays.values()))
         else:
             raise FileFormatError(
-                f"store {str(store)!r} holds {len(arrays)} 4-D arrays {sorted(arrays)}: "
-                f"choose one with variable=...")
+                f"store {str(store)!r} holds {len(arrays)} 4-D arrays {sorted(arrays)}: choose one with variable=..."
+            )
     if array.ndim != 4:
-        raise FileFormatError(f"array in {str(store)!r} has shape {array.shape}: expected 4-D "
-                              f"(scan_y, scan_x, k_y, k_x)")
+        raise FileFormatError(
+            f"array in {str(store)!r} has shape {array.shape}: expected 4-D (scan_y, scan_x, k_y, k_x)"
+        )
     lazy = da.from_zarr(array)
     return from_array(lazy, chunks=chunks, source=str(store), **calibration)
 
@@ -404,10 +433,20 @@ class DatasetWriter:
     ...         writer.append(row[np.newaxis])
     """
 
-    def __init__(self, store: str | os.PathLike, *, scan_shape: Sequence[int],
-                 detector_shape: Sequence[int], dtype: Any, codec: Any = None,
-                 chunks: Sequence[int] | None = None, shards: Sequence[int] | bool | None = None,
-                 overwrite: bool = False, name: str = "intensity", **calibration: Any):
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        *,
+        scan_shape: Sequence[int],
+        detector_shape: Sequence[int],
+        dtype: Any,
+        codec: Any = None,
+        chunks: Sequence[int] | None = None,
+        shards: Sequence[int] | bool | None = None,
+        overwrite: bool = False,
+        name: str = "intensity",
+        **calibration: Any,
+    ):
         if not is_local(store):
             raise bad_type("store", store, "a local path for incremental writes")
         self.path = Path(store).expanduser().absolute()
@@ -418,12 +457,17 @@ class DatasetWriter:
         ny, nx = (int(s) for s in scan_shape)
         ky, kx = (int(s) for s in detector_shape)
         if ny < 0 or nx < 1 or ky < 1 or kx < 1:
-            raise bad_value("scan_shape/detector_shape", (scan_shape, detector_shape),
-                            "scan_y >= 0 and positive scan_x, k_y, k_x")
+            raise bad_value(
+                "scan_shape/detector_shape", (scan_shape, detector_shape), "scan_y >= 0 and positive scan_x, k_y, k_x"
+            )
         self.dtype = np.dtype(dtype)
         self.name = name
-        template = from_array(da.zeros((max(ny, 1), nx, ky, kx), dtype=self.dtype, chunks=(1, nx, ky, kx)),
-                              name=name, source=str(self.path), **calibration)
+        template = from_array(
+            da.zeros((max(ny, 1), nx, ky, kx), dtype=self.dtype, chunks=(1, nx, ky, kx)),
+            name=name,
+            source=str(self.path),
+            **calibration,
+        )
         self._step_y = template.attrs.get("scan_step_A", [None])[0]
         self.attrs = dict(template.attrs)
         chunks = chunks or (1, nx)
@@ -433,15 +477,29 @@ class DatasetWriter:
         group = zarr.open_group(self.path, mode="w-", zarr_format=3)
         group.attrs.update({**header(LAYOUT, FORMAT_VERSION), "stemdask_variable": name})
         self._array = group.create_array(
-            name, shape=(ny, nx, ky, kx), dtype=self.dtype, chunks=enc["chunks"], shards=enc.get("shards"),
-            compressors=enc["compressors"], serializer=enc.get("serializer", "auto"),
-            dimension_names=DIMS, attributes=jsonable(self.attrs), fill_value=0)
+            name,
+            shape=(ny, nx, ky, kx),
+            dtype=self.dtype,
+            chunks=enc["chunks"],
+            shards=enc.get("shards"),
+            compressors=enc["compressors"],
+            serializer=enc.get("serializer", "auto"),
+            dimension_names=DIMS,
+            attributes=jsonable(self.attrs),
+            fill_value=0,
+        )
         for dim in DIMS:
             coord = template.coords[dim]
             values = coord.values if dim != "scan_y" else coord.values[:ny]
-            arr = group.create_array(dim, shape=values.shape, dtype="float64",
-                                     chunks=(max(values.size, 1024),), dimension_names=(dim,),
-                                     attributes=jsonable(dict(coord.attrs)), compressors=None)
+            arr = group.create_array(
+                dim,
+                shape=values.shape,
+                dtype="float64",
+                chunks=(max(values.size, 1024),),
+                dimension_names=(dim,),
+                attributes=jsonable(dict(coord.attrs)),
+                compressors=None,
+            )
             arr[...] = values
         self._scan_y = group[DIMS[0]]
         self._group = group
@@ -460,8 +518,11 @@ class DatasetWriter:
             raise bad_value("frames", f"<array of shape {frames.shape}>", f"shape {expected}")
         if frames.dtype != self.dtype:
             if not np.can_cast(frames.dtype, self.dtype, casting="safe"):
-                raise bad_value("frames", f"<array of dtype {frames.dtype}>",
-                                f"dtype {self.dtype} (or one that casts to it without loss)")
+                raise bad_value(
+                    "frames",
+                    f"<array of dtype {frames.dtype}>",
+                    f"dtype {self.dtype} (or one that casts to it without loss)",
+                )
             frames = frames.astype(self.dtype)
         return frames
 
@@ -486,7 +547,9 @@ class DatasetWriter:
         ny = self.shape[0]
         n = rows.shape[0] if rows.ndim == 4 else -1
         if n < 1:
-            raise bad_value("rows", f"<array of shape {rows.shape}>", f"shape (n_rows, {', '.join(map(str, self.shape[1:]))})")
+            raise bad_value(
+                "rows", f"<array of shape {rows.shape}>", f"shape (n_rows, {', '.join(map(str, self.shape[1:]))})"
+            )
         self._array.resize((ny + n, *self.shape[1:]))
         self._scan_y.resize((ny + n,))
         step = self._step_y if self._step_y is not None else 1.0
@@ -516,8 +579,25 @@ def store_nbytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-register_layout(Layout(LAYOUT, version=FORMAT_VERSION, claims=lambda data: isinstance(data, xr.DataArray),
-                       write=_write_dense, open=_open_dense))
+register_layout(
+    Layout(
+        LAYOUT,
+        version=FORMAT_VERSION,
+        claims=lambda data: isinstance(data, xr.DataArray),
+        write=_write_dense,
+        open=_open_dense,
+    )
+)
 
-__all__ = ["DatasetWriter", "atomic_directory", "atomic_path", "jsonable", "open_zarr", "read_group_attrs",
-           "save", "storage_layout", "store_nbytes", "write_blocks"]
+__all__ = [
+    "DatasetWriter",
+    "atomic_directory",
+    "atomic_path",
+    "jsonable",
+    "open_zarr",
+    "read_group_attrs",
+    "save",
+    "storage_layout",
+    "store_nbytes",
+    "write_blocks",
+]

@@ -19,17 +19,21 @@ from ..errors import bad_value
 _COUNT_DTYPES = (np.uint8, np.uint16, np.uint32)
 
 
-def resolve_dose(dose_e_per_pattern: float | None, dose_e_per_A2: float | None,
-                 scan_step_A: tuple[float, float]) -> float | None:
+def resolve_dose(
+    dose_e_per_pattern: float | None, dose_e_per_A2: float | None, scan_step_A: tuple[float, float]
+) -> float | None:
     """Electrons per pattern from a dose per pattern or per Å² (``per_A2 · step_y · step_x``)."""
     if dose_e_per_pattern is not None and dose_e_per_A2 is not None:
-        raise bad_value("dose_e_per_A2", dose_e_per_A2,
-                        "None when dose_e_per_pattern is given (give one of the two)")
+        raise bad_value("dose_e_per_A2", dose_e_per_A2, "None when dose_e_per_pattern is given (give one of the two)")
     for name, value in (("dose_e_per_pattern", dose_e_per_pattern), ("dose_e_per_A2", dose_e_per_A2)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(float(value)) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(float(value))
+            or value <= 0
+        ):
             raise bad_value(name, value, "a positive finite number of electrons (or None for no noise)")
     if dose_e_per_A2 is not None:
         return float(dose_e_per_A2) * scan_step_A[0] * scan_step_A[1]
@@ -54,8 +58,9 @@ def position_rng(seed: int, iy: int, ix: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(iy), int(ix))))
 
 
-def poisson_counts(intensity: np.ndarray, dose_e_per_pattern: float, seed: int,
-                   iy: np.ndarray, ix: np.ndarray, dtype: Any) -> np.ndarray:
+def poisson_counts(
+    intensity: np.ndarray, dose_e_per_pattern: float, seed: int, iy: np.ndarray, ix: np.ndarray, dtype: Any
+) -> np.ndarray:
     """Counted patterns ``Poisson(dose · I)`` for a tile of positions.
 
     Parameters

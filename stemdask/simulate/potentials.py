@@ -62,8 +62,9 @@ def atomic_number(element: str | int) -> int:
     if isinstance(element, (str, np.str_)):
         key = str(element)
         if key not in symbols:
-            raise bad_value("element", element,
-                            f"an element symbol from H to U ({symbols[0]}..{symbols[-1]}, case-sensitive)")
+            raise bad_value(
+                "element", element, f"an element symbol from H to U ({symbols[0]}..{symbols[-1]}, case-sensitive)"
+            )
         return symbols.index(key) + 1
     if isinstance(element, bool) or not isinstance(element, (int, np.integer)):
         raise bad_type("element", element, "an element symbol or an atomic number")
@@ -148,9 +149,16 @@ def _ifft2(a: Any, xp: ModuleType) -> Any:
     return xp.fft.ifft2(a)
 
 
-def slice_potentials(numbers: Sequence[int], positions_A: np.ndarray, *, origin_A: Sequence[float],
-                     shape: Sequence[int], sampling_A: Sequence[float], slice_edges_A: Sequence[float],
-                     xp: ModuleType = np) -> Any:
+def slice_potentials(
+    numbers: Sequence[int],
+    positions_A: np.ndarray,
+    *,
+    origin_A: Sequence[float],
+    shape: Sequence[int],
+    sampling_A: Sequence[float],
+    slice_edges_A: Sequence[float],
+    xp: ModuleType = np,
+) -> Any:
     """Projected potential of each slice on a periodic grid, in V·Å.
 
     Parameters

@@ -51,8 +51,11 @@ class AtomicSample:
         numbers = np.asarray(self.numbers)
         positions = np.asarray(self.positions_A, dtype=np.float64)
         if numbers.ndim != 1 or positions.shape != (numbers.size, 3):
-            raise bad_value("positions_A", f"<array of shape {positions.shape}>",
-                            f"an (n, 3) array matching {numbers.size} atomic numbers")
+            raise bad_value(
+                "positions_A",
+                f"<array of shape {positions.shape}>",
+                f"an (n, 3) array matching {numbers.size} atomic numbers",
+            )
         numbers = np.array([atomic_number(int(z)) for z in numbers], dtype=np.int64)
         cell = tuple(float(c) for c in self.cell_A)
         if len(cell) != 3 or not all(math.isfinite(c) and c > 0 for c in cell):
@@ -68,8 +71,9 @@ class AtomicSample:
         for name, n in (("nx", nx), ("ny", ny), ("nz", nz)):
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
                 raise bad_value(name, n, "a positive integer number of repeats")
-        shifts = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"),
-                          -1).reshape(-1, 3) * np.asarray(self.cell_A)
+        shifts = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"), -1).reshape(
+            -1, 3
+        ) * np.asarray(self.cell_A)
         positions = (self.positions_A[None] + shifts[:, None]).reshape(-1, 3)
         numbers = np.tile(self.numbers, len(shifts))
         cell = (self.cell_A[0] * nx, self.cell_A[1] * ny, self.cell_A[2] * nz)
@@ -79,8 +83,7 @@ class AtomicSample:
         """The sample as ``ase.Atoms`` (needs ase)."""
         from ase import Atoms
 
-        return Atoms(numbers=self.numbers, positions=self.positions_A, cell=self.cell_A,
-                     pbc=True)
+        return Atoms(numbers=self.numbers, positions=self.positions_A, cell=self.cell_A, pbc=True)
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,11 @@ class PhaseObject:
         if phase.ndim == 2:
             phase = phase[None]
         if phase.ndim != 3 or min(phase.shape) < 1:
-            raise bad_value("phase_rad", f"<array of shape {phase.shape}>",
-                            "a (ny, nx) or (n_slices, ny, nx) array of phases in rad")
+            raise bad_value(
+                "phase_rad",
+                f"<array of shape {phase.shape}>",
+                "a (ny, nx) or (n_slices, ny, nx) array of phases in rad",
+            )
         if not np.all(np.isfinite(phase)):
             raise bad_value("phase_rad", "<non-finite phases>", "finite phases in rad")
         sampling = self.sampling_A
@@ -142,15 +148,20 @@ def from_ase(atoms: Any) -> AtomicSample:
     """
     cell = np.asarray(atoms.cell.array if hasattr(atoms.cell, "array") else atoms.cell, dtype=float)
     if cell.shape != (3, 3) or not np.allclose(cell - np.diag(np.diag(cell)), 0, atol=1e-6):
-        raise bad_value("sample", f"<ase.Atoms with cell {cell.round(4).tolist()}>",
-                        "an orthorhombic cell (a diagonal cell matrix)")
+        raise bad_value(
+            "sample", f"<ase.Atoms with cell {cell.round(4).tolist()}>", "an orthorhombic cell (a diagonal cell matrix)"
+        )
     lengths = np.diag(cell)
     if np.any(lengths <= 0):
-        raise bad_value("sample", f"<ase.Atoms with cell lengths {lengths.tolist()}>",
-                        "positive cell lengths (set a cell, and vacuum along z, before simulating)")
+        raise bad_value(
+            "sample",
+            f"<ase.Atoms with cell lengths {lengths.tolist()}>",
+            "positive cell lengths (set a cell, and vacuum along z, before simulating)",
+        )
     positions = np.mod(np.asarray(atoms.get_positions(), dtype=float), lengths)
-    return AtomicSample(np.asarray(atoms.get_atomic_numbers()), positions, tuple(lengths),
-                        name=str(atoms.get_chemical_formula()))
+    return AtomicSample(
+        np.asarray(atoms.get_atomic_numbers()), positions, tuple(lengths), name=str(atoms.get_chemical_formula())
+    )
 
 
 def as_sample(sample: Any) -> AtomicSample | PhaseObject:
@@ -159,8 +170,7 @@ def as_sample(sample: Any) -> AtomicSample | PhaseObject:
         return sample
     if type(sample).__module__.startswith("ase") and hasattr(sample, "get_atomic_numbers"):
         return from_ase(sample)
-    raise bad_type("sample", sample,
-                   "an AtomicSample, a PhaseObject (stemdask.simulate.samples) or an ase.Atoms")
+    raise bad_type("sample", sample, "an AtomicSample, a PhaseObject (stemdask.simulate.samples) or an ase.Atoms")
 
 
 def _hexagonal_rectangle(a: float) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -183,8 +193,14 @@ def _check_cells(cells: Any) -> tuple[int, int]:
     return ny, nx
 
 
-def mos2(cells: int | tuple[int, int] = (4, 6), *, vacancy: str | int | None = None,
-         a_A: float = 3.16, thickness_A: float = 3.17, vacuum_A: float = 2.0) -> AtomicSample:
+def mos2(
+    cells: int | tuple[int, int] = (4, 6),
+    *,
+    vacancy: str | int | None = None,
+    a_A: float = 3.16,
+    thickness_A: float = 3.17,
+    vacuum_A: float = 2.0,
+) -> AtomicSample:
     """A 2H-MoS2 monolayer in an orthogonal cell (a along x, √3a along y).
 
     Parameters
@@ -205,9 +221,11 @@ def mos2(cells: int | tuple[int, int] = (4, 6), *, vacancy: str | int | None = N
     ny, nx = _check_cells(cells)
     site_a, site_b, (cx, cy) = _hexagonal_rectangle(a_A)
     zc = vacuum_A + thickness_A / 2
-    pos = [np.c_[site_a, np.full(2, zc)],
-           np.c_[site_b, np.full(2, zc - thickness_A / 2)],
-           np.c_[site_b, np.full(2, zc + thickness_A / 2)]]
+    pos = [
+        np.c_[site_a, np.full(2, zc)],
+        np.c_[site_b, np.full(2, zc - thickness_A / 2)],
+        np.c_[site_b, np.full(2, zc + thickness_A / 2)],
+    ]
     numbers = [42, 42, 16, 16, 16, 16]
     cell = AtomicSample(numbers, np.concatenate(pos), (cx, cy, 2 * vacuum_A + thickness_A), "MoS2")
     sample = cell.repeat(nx, ny, 1)
@@ -234,14 +252,18 @@ def _remove_atom(sample: AtomicSample, vacancy: str | int, top_z: float) -> Atom
     else:
         raise bad_value("vacancy", vacancy, "'S', 'Mo', an atom index or None")
     keep = np.arange(n) != index
-    info = dict(sample.info, vacancy_index=index, vacancy_element=int(sample.numbers[index]),
-                vacancy_position_A=sample.positions_A[index].tolist())
-    return AtomicSample(sample.numbers[keep], sample.positions_A[keep], sample.cell_A,
-                        sample.name + " with vacancy", info)
+    info = dict(
+        sample.info,
+        vacancy_index=index,
+        vacancy_element=int(sample.numbers[index]),
+        vacancy_position_A=sample.positions_A[index].tolist(),
+    )
+    return AtomicSample(
+        sample.numbers[keep], sample.positions_A[keep], sample.cell_A, sample.name + " with vacancy", info
+    )
 
 
-def graphene(cells: int | tuple[int, int] = (4, 6), *, a_A: float = 2.46,
-             vacuum_A: float = 2.0) -> AtomicSample:
+def graphene(cells: int | tuple[int, int] = (4, 6), *, a_A: float = 2.46, vacuum_A: float = 2.0) -> AtomicSample:
     """Monolayer graphene in an orthogonal cell (a along x, √3a along y), a = 2.46 Å."""
     ny, nx = _check_cells(cells)
     site_a, site_b, (cx, cy) = _hexagonal_rectangle(a_A)
@@ -250,8 +272,9 @@ def graphene(cells: int | tuple[int, int] = (4, 6), *, a_A: float = 2.46,
     return cell.repeat(nx, ny, 1)
 
 
-def silicon_110(cells: int | tuple[int, int] = (3, 4), thickness_cells: int = 20, *,
-                a_A: float = 5.431) -> AtomicSample:
+def silicon_110(
+    cells: int | tuple[int, int] = (3, 4), thickness_cells: int = 20, *, a_A: float = 5.431
+) -> AtomicSample:
     """Diamond-cubic Si viewed along [110] (beam along z), a thick specimen for multislice.
 
     The orthorhombic cell has x along [001] (a), y along [1-10] (a/√2) and z
@@ -266,10 +289,9 @@ def silicon_110(cells: int | tuple[int, int] = (3, 4), thickness_cells: int = 20
         Repeats along the beam (20 → 76.8 Å).
     """
     ny, nx = _check_cells(cells)
-    if isinstance(thickness_cells, bool) or not isinstance(thickness_cells, (int, np.integer)) \
-            or thickness_cells < 1:
+    if isinstance(thickness_cells, bool) or not isinstance(thickness_cells, (int, np.integer)) or thickness_cells < 1:
         raise bad_value("thickness_cells", thickness_cells, "a positive integer")
-    basis = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+    basis = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
     basis = np.concatenate([basis, basis + 0.25]) * a_A  # the 8 atoms of the cubic cell
     ex = np.array([0.0, 0.0, 1.0])
     ey = np.array([1.0, -1.0, 0.0]) / math.sqrt(2)
@@ -285,20 +307,19 @@ def silicon_110(cells: int | tuple[int, int] = (3, 4), thickness_cells: int = 20
     return cell.repeat(nx, ny, int(thickness_cells))
 
 
-def srtio3_001(cells: int | tuple[int, int] = (5, 5), thickness_cells: int = 10, *,
-               a_A: float = 3.905) -> AtomicSample:
+def srtio3_001(cells: int | tuple[int, int] = (5, 5), thickness_cells: int = 10, *, a_A: float = 3.905) -> AtomicSample:
     """Cubic perovskite SrTiO3 viewed along [001], a = 3.905 Å (Sr, Ti-O and pure O columns)."""
     ny, nx = _check_cells(cells)
-    if isinstance(thickness_cells, bool) or not isinstance(thickness_cells, (int, np.integer)) \
-            or thickness_cells < 1:
+    if isinstance(thickness_cells, bool) or not isinstance(thickness_cells, (int, np.integer)) or thickness_cells < 1:
         raise bad_value("thickness_cells", thickness_cells, "a positive integer")
-    frac = np.array([[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
+    frac = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     cell = AtomicSample([38, 22, 8, 8, 8], frac * a_A, (a_A, a_A, a_A), "SrTiO3 [001]")
     return cell.repeat(nx, ny, int(thickness_cells))
 
 
-def weak_phase_object(shape: tuple[int, int] = (256, 256), *, sampling_A: float = 0.1,
-                      phase_std_rad: float = 0.05, seed: int = 0) -> PhaseObject:
+def weak_phase_object(
+    shape: tuple[int, int] = (256, 256), *, sampling_A: float = 0.1, phase_std_rad: float = 0.05, seed: int = 0
+) -> PhaseObject:
     """A weak phase object: Gaussian white-noise phase of standard deviation ``phase_std_rad``.
 
     The noise is white on the object grid; the simulator's 2/3 band limit
@@ -309,5 +330,9 @@ def weak_phase_object(shape: tuple[int, int] = (256, 256), *, sampling_A: float 
     ny, nx = _check_cells(shape)
     rng = np.random.default_rng(seed)
     phase = rng.normal(0.0, phase_std_rad, (1, ny, nx))
-    return PhaseObject(phase, (sampling_A, sampling_A), name="weak white-noise phase object",
-                       info={"phase_std_rad": phase_std_rad, "seed": seed})
+    return PhaseObject(
+        phase,
+        (sampling_A, sampling_A),
+        name="weak white-noise phase object",
+        info={"phase_std_rad": phase_std_rad, "seed": seed},
+    )

@@ -64,8 +64,12 @@ DEFAULT_POSITIONS_PER_CHUNK = 256
 CHUNK_BYTES = 32 * 2**20
 
 
-def _positions(sample_cell: tuple[float, float, float], scan_shape: tuple[int, int],
-               step: tuple[float, float], origin: tuple[float, float] | None) -> tuple[float, float]:
+def _positions(
+    sample_cell: tuple[float, float, float],
+    scan_shape: tuple[int, int],
+    step: tuple[float, float],
+    origin: tuple[float, float] | None,
+) -> tuple[float, float]:
     cell_yx = (sample_cell[1], sample_cell[0])
     if origin is None:
         origin = tuple((cell_yx[a] - (scan_shape[a] - 1) * step[a]) / 2 for a in range(2))
@@ -73,11 +77,14 @@ def _positions(sample_cell: tuple[float, float, float], scan_shape: tuple[int, i
         first = origin[a]
         last = origin[a] + (scan_shape[a] - 1) * step[a]
         if first < -1e-9 or last > cell_yx[a] + 1e-9:
-            raise bad_value("scan_shape", scan_shape,
-                            f"a scan inside the sample: along {'yx'[a]} the probe goes from "
-                            f"{first:.4g} to {last:.4g} Å but the sample is {cell_yx[a]:.4g} Å wide "
-                            f"(make the sample bigger, e.g. samples.mos2(cells=...), or the scan "
-                            f"smaller, or move scan_origin_A)")
+            raise bad_value(
+                "scan_shape",
+                scan_shape,
+                f"a scan inside the sample: along {'yx'[a]} the probe goes from "
+                f"{first:.4g} to {last:.4g} Å but the sample is {cell_yx[a]:.4g} Å wide "
+                f"(make the sample bigger, e.g. samples.mos2(cells=...), or the scan "
+                f"smaller, or move scan_origin_A)",
+            )
     return origin  # type: ignore[return-value]
 
 
@@ -207,28 +214,33 @@ def simulate_4dstem(
         raise bad_value("backend", backend, "'numpy' or 'cupy'")
     coefficients = optics.polar_coefficients(aberrations)
     if not all(isinstance(v, float) for v in coefficients.values()):
-        raise bad_type("aberrations", aberrations,
-                       "numbers: the simulator runs on numpy or cupy (tensors that require grad "
-                       "are for stemdask.optics and stemdask.multislice with torch)")
+        raise bad_type(
+            "aberrations",
+            aberrations,
+            "numbers: the simulator runs on numpy or cupy (tensors that require grad "
+            "are for stemdask.optics and stemdask.multislice with torch)",
+        )
     if min(det) < 4:
         raise bad_value("detector_shape", detector_shape, "at least 4 pixels along each axis")
     if semiangle_mrad >= min(max_angle):
-        raise bad_value("semiangle_mrad", semiangle_mrad,
-                        f"less than max_angle_mrad={min(max_angle)} so the bright field is on the detector")
+        raise bad_value(
+            "semiangle_mrad",
+            semiangle_mrad,
+            f"less than max_angle_mrad={min(max_angle)} so the bright field is on the detector",
+        )
 
-    if isinstance(frozen_phonons, bool) or not isinstance(frozen_phonons, (int, np.integer)) \
-            or frozen_phonons < 1:
+    if isinstance(frozen_phonons, bool) or not isinstance(frozen_phonons, (int, np.integer)) or frozen_phonons < 1:
         raise bad_value("frozen_phonons", frozen_phonons, "a positive integer number of configurations")
     vibration = _vibration(vibration_A, sample)
     if frozen_phonons > 1 and not any(v > 0 for v in vibration.values()):
         raise bad_value("frozen_phonons", frozen_phonons, "1 unless vibration_A > 0 (static atoms)")
     if isinstance(sample, PhaseObject):
         if slice_thickness_A is not None:
-            raise bad_value("slice_thickness_A", slice_thickness_A,
-                            "None for a PhaseObject (its slices have their own thickness)")
+            raise bad_value(
+                "slice_thickness_A", slice_thickness_A, "None for a PhaseObject (its slices have their own thickness)"
+            )
         if sampling_A is not None and tuple(_pair("sampling_A", sampling_A)) != sample.sampling_A:
-            raise bad_value("sampling_A", sampling_A,
-                            f"None or the PhaseObject's sampling {sample.sampling_A}")
+            raise bad_value("sampling_A", sampling_A, f"None or the PhaseObject's sampling {sample.sampling_A}")
         sampling = sample.sampling_A
     else:
         sampling = None if sampling_A is None else _pair("sampling_A", sampling_A)
@@ -241,15 +253,19 @@ def simulate_4dstem(
     window_A = geo.window_A
 
     # the probe must fit in the window (else it wraps around and the patterns are wrong)
-    radius = optics.geometric_probe_radius_A(energy_ev, semiangle_mrad, coefficients) \
-        + 1.22 * lam / (semiangle_mrad * 1e-3)
+    radius = optics.geometric_probe_radius_A(energy_ev, semiangle_mrad, coefficients) + 1.22 * lam / (
+        semiangle_mrad * 1e-3
+    )
     if 2 * radius > 0.9 * min(window_A):
         need = 2 * radius / 0.9
-        raise bad_value("detector_shape", det,
-                        f"a simulation window larger than the probe: the probe is about "
-                        f"{2 * radius:.3g} Å across (aberrations and diffraction) but the window "
-                        f"λ/pixel is {min(window_A):.3g} Å; use more detector pixels (about "
-                        f"{math.ceil(need / min(window_A) * min(det))}) at the same max_angle_mrad")
+        raise bad_value(
+            "detector_shape",
+            det,
+            f"a simulation window larger than the probe: the probe is about "
+            f"{2 * radius:.3g} Å across (aberrations and diffraction) but the window "
+            f"λ/pixel is {min(window_A):.3g} Å; use more detector pixels (about "
+            f"{math.ceil(need / min(window_A) * min(det))}) at the same max_angle_mrad",
+        )
 
     if scan_origin_A is not None:
         scan_origin_A = _pair("scan_origin_A", scan_origin_A, signed=True)
@@ -266,14 +282,20 @@ def simulate_4dstem(
     field_origin_A = (f0_px[0] * d_y, f0_px[1] * d_x)
 
     potential, static_transmission, configurations, slice_dz, n_slices = _specimen(
-        sample, energy_ev, slice_thickness_A, f0_px, field_shape, (d_y, d_x),
-        vibration, int(frozen_phonons), int(seed))
+        sample, energy_ev, slice_thickness_A, f0_px, field_shape, (d_y, d_x), vibration, int(frozen_phonons), int(seed)
+    )
     # the fields the patterns are made from: (configuration, slice, y, x)
     transmission_field = static_transmission[None] if configurations is None else configurations
 
-    probe_k = optics.probe_fourier((m_y, m_x), (d_y, d_x), energy_ev=energy_ev,
-                                   semiangle_mrad=semiangle_mrad, aberrations=coefficients,
-                                   soft=soft_aperture, dtype=np.complex64)
+    probe_k = optics.probe_fourier(
+        (m_y, m_x),
+        (d_y, d_x),
+        energy_ev=energy_ev,
+        semiangle_mrad=semiangle_mrad,
+        aberrations=coefficients,
+        soft=soft_aperture,
+        dtype=np.complex64,
+    )
     kernel = propagation_kernel((m_y, m_x), (d_y, d_x), energy_ev, slice_dz)
     mask = bandlimit((m_y, m_x))
     out_dtype = np.dtype(np.float32) if dose is None else _dose.count_dtype(dose)
@@ -299,47 +321,87 @@ def simulate_4dstem(
             if shared:
                 field = field_key
             else:
-                field = transmission_field[..., bounds[0]:bounds[1], bounds[2]:bounds[3]]
+                field = transmission_field[..., bounds[0] : bounds[1], bounds[2] : bounds[3]]
                 bounds = (0, bounds[1] - bounds[0], 0, bounds[3] - bounds[2])
             task = dask.delayed(_simulate_chunk, pure=True)(
-                field, bounds, sy - sy.min(), sx - sx.min(), offset_y[iy], offset_x[ix],
-                optics_key, geo.detector_runs(), (d_y, d_x), margin, sigma_pos, dose,
-                int(seed), np.arange(y0, y1), np.arange(x0, x1), out_dtype, backend)
-            row.append(da.from_delayed(task, shape=(y1 - y0, x1 - x0, det[0], det[1]),
-                                       dtype=out_dtype, meta=np.empty((0, 0, 0, 0), out_dtype)))
+                field,
+                bounds,
+                sy - sy.min(),
+                sx - sx.min(),
+                offset_y[iy],
+                offset_x[ix],
+                optics_key,
+                geo.detector_runs(),
+                (d_y, d_x),
+                margin,
+                sigma_pos,
+                dose,
+                int(seed),
+                np.arange(y0, y1),
+                np.arange(x0, x1),
+                out_dtype,
+                backend,
+            )
+            row.append(
+                da.from_delayed(
+                    task,
+                    shape=(y1 - y0, x1 - x0, det[0], det[1]),
+                    dtype=out_dtype,
+                    meta=np.empty((0, 0, 0, 0), out_dtype),
+                )
+            )
         blocks.append(row)
     array = da.concatenate([da.concatenate(row, axis=1) for row in blocks], axis=0)
 
     params = {
-        "energy_ev": energy_ev, "semiangle_mrad": semiangle_mrad,
+        "energy_ev": energy_ev,
+        "semiangle_mrad": semiangle_mrad,
         "aberrations": {k: v for k, v in coefficients.items() if v != 0.0},
-        "scan_shape": list(scan_shape), "scan_step_A": list(step), "scan_origin_A": list(origin),
-        "detector_shape": list(det), "max_angle_mrad": list(max_angle),
+        "scan_shape": list(scan_shape),
+        "scan_step_A": list(step),
+        "scan_origin_A": list(origin),
+        "detector_shape": list(det),
+        "max_angle_mrad": list(max_angle),
         "detector_pixel_mrad": list(geo.detector_pixel_mrad),
         "bandlimit_mrad": list(geo.bandlimit_mrad),
-        "potential_sampling_A": [d_y, d_x], "window_px": [m_y, m_x], "window_A": list(window_A),
-        "wavelength_A": lam, "interaction_constant_rad_per_V_A": interaction_constant(energy_ev),
-        "slice_thickness_A": slice_dz if n_slices > 1 else None, "n_slices": n_slices,
-        "dose_e_per_pattern": dose, "source_size_A": source_size, "seed": int(seed),
-        "soft_aperture": bool(soft_aperture), "sample": sample.name,
+        "potential_sampling_A": [d_y, d_x],
+        "window_px": [m_y, m_x],
+        "window_A": list(window_A),
+        "wavelength_A": lam,
+        "interaction_constant_rad_per_V_A": interaction_constant(energy_ev),
+        "slice_thickness_A": slice_dz if n_slices > 1 else None,
+        "n_slices": n_slices,
+        "dose_e_per_pattern": dose,
+        "source_size_A": source_size,
+        "seed": int(seed),
+        "soft_aperture": bool(soft_aperture),
+        "sample": sample.name,
         "frozen_phonons": int(frozen_phonons),
         "vibration_A": {potentials_symbol(z): v for z, v in vibration.items()},
         "sample_cell_A": list(sample.cell_A),
         "potential_parametrization": PARAMETRIZATION if isinstance(sample, AtomicSample) else None,
     }
     dataset = from_array(
-        array, energy_ev=energy_ev, semiangle_mrad=semiangle_mrad, scan_step_A=step,
-        detector_pixel_mrad=geo.detector_pixel_mrad, dose_e_per_pattern=dose,
+        array,
+        energy_ev=energy_ev,
+        semiangle_mrad=semiangle_mrad,
+        scan_step_A=step,
+        detector_pixel_mrad=geo.detector_pixel_mrad,
+        dose_e_per_pattern=dose,
         units="probability" if dose is None else "counts",
-        source=f"stemdask.simulate ({sample.name})", chunks=(cy, cx),
+        source=f"stemdask.simulate ({sample.name})",
+        chunks=(cy, cx),
         attrs={"simulation": _jsonable(params)},
     )
-    truth = _truth(potential, static_transmission, probe_k, field_origin_A, (d_y, d_x),
-                   origin, step, scan_shape, params, sample)
+    truth = _truth(
+        potential, static_transmission, probe_k, field_origin_A, (d_y, d_x), origin, step, scan_shape, params, sample
+    )
     if configurations is not None:
         truth["transmission_configurations"] = (
-            ("configuration", "slice", "y", "x"), configurations,
-            {"long_name": "band-limited transmission of each frozen-phonon configuration"})
+            ("configuration", "slice", "y", "x"),
+            configurations,
+            {"long_name": "band-limited transmission of each frozen-phonon configuration"},
+        )
     return dataset, truth
 
 
@@ -377,10 +439,17 @@ def _vibration(vibration_A: Any, sample: Any) -> dict[int, float]:
     return {z: value for z in numbers}
 
 
-def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickness_A: float | None,
-              f0_px: tuple[int, int], field_shape: tuple[int, int], sampling: tuple[float, float],
-              vibration: dict[int, float], frozen_phonons: int,
-              seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, int]:
+def _specimen(
+    sample: AtomicSample | PhaseObject,
+    energy_ev: float,
+    slice_thickness_A: float | None,
+    f0_px: tuple[int, int],
+    field_shape: tuple[int, int],
+    sampling: tuple[float, float],
+    vibration: dict[int, float],
+    frozen_phonons: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, int]:
     """Slice potentials (V·Å) and band-limited transmission functions on the field grid.
 
     Returns the static potential and transmission, the transmission of every
@@ -392,14 +461,20 @@ def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickn
     if isinstance(sample, PhaseObject):
         # band-limit on the object's own periodic grid, then tile it over the field
         n_slices, ny, nx = sample.phase_rad.shape
-        t_obj = scipy.fft.ifft2(scipy.fft.fft2(np.exp(1j * sample.phase_rad), axes=(-2, -1))
-                                * bandlimit((ny, nx)), axes=(-2, -1))
+        t_obj = scipy.fft.ifft2(
+            scipy.fft.fft2(np.exp(1j * sample.phase_rad), axes=(-2, -1)) * bandlimit((ny, nx)), axes=(-2, -1)
+        )
         iy = (f0_px[0] + np.arange(field_shape[0])) % ny
         ix = (f0_px[1] + np.arange(field_shape[1])) % nx
         potential = sample.phase_rad[:, iy[:, None], ix[None, :]] / sigma
         transmission = t_obj[:, iy[:, None], ix[None, :]]
-        return (potential.astype(np.float32), np.ascontiguousarray(transmission, dtype=np.complex64),
-                None, float(sample.slice_thickness_A), int(n_slices))
+        return (
+            potential.astype(np.float32),
+            np.ascontiguousarray(transmission, dtype=np.complex64),
+            None,
+            float(sample.slice_thickness_A),
+            int(n_slices),
+        )
     pad = (int(math.ceil(POTENTIAL_PAD_A / d_y)), int(math.ceil(POTENTIAL_PAD_A / d_x)))
     ext_shape = tuple(scipy.fft.next_fast_len(field_shape[a] + 2 * pad[a]) for a in range(2))
     ext_origin = ((f0_px[0] - pad[0]) * d_y, (f0_px[1] - pad[1]) * d_x)
@@ -417,8 +492,9 @@ def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickn
     mask = bandlimit(ext_shape)
 
     def fields(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ext = slice_potentials(numbers, pos, origin_A=ext_origin, shape=ext_shape,
-                               sampling_A=(d_y, d_x), slice_edges_A=edges)
+        ext = slice_potentials(
+            numbers, pos, origin_A=ext_origin, shape=ext_shape, sampling_A=(d_y, d_x), slice_edges_A=edges
+        )
         # band-limit the transmission on the (periodic, padded) grid, then crop to the field
         t = scipy.fft.ifft2(scipy.fft.fft2(np.exp(1j * sigma * ext), axes=(-2, -1)) * mask, axes=(-2, -1))
         return ext[sl].astype(np.float32), np.ascontiguousarray(t[sl], dtype=np.complex64)
@@ -435,8 +511,9 @@ def _specimen(sample: AtomicSample | PhaseObject, energy_ev: float, slice_thickn
     return potential, transmission, configurations, float(dz), int(potential.shape[0])
 
 
-def _atoms_in_box(sample: AtomicSample, origin_yx: tuple[float, float],
-                  size_yx: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _atoms_in_box(
+    sample: AtomicSample, origin_yx: tuple[float, float], size_yx: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """All periodic images of the sample's atoms with (y, x) inside the box."""
     cx, cy = sample.cell_A[0], sample.cell_A[1]
     nx0, nx1 = math.floor(origin_yx[1] / cx) - 1, math.floor((origin_yx[1] + size_yx[1]) / cx) + 1
@@ -445,19 +522,34 @@ def _atoms_in_box(sample: AtomicSample, origin_yx: tuple[float, float],
     shifts = np.c_[tx.ravel(), ty.ravel(), np.zeros(tx.size)]
     pos = (sample.positions_A[None] + shifts[:, None]).reshape(-1, 3)
     numbers = np.tile(sample.numbers, len(shifts))
-    inside = ((pos[:, 1] >= origin_yx[0]) & (pos[:, 1] < origin_yx[0] + size_yx[0])
-              & (pos[:, 0] >= origin_yx[1]) & (pos[:, 0] < origin_yx[1] + size_yx[1]))
+    inside = (
+        (pos[:, 1] >= origin_yx[0])
+        & (pos[:, 1] < origin_yx[0] + size_yx[0])
+        & (pos[:, 0] >= origin_yx[1])
+        & (pos[:, 0] < origin_yx[1] + size_yx[1])
+    )
     return numbers[inside], pos[inside]
 
 
-def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_y: np.ndarray,
-                    start_x: np.ndarray, centre_y_A: np.ndarray, centre_x_A: np.ndarray,
-                    optics_arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
-                    runs: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]],
-                    sampling: tuple[float, float], margin: tuple[int, int],
-                    sigma_positions: tuple[float, float], dose: float | None, seed: int,
-                    iy: np.ndarray, ix: np.ndarray, out_dtype: np.dtype,
-                    backend: str = "numpy") -> np.ndarray:
+def _simulate_chunk(
+    field: np.ndarray,
+    bounds: tuple[int, int, int, int],
+    start_y: np.ndarray,
+    start_x: np.ndarray,
+    centre_y_A: np.ndarray,
+    centre_x_A: np.ndarray,
+    optics_arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+    runs: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]],
+    sampling: tuple[float, float],
+    margin: tuple[int, int],
+    sigma_positions: tuple[float, float],
+    dose: float | None,
+    seed: int,
+    iy: np.ndarray,
+    ix: np.ndarray,
+    out_dtype: np.dtype,
+    backend: str = "numpy",
+) -> np.ndarray:
     """Patterns of one tile of probe positions (plus ``margin`` extra around it).
 
     ``field[:, bounds]`` is the transmission around the tile; ``start_y``/``_x``
@@ -468,7 +560,7 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     from ..backend import array_module
 
     probe_k, kernel, mask = optics_arrays
-    region = field[..., bounds[0]:bounds[1], bounds[2]:bounds[3]]  # (configuration, slice, y, x)
+    region = field[..., bounds[0] : bounds[1], bounds[2] : bounds[3]]  # (configuration, slice, y, x)
     if backend == "cupy":
         import cupy
 
@@ -491,7 +583,7 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     work = xp.empty((batch, m_y, m_x), dtype=np.complex64)
     pattern = xp.empty((batch, n_ky, n_kx), dtype=np.float32)
     for b0, c in itertools.product(range(0, grid_y.size, batch), range(region.shape[0])):
-        by, bx = grid_y[b0:b0 + batch], grid_x[b0:b0 + batch]
+        by, bx = grid_y[b0 : b0 + batch], grid_x[b0 : b0 + batch]
         nb = len(by)
         w = work[:nb]
         # probe moved to each position by a phase ramp (sub-pixel exact)
@@ -504,16 +596,15 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
         corners = [(int(start_y[by[b]]), int(start_x[bx[b]])) for b in range(nb)]
         for s in range(n_slices):
             # each wave's window of the slice, as views (no copy)
-            windows = [region[c, s, y0:y0 + m_y, x0:x0 + m_x] for y0, x0 in corners]
+            windows = [region[c, s, y0 : y0 + m_y, x0 : x0 + m_x] for y0, x0 in corners]
             last = s == n_slices - 1
             # after the last slice only the band limit: the propagation is a phase there
-            w = multislice_step(w, windows, mask if last else kernel, overwrite=True,
-                                return_spectrum=last)
+            w = multislice_step(w, windows, mask if last else kernel, overwrite=True, return_spectrum=last)
         p = pattern[:nb]
-        for (dy0, sy0, sy1) in runs_y:
-            for (dx0, sx0, sx1) in runs_x:
+        for dy0, sy0, sy1 in runs_y:
+            for dx0, sx0, sx1 in runs_x:
                 q = w[:, sy0:sy1, sx0:sx1]
-                dst = p[:, dy0:dy0 + sy1 - sy0, dx0:dx0 + sx1 - sx0]
+                dst = p[:, dy0 : dy0 + sy1 - sy0, dx0 : dx0 + sx1 - sx0]
                 xp.multiply(q.real, q.real, out=dst)
                 dst += q.imag * q.imag
         host = p.get() if hasattr(p, "get") else p
@@ -523,16 +614,24 @@ def _simulate_chunk(field: np.ndarray, bounds: tuple[int, int, int, int], start_
     intensity /= m_y * m_x * region.shape[0]
     if any(margin):
         intensity = _dose.source_blur(intensity, sigma_positions)
-        intensity = intensity[margin[0]:ny - margin[0], margin[1]:nx - margin[1]]
+        intensity = intensity[margin[0] : ny - margin[0], margin[1] : nx - margin[1]]
     if dose is None:
         return intensity.astype(np.float32)
     return _dose.poisson_counts(intensity, dose, seed, iy, ix, out_dtype)
 
 
-def _truth(potential: np.ndarray, transmission: np.ndarray, probe_k: np.ndarray,
-           field_origin_A: tuple[float, float], sampling: tuple[float, float],
-           origin: tuple[float, float], step: tuple[float, float], scan_shape: tuple[int, int],
-           params: dict[str, Any], sample: Any) -> xr.Dataset:
+def _truth(
+    potential: np.ndarray,
+    transmission: np.ndarray,
+    probe_k: np.ndarray,
+    field_origin_A: tuple[float, float],
+    sampling: tuple[float, float],
+    origin: tuple[float, float],
+    step: tuple[float, float],
+    scan_shape: tuple[int, int],
+    params: dict[str, Any],
+    sample: Any,
+) -> xr.Dataset:
     n_s, fy, fx = potential.shape
     y = field_origin_A[0] + np.arange(fy) * sampling[0]
     x = field_origin_A[1] + np.arange(fx) * sampling[1]
@@ -544,17 +643,26 @@ def _truth(potential: np.ndarray, transmission: np.ndarray, probe_k: np.ndarray,
         "x": xr.Variable("x", x, {"units": "Å", "long_name": "x in the sample cell"}),
         "probe_y": xr.Variable("probe_y", (np.arange(m_y) - m_y // 2) * sampling[0], {"units": "Å"}),
         "probe_x": xr.Variable("probe_x", (np.arange(m_x) - m_x // 2) * sampling[1], {"units": "Å"}),
-        "scan_y": np.arange(scan_shape[0]), "scan_x": np.arange(scan_shape[1]),
+        "scan_y": np.arange(scan_shape[0]),
+        "scan_x": np.arange(scan_shape[1]),
     }
     data = {
-        "transmission": (("slice", "y", "x"), transmission,
-                         {"long_name": "band-limited transmission function exp(iσv)"}),
-        "potential": (("slice", "y", "x"), potential,
-                      {"units": "V·Å", "long_name": "projected potential of each slice"}),
-        "projected_potential": (("y", "x"), potential.sum(0),
-                                {"units": "V·Å", "long_name": "total projected potential"}),
-        "probe": (("probe_y", "probe_x"), probe,
-                  {"long_name": "incident probe, sum |ψ|² = 1, centred at (0, 0) Å"}),
+        "transmission": (
+            ("slice", "y", "x"),
+            transmission,
+            {"long_name": "band-limited transmission function exp(iσv)"},
+        ),
+        "potential": (
+            ("slice", "y", "x"),
+            potential,
+            {"units": "V·Å", "long_name": "projected potential of each slice"},
+        ),
+        "projected_potential": (
+            ("y", "x"),
+            potential.sum(0),
+            {"units": "V·Å", "long_name": "total projected potential"},
+        ),
+        "probe": (("probe_y", "probe_x"), probe, {"long_name": "incident probe, sum |ψ|² = 1, centred at (0, 0) Å"}),
         "probe_position_y": (("scan_y",), origin[0] + np.arange(scan_shape[0]) * step[0], {"units": "Å"}),
         "probe_position_x": (("scan_x",), origin[1] + np.arange(scan_shape[1]) * step[1], {"units": "Å"}),
     }
