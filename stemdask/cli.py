@@ -77,6 +77,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "energy_ev": "eV",
         "semiangle_mrad": "mrad",
         "scan_step_A": "Å (y, x)",
+        "scan_origin_A": "Å (y, x)",
         "detector_pixel_mrad": "mrad (y, x)",
         "beam_center_px": "px (y, x)",
         "scan_rotation_deg": "deg",

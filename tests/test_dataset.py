@@ -176,3 +176,22 @@ def test_lazy_input_keeps_its_scan_chunks():
     data = stemdask.from_array(lazy)
     assert data.chunks == ((3, 3, 2), (2, 2, 2), (4,), (4,))
     assert stemdask.from_array(lazy, chunks=(4, 6)).chunks[:2] == ((4, 4), (6,))
+
+
+def test_scan_origin_survives_event_stores_stempy_and_event_operations(tmp_path):
+    dense = np.random.default_rng(3).poisson(0.2, (4, 6, 8, 8)).astype(np.uint16)
+    data = stemdask.from_array(dense, scan_step_A=0.5, scan_origin_A=(3.0, -1.0), detector_pixel_mrad=1.0)
+    counted = stemdask.events.from_dense(data)
+    for back in (
+        stemdask.open_dataset(stemdask.save(counted, tmp_path / "e.zarr")),
+        stemdask.events.open_stempy(stemdask.events.write_stempy(counted, tmp_path / "e.h5")),
+    ):
+        assert back.attrs["scan_origin_A"] == [3.0, -1.0]
+        np.testing.assert_allclose(back.scan_y.values, data.scan_y.values)
+        np.testing.assert_allclose(back.scan_x.values, data.scan_x.values)
+    binned = stemdask.events.bin_scan(counted, 2)
+    assert binned.attrs["scan_origin_A"] == [3.25, -0.75]  # centre of the first 2 x 2 positions
+    stemdask.validate(binned)
+    cropped = stemdask.events.scan_crop(counted, scan_y=slice(1, 3), scan_x=slice(2, 5))
+    assert cropped.attrs["scan_origin_A"] == [3.5, 0.0]
+    assert counted.attrs["scan_origin_A"] == [3.0, -1.0]

@@ -59,7 +59,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..dataset import DIMS, from_array
+from ..dataset import DIMS, MODEL_ATTRS, from_array
 from ..errors import (
     FileFormatError,
     IncompleteStoreError,
@@ -697,17 +697,7 @@ def open_stempy(
             tile = stempy_format.scan_tile(chunks, scan)
             events = events.rechunk((tile[0], tile[1], -1, -1))
     stored = dict(meta["attrs"])
-    keys = (
-        "energy_ev",
-        "semiangle_mrad",
-        "scan_step_A",
-        "detector_pixel_mrad",
-        "beam_center_px",
-        "scan_rotation_deg",
-        "dose_e_per_pattern",
-        "units",
-    )
-    kw = {k: stored.pop(k) for k in keys if k in stored}
+    kw = {k: stored.pop(k) for k in MODEL_ATTRS if k in stored and k != "source"}
     kw.update(calibration)
     stored.pop("source", None)
     data = from_array(events, chunks=events.chunks, source=path, attrs=stored, **kw)
