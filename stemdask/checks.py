@@ -49,6 +49,13 @@ def number(
     return out
 
 
+def close(a: Any, b: Any, *, rtol: float, atol: float) -> bool:
+    """``numpy.allclose`` for finite values, without its NaN handling (a hot check of coordinates)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(b)))
+
+
 def pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False, signed: bool = False) -> tuple:
     """A number or a (y, x) pair, checked, as a tuple of two numbers.
 

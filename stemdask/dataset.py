@@ -36,7 +36,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .checks import number, pair
+from .checks import close, number, pair
 from .errors import (
     DatasetContractError,
     InvalidArgumentError,
@@ -289,7 +289,7 @@ def _check_axis(data: xr.DataArray, dim: str, step: float | None, expected_units
     if values.size > 1:
         diffs = np.diff(values)
         spacing = step if step is not None else 1.0
-        if not np.allclose(diffs, spacing, rtol=1e-6, atol=1e-9 * abs(spacing)):
+        if not close(diffs, spacing, rtol=1e-6, atol=1e-9 * abs(spacing)):
             raise DatasetContractError(
                 f"coordinate {dim!r} is not uniformly spaced by {spacing} {expected_units} "
                 f"(spacing found: {diffs.min():.6g}..{diffs.max():.6g}); coordinates and "

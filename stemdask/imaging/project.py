@@ -49,6 +49,7 @@ import xarray as xr
 from dask.utils import Dispatch
 
 from ..backend import array_module, to_numpy
+from ..checks import close
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from ._blas import single_blas_thread
@@ -514,9 +515,7 @@ def check_masks(masks: Any, data: xr.DataArray | None = None) -> xr.DataArray:
                 mu = masks.coords[dim].attrs.get("units")
                 du = data.coords[dim].attrs.get("units")
                 same_units = mu is None or du is None or mu == du
-                if not same_units or not np.allclose(
-                    masks.coords[dim].values, data.coords[dim].values, rtol=1e-6, atol=1e-9
-                ):
+                if not same_units or not close(masks.coords[dim].values, data.coords[dim].values, rtol=1e-6, atol=1e-9):
                     raise bad_value(
                         f"masks.coords[{dim!r}]",
                         f"<{mu} {masks.coords[dim].values[:3]}...>",
@@ -589,12 +588,24 @@ def _meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
         return xp.empty((0,) * ndim, dtype=dtype)
 
 
+def _single_mask_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int) -> Any:
+    return project_block(block, weights, dtype=dtype, batch_bytes=batch_bytes)[..., 0]
+
+
 def project_array(
-    arr: da.Array, weights: MaskWeights, *, dtype: Any = np.float64, batch_bytes: int = BATCH_BYTES
+    arr: da.Array,
+    weights: MaskWeights,
+    *,
+    dtype: Any = np.float64,
+    batch_bytes: int = BATCH_BYTES,
+    squeeze: bool = False,
 ) -> da.Array:
     """Lazy ``(scan_y, scan_x, n_masks)`` projection of a 4-D dask array of frames (the forward operator).
 
     The weights travel to the workers once (one graph key), not once per task.
+    ``squeeze`` with a single mask gives ``(scan_y, scan_x)`` from the same
+    tasks (no extra selection layer: on sparse data a virtual image costs
+    little more than the graph).
     """
     if arr.ndim != 4:
         raise bad_value("data", f"<array of shape {arr.shape}>", "4-D (scan_y, scan_x, k_y, k_x)")
@@ -604,18 +615,19 @@ def project_array(
             "masks", f"<{weights.n_pixels} pixels per mask>", f"{arr.shape[2] * arr.shape[3]} pixels per frame"
         )
     w = dask.delayed(weights, pure=True, traverse=False)
+    single = squeeze and weights.n_masks == 1
     return da.map_blocks(
-        _block_kernel,
+        _single_mask_kernel if single else _block_kernel,
         arr,
         w,
         dtype,
         int(batch_bytes),
         drop_axis=(2, 3),
-        new_axis=2,
-        chunks=(arr.chunks[0], arr.chunks[1], (weights.n_masks,)),
+        new_axis=None if single else 2,
+        chunks=(arr.chunks[0], arr.chunks[1]) if single else (arr.chunks[0], arr.chunks[1], (weights.n_masks,)),
         dtype=dtype,
-        meta=_meta(arr, 3, dtype),
-        name="project-" + dask.base.tokenize(arr, w, dtype, batch_bytes),
+        meta=_meta(arr, 2 if single else 3, dtype),
+        name="project-" + dask.base.tokenize(arr, w, dtype, batch_bytes, single),
     )
 
 
@@ -665,23 +677,30 @@ def project_checked(
     dtype: Any = "float64",
     sparse: bool | None = None,
     batch_bytes: int = BATCH_BYTES,
+    squeeze: bool = False,
+    long_name: str = "mask projection",
+    name: str | None = None,
 ) -> xr.DataArray:
     """:func:`project` for a dataset and masks that the caller has validated and checked.
 
     The public functions (:func:`project`, ``virtual_image``, ``center_of_mass``,
-    ...) validate their input once and then call this.
+    ...) validate their input once and then call this. ``squeeze`` drops the
+    ``mask`` dim of a single mask (kept as a scalar coordinate).
     """
     if not (isinstance(batch_bytes, (int, np.integer)) and batch_bytes > 0):
         raise bad_value("batch_bytes", batch_bytes, "a positive number of bytes")
     weights = mask_weights(masks, sparse=sparse)
     out_dtype = weights.result_dtype(data.dtype, dtype)
-    out = project_array(dask_data(data), weights, dtype=out_dtype, batch_bytes=batch_bytes)
+    single = squeeze and weights.n_masks == 1
+    out = project_array(dask_data(data), weights, dtype=out_dtype, batch_bytes=batch_bytes, squeeze=single)
     coords = {d: data.coords[d] for d in SCAN_DIMS}
-    coords["mask"] = masks.coords["mask"] if "mask" in masks.coords else np.arange(weights.n_masks)
+    labels = masks.coords["mask"] if "mask" in masks.coords else np.arange(weights.n_masks)
+    coords["mask"] = labels[0] if single else labels
     attrs = {k: v for k, v in data.attrs.items() if k != "representation"}
     attrs["units"] = data.attrs.get("units", "counts")
-    attrs["long_name"] = "mask projection"
-    return xr.DataArray(out, dims=(*SCAN_DIMS, "mask"), coords=coords, attrs=attrs, name=masks.name or "projection")
+    attrs["long_name"] = long_name
+    dims = SCAN_DIMS if single else (*SCAN_DIMS, "mask")
+    return xr.DataArray(out, dims=dims, coords=coords, attrs=attrs, name=name or masks.name or "projection")
 
 
 def project(

@@ -95,14 +95,18 @@ def virtual_image(
     validate(data)
     masks = check_masks(detector, data)
     resolve_dtype(dtype)
+    name = masks.name or "virtual_image"
     if shifts is None:
-        out = project_checked(data, masks, dtype=dtype, batch_bytes=batch_bytes)
+        out = project_checked(
+            data, masks, dtype=dtype, batch_bytes=batch_bytes, squeeze=True, long_name="virtual image", name=name
+        )
     else:
         out = _project_shifted(data, masks, shifts, shift_step_px, resolve_dtype(dtype), batch_bytes)
+        out.attrs["long_name"] = "virtual image"
+        out = out.rename(name)
+        out = out.isel(mask=0) if out.sizes["mask"] == 1 else out
     out.attrs["detector"] = masks.attrs.get("detector", masks.attrs.get("parts"))
-    out.attrs["long_name"] = "virtual image"
-    out = out.rename(masks.name or "virtual_image")
-    return out.isel(mask=0) if out.sizes["mask"] == 1 else out
+    return out
 
 
 def _project_shifted(
