@@ -56,6 +56,19 @@ def close(a: Any, b: Any, *, rtol: float, atol: float) -> bool:
     return bool(np.all(np.abs(a - b) <= atol + rtol * np.abs(b)))
 
 
+def tile(name: str, value: Any, *, expected: str = "(scan_y, scan_x) positive integer tile sizes") -> tuple[int, int]:
+    """Scan tile sizes (y, x) from a 2-item, or a 4-item chunk spec whose detector part is ignored."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise bad_value(name, value, expected) from None
+    if len(items) == 4:
+        items = items[:2]
+    if len(items) != 2 or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1 for t in items):
+        raise bad_value(name, value, expected)
+    return int(items[0]), int(items[1])
+
+
 def pair(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False, signed: bool = False) -> tuple:
     """A number or a (y, x) pair, checked, as a tuple of two numbers.
 

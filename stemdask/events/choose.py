@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..checks import integer
 from ..errors import bad_type, bad_value
 from ..io.layouts import register_representation
 from .array import from_dense, is_counted, to_dense
@@ -40,9 +41,7 @@ def electrons_per_pixel(data: xr.DataArray, *, sample_blocks: int | None = 1) ->
         arr = da.from_array(arr, chunks=-1, asarray=False)
     blocks = [b for b in np.ndindex(arr.numblocks)]
     if sample_blocks is not None:
-        if isinstance(sample_blocks, bool) or not isinstance(sample_blocks, (int, np.integer)) or sample_blocks < 1:
-            raise bad_value("sample_blocks", sample_blocks, "a positive integer or None")
-        blocks = blocks[: int(sample_blocks)]
+        blocks = blocks[: integer("sample_blocks", sample_blocks, expected="a positive integer or None")]
     total, pixels = 0.0, 0
     for idx in blocks:
         part = arr.blocks[idx]

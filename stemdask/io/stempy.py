@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import tile as check_tile
 from ..errors import FileFormatError, bad_value
 from .publish import atomic_path
 
@@ -205,10 +206,7 @@ def scan_tile(chunks: Any, scan: tuple[int, int]) -> tuple[int, int]:
         ny, nx = scan
         rows = max(1, min(ny, 1024 // max(nx, 1)))
         return (rows, nx) if nx <= 1024 else (1, 1024)
-    tile = tuple(chunks)[:2]
-    if len(tile) != 2 or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1 for t in tile):
-        raise bad_value("chunks", chunks, "(scan_y, scan_x) positive integer tile sizes")
-    return int(tile[0]), int(tile[1])
+    return check_tile("chunks", chunks)
 
 
 def split(n: int, step: int) -> tuple[int, ...]:

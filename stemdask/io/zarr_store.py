@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ..checks import tile as check_tile
 from ..codecs import resolve_codec
 from ..dataset import DIMS, default_chunks, from_array, validate
 from ..errors import FileFormatError, IncompleteStoreError, bad_type, bad_value
@@ -87,12 +88,7 @@ def jsonable(value: Any) -> Any:
 def _scan_tile(name: str, value: Sequence[int] | None, scan_shape: tuple[int, int]) -> tuple[int, int] | None:
     if value is None:
         return None
-    tile = tuple(value)
-    if len(tile) == 4:
-        tile = tile[:2]
-    if len(tile) != 2 or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1 for t in tile):
-        raise bad_value(name, value, "(scan_y, scan_x) positive integer tile sizes (frames stay whole)")
-    return int(tile[0]), int(tile[1])
+    return check_tile(name, value, expected="(scan_y, scan_x) positive integer tile sizes (frames stay whole)")
 
 
 def storage_layout(

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import integer
 from ..errors import bad_type, bad_value
 from .potentials import atomic_number
 
@@ -69,8 +70,7 @@ class AtomicSample:
     def repeat(self, nx: int = 1, ny: int = 1, nz: int = 1) -> AtomicSample:
         """The sample tiled ``nx × ny × nz`` times."""
         for name, n in (("nx", nx), ("ny", ny), ("nz", nz)):
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-                raise bad_value(name, n, "a positive integer number of repeats")
+            integer(name, n, expected="a positive integer number of repeats")
         shifts = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"), -1).reshape(
             -1, 3
         ) * np.asarray(self.cell_A)
@@ -289,8 +289,7 @@ def silicon_110(
         Repeats along the beam (20 → 76.8 Å).
     """
     ny, nx = _check_cells(cells)
-    if isinstance(thickness_cells, bool) or not isinstance(thickness_cells, (int, np.integer)) or thickness_cells < 1:
-        raise bad_value("thickness_cells", thickness_cells, "a positive integer")
+    thickness_cells = integer("thickness_cells", thickness_cells)
     basis = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
     basis = np.concatenate([basis, basis + 0.25]) * a_A  # the 8 atoms of the cubic cell
     ex = np.array([0.0, 0.0, 1.0])
@@ -310,8 +309,7 @@ def silicon_110(
 def srtio3_001(cells: int | tuple[int, int] = (5, 5), thickness_cells: int = 10, *, a_A: float = 3.905) -> AtomicSample:
     """Cubic perovskite SrTiO3 viewed along [001], a = 3.905 Å (Sr, Ti-O and pure O columns)."""
     ny, nx = _check_cells(cells)
-    if isinstance(thickness_cells, bool) or not isinstance(thickness_cells, (int, np.integer)) or thickness_cells < 1:
-        raise bad_value("thickness_cells", thickness_cells, "a positive integer")
+    thickness_cells = integer("thickness_cells", thickness_cells)
     frac = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     cell = AtomicSample([38, 22, 8, 8, 8], frac * a_A, (a_A, a_A, a_A), "SrTiO3 [001]")
     return cell.repeat(nx, ny, int(thickness_cells))

@@ -39,6 +39,7 @@ import scipy.fft
 import xarray as xr
 
 from .. import optics
+from ..checks import integer
 from ..checks import pair as _pair
 from ..dataset import from_array
 from ..errors import bad_type, bad_value
@@ -207,8 +208,7 @@ def simulate_4dstem(
     det = _pair("detector_shape", detector_shape, integer=True)
     max_angle = _pair("max_angle_mrad", max_angle_mrad)
     source_size = _pair("source_size_A", source_size_A, allow_zero=True)[0]
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise bad_value("seed", seed, "a non-negative integer")
+    seed = integer("seed", seed, minimum=0)
     dose = _dose.resolve_dose(dose_e_per_pattern, dose_e_per_A2, step)
     if backend not in ("numpy", "cupy"):
         raise bad_value("backend", backend, "'numpy' or 'cupy'")
@@ -229,8 +229,7 @@ def simulate_4dstem(
             f"less than max_angle_mrad={min(max_angle)} so the bright field is on the detector",
         )
 
-    if isinstance(frozen_phonons, bool) or not isinstance(frozen_phonons, (int, np.integer)) or frozen_phonons < 1:
-        raise bad_value("frozen_phonons", frozen_phonons, "a positive integer number of configurations")
+    frozen_phonons = integer("frozen_phonons", frozen_phonons, expected="a positive integer number of configurations")
     vibration = _vibration(vibration_A, sample)
     if frozen_phonons > 1 and not any(v > 0 for v in vibration.values()):
         raise bad_value("frozen_phonons", frozen_phonons, "1 unless vibration_A > 0 (static atoms)")
