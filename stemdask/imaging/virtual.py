@@ -30,12 +30,18 @@ from .project import (
 def _shifted_block(
     block: Any, shift: Any, masks: xr.DataArray, quantum: tuple[float, float], dtype: Any, batch_bytes: int
 ) -> Any:
-    """Project a block with masks re-centred per pattern (shifts quantised to ``quantum``)."""
+    """Project a block with masks re-centred per pattern (shifts quantised to ``quantum``).
+
+    Dense blocks (numpy, cupy) and electron-event blocks alike: the frames of
+    one shift are selected (events by ``take_frames``, O(their electrons),
+    never densified) and projected by the engine's kernel.
+    """
     from ..backend import array_module, to_numpy
 
-    xp = array_module(block)
+    events = hasattr(block, "take_frames")  # an EventBlock (imaging does not import events)
+    xp = block.xp if events else array_module(block)
     ny, nx = block.shape[:2]
-    frames = block.reshape(ny * nx, 1, *block.shape[2:])
+    frames = None if events else block.reshape(ny * nx, 1, *block.shape[2:])
     steps = np.rint(to_numpy(shift).reshape(-1, 2) / np.asarray(quantum)).astype(np.int64)
     keys, inverse = np.unique(steps, axis=0, return_inverse=True)
     out = xp.empty((ny * nx, masks.sizes["mask"]), dtype=dtype)
@@ -47,7 +53,10 @@ def _shifted_block(
             n_masks=values.shape[0],
             n_pixels=values[0].size,
         )
-        sel = frames[xp.asarray(rows)] if xp is not np else frames[rows]
+        if events:
+            sel = block.take_frames(xp.asarray(rows), (1, rows.size))
+        else:
+            sel = frames[xp.asarray(rows)] if xp is not np else frames[rows]
         out[xp.asarray(rows) if xp is not np else rows] = project_block(
             sel, w, dtype=dtype, batch_bytes=batch_bytes
         ).reshape(rows.size, -1)
@@ -129,12 +138,6 @@ def _project_shifted(
     ky = data.coords["k_y"].values
     kx = data.coords["k_x"].values
     quantum = (abs(float(ky[1] - ky[0])) * step_px, abs(float(kx[1] - kx[0])) * step_px)
-    if data.attrs.get("representation") == "events":
-        raise bad_value(
-            "shifts",
-            "<beam shifts for electron events>",
-            "no shifts for counted data (convert with stemdask.events.to_dense, or remove the descan before counting)",
-        )
     arr = dask_data(data)
     shift_arr = shifts.data if isinstance(shifts.data, da.Array) else da.from_array(np.asarray(shifts.data))
     shift_arr = shift_arr.astype(np.float64).rechunk((arr.chunks[0], arr.chunks[1], 2))
