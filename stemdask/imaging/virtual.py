@@ -53,7 +53,7 @@ def _shifted_block(
             n_masks=values.shape[0],
             n_pixels=values[0].size,
         )
-        if events:
+        if frames is None:  # events
             sel = block.take_frames(xp.asarray(rows), (1, rows.size))
         else:
             sel = frames[xp.asarray(rows)] if xp is not np else frames[rows]
@@ -104,7 +104,7 @@ def virtual_image(
     validate(data)
     masks = check_masks(detector, data)
     resolve_dtype(dtype)
-    name = masks.name or "virtual_image"
+    name = str(masks.name or "virtual_image")
     if shifts is None:
         out = project_checked(
             data, masks, dtype=dtype, batch_bytes=batch_bytes, squeeze=True, long_name="virtual image", name=name
