@@ -338,6 +338,12 @@ def validate(data: xr.DataArray) -> xr.DataArray:
     return data
 
 
+def dask_data(data: xr.DataArray) -> da.Array:
+    """The dask array of a DataArray (a numpy- or cupy-backed one becomes one chunk, not copied)."""
+    arr = data.data
+    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=-1, asarray=False)
+
+
 def require_whole_frames(data: xr.DataArray | da.Array, operation: str = "this operation") -> None:
     """Raise unless every chunk of ``data`` holds whole detector frames.
 

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..dataset import DIMS, require_whole_frames, validate
+from ..dataset import DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from .block import EventBlock
 
@@ -103,7 +103,7 @@ def from_dense(data: xr.DataArray, *, dtype: Any = None) -> xr.DataArray:
             "integer electron counts (use stemdask.events.count_electrons for raw frames)",
         )
     out_dtype = np.dtype(dtype) if dtype is not None else data.dtype
-    arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1)
+    arr = dask_data(data)
     ky, kx = arr.shape[2:]
     events = da.map_blocks(
         _from_dense_block, arr, count_dtype=out_dtype, dtype=out_dtype, meta=event_meta((ky, kx), out_dtype)

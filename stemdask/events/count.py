@@ -26,7 +26,7 @@ import xarray as xr
 
 from ..backend import array_module, is_cupy
 from ..checks import number
-from ..dataset import DETECTOR_DIMS, require_whole_frames, validate
+from ..dataset import DETECTOR_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from .array import event_meta, wrap_events
 from .block import EventBlock, index_dtype
@@ -197,7 +197,7 @@ def count_electrons(
         raise bad_value("dtype", dtype, "an integer dtype for electron counts")
     if data.dtype.kind not in "uif":
         raise bad_value("data", f"<dataset of dtype {data.dtype}>", "real-valued detector frames")
-    arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1)
+    arr = dask_data(data)
     ky, kx = arr.shape[2:]
     dark_v = _per_pixel("dark", dark, (ky, kx), 0.0)
     gain_v = _per_pixel("gain", gain, (ky, kx), 1.0)

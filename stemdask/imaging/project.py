@@ -50,7 +50,7 @@ from dask.utils import Dispatch
 
 from ..backend import array_module, to_numpy
 from ..checks import close
-from ..dataset import DETECTOR_DIMS, SCAN_DIMS, require_whole_frames, validate
+from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from ._blas import single_blas_thread
 
@@ -662,12 +662,6 @@ def adjoint_array(coefficients: da.Array, weights: MaskWeights) -> da.Array:
         meta=_meta(coefficients, 4, dtype),
         name="adjoint-" + dask.base.tokenize(coefficients, w),
     )
-
-
-def dask_data(data: xr.DataArray) -> da.Array:
-    """The dask array of a DataArray (a numpy-backed one becomes one chunk)."""
-    arr = data.data
-    return arr if isinstance(arr, da.Array) else da.from_array(arr, chunks=-1, asarray=False)
 
 
 def project_checked(

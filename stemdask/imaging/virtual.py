@@ -13,14 +13,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..dataset import DETECTOR_DIMS, SCAN_DIMS, validate
+from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data, validate
 from ..errors import bad_type, bad_value
 from . import detectors
 from .project import (
     BATCH_BYTES,
     MaskWeights,
     check_masks,
-    dask_data,
     project_block,
     project_checked,
     resolve_dtype,

@@ -37,7 +37,7 @@ import zarr
 
 from ..checks import tile as check_tile
 from ..codecs import resolve_codec
-from ..dataset import DIMS, default_chunks, from_array, validate
+from ..dataset import DIMS, dask_data, default_chunks, from_array, validate
 from ..errors import FileFormatError, IncompleteStoreError, bad_type, bad_value
 from .layouts import Layout, get_layout, layout_for, register_layout
 from .publish import (
@@ -256,7 +256,7 @@ def _write_dense(
         raise bad_value("data.name", name, f"a name other than the dims {DIMS}")
     encoding, write_tile = _encoding(data, name, codec, chunks, shards)
     # one dask task per shard: shards must never be written by two tasks
-    arr = data.data if isinstance(data.data, da.Array) else da.from_array(data.data, chunks=-1)
+    arr = dask_data(data)
     arr = arr.rechunk(write_tile)
     ds = xr.Dataset(
         {name: (DIMS, arr, jsonable(dict(data.attrs)))},
