@@ -21,16 +21,14 @@ Set up the peers once (see benchmarks/README.md)::
 
 from __future__ import annotations
 
-import os
+import _clean_env  # noqa: I001  (first: re-executes without leaked malloc tunables, pins BLAS threads)
 
-# one BLAS thread per dask worker thread (distributed's nanny sets this for its
-# workers; the threaded scheduler needs it set before numpy loads)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+if __name__ == "__main__":  # not in the cluster's spawned workers, which import this module as __mp_main__
+    _clean_env.start_clean()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -170,12 +168,67 @@ def main_ooc_only(args):
     print(table_ooc(results["ooc"]))
 
 
+def run_peers(args, npy, masks_npz, label, nbytes):
+    """LiberTEM and py4DSTEM in their venv, in the clean environment; (timings, result arrays)."""
+    if not args.peer_python.exists():
+        sys.exit(f"peers venv missing: {args.peer_python} (see the module docstring)")
+    out_npz = WORK / f"peer_outputs_{label}.npz"
+    print(f"peers (LiberTEM, py4DSTEM) in {args.peer_python}, clean environment ({label})", flush=True)
+    proc = subprocess.run(
+        [
+            str(args.peer_python),
+            str(HERE / "_peers_imaging.py"),
+            str(npy),
+            str(masks_npz),
+            str(args.reps),
+            "--outputs",
+            str(out_npz),
+        ],
+        capture_output=True,
+        text=True,
+        env=_clean_env.peer_env(),
+    )
+    if proc.returncode != 0:
+        sys.exit("peer run failed:\n" + proc.stderr[-4000:])
+    peers = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("nbytes", "shape"):
+        peers.pop(key)
+    with np.load(out_npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    for key, value in peers.items():
+        if "|" in key:
+            print(f"  {key}: {nbytes / value['median_s'] / 1e9:.2f} GB/s", flush=True)
+    return peers, arrays
+
+
+def check_against_peers(outputs, peer_arrays, center_px):
+    """Largest differences between stemdask's float64 results and every peer's, over the whole scan."""
+    ours = {
+        "1 mask": outputs[("stemdask-threads-mem", "1 mask", "float64")].values,
+        "16 masks": outputs[("stemdask-threads-mem", "16 masks", "float64")].values,
+        "CoM": outputs[("stemdask-threads-mem", "CoM", "float64")].values / PIXEL_MRAD + np.asarray(center_px),
+    }
+    checks = {}
+    for key, theirs in peer_arrays.items():
+        peer, task = key.split("|")
+        mine = ours[task]
+        theirs = np.asarray(theirs, dtype=np.float64).reshape(mine.shape)
+        if task == "CoM":
+            checks[f"{key} max abs diff (px)"] = float(np.max(np.abs(mine - theirs)))
+        else:
+            checks[f"{key} max rel diff"] = float(np.max(np.abs(mine - theirs) / np.maximum(np.abs(mine), 1.0)))
+    return checks
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scan", type=int, default=128, help="scan positions per side")
     parser.add_argument("--det", type=int, default=128, help="detector pixels per side")
     parser.add_argument("--reps", type=int, default=5, help="warm repetitions (median reported)")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--peers-only", action="store_true", help="run only the peers (their figures alone)")
+    parser.add_argument("--skip-zarr", action="store_true", help="leave out the zarr-store rows")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PY, help="python of the peers' venv")
     parser.add_argument("--ooc", action="store_true", help="also run the out-of-core test")
     parser.add_argument("--ooc-limit-mib", type=int, default=512, help="memory limit per worker (MiB)")
     parser.add_argument("--ooc-only", action="store_true", help="run only the out-of-core test")
@@ -184,7 +237,7 @@ def main():
     WORK.mkdir(exist_ok=True)
     if args.ooc_only:
         return main_ooc_only(args)
-    results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count()}
+    results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
 
     arr = make_data(args.scan, args.det)
     nbytes = arr.nbytes
@@ -197,8 +250,9 @@ def main():
     data = stemdask.from_array(da.from_array(arr, chunks=(rows, -1, -1, -1)), detector_pixel_mrad=PIXEL_MRAD)
     adf, rings, edges = masks_for(data)
     center_px = data.attrs["beam_center_px"]
+    masks_npz = WORK / "imaging_masks.npz"
     np.savez(
-        WORK / "imaging_masks.npz",
+        masks_npz,
         adf=adf.values[0],
         rings=rings.values,
         center_px=np.asarray(center_px),
@@ -206,18 +260,30 @@ def main():
         ring_edges_px=edges / PIXEL_MRAD,
     )
 
+    # the peers first, before any cluster has touched os.environ, and with an explicit clean env
+    peer_arrays: dict = {}
+    if not args.skip_peers:
+        peers, peer_arrays = run_peers(args, npy, masks_npz, "first", nbytes)
+        results.update(peers)
+    if args.peers_only:
+        results.update(load_after=os.getloadavg(), nbytes=nbytes, shape=list(arr.shape))
+        args.json.write_text(json.dumps(results, indent=1))
+        print(table(results))
+        return None
+
     outputs: dict = {}
     threads = {"scheduler": "threads", "num_workers": 2}
     print("stemdask, in memory, threaded scheduler (2 threads)", flush=True)
     run_stemdask(data, adf, rings, args.reps, "stemdask-threads-mem", results, outputs, threads)
 
-    store = WORK / "imaging.zarr"
-    if store.exists():
-        shutil.rmtree(store)
-    stemdask.save(data, store, codec="none")
-    on_disk = stemdask.open_dataset(store)
-    print(f"stemdask, zarr on disk (uncompressed, chunks {on_disk.data.chunksize})", flush=True)
-    run_stemdask(on_disk, adf, rings, args.reps, "stemdask-threads-zarr", results, outputs, threads, ("float64",))
+    if not args.skip_zarr:
+        store = WORK / "imaging.zarr"
+        if store.exists():
+            shutil.rmtree(store)
+        stemdask.save(data, store, codec="none")
+        on_disk = stemdask.open_dataset(store)
+        print(f"stemdask, zarr on disk (uncompressed, chunks {on_disk.data.chunksize})", flush=True)
+        run_stemdask(on_disk, adf, rings, args.reps, "stemdask-threads-zarr", results, outputs, threads, ("float64",))
     npy_data = stemdask.open_dataset(npy, detector_pixel_mrad=PIXEL_MRAD)
 
     from distributed import Client, LocalCluster
@@ -229,38 +295,16 @@ def main():
         Client(cluster),
     ):
         print("stemdask, LocalCluster (2 workers x 1 thread): zarr on disk, then the .npy file", flush=True)
-        run_stemdask(on_disk, adf, rings, args.reps, "stemdask-localcluster-zarr", results, outputs, {}, ("float64",))
+        if not args.skip_zarr:
+            run_stemdask(
+                on_disk, adf, rings, args.reps, "stemdask-localcluster-zarr", results, outputs, {}, ("float64",)
+            )
         run_stemdask(npy_data, adf, rings, args.reps, "stemdask-localcluster-npy", results, outputs, {})
+    results["env_leaked_by_cluster"] = _clean_env.leaked()  # what a peer started now with os.environ would get
 
-    if not args.skip_peers:
-        if not PEER_PY.exists():
-            sys.exit(f"peers venv missing: {PEER_PY} (see the module docstring)")
-        print("peers (LiberTEM, py4DSTEM) in", PEER_PY, flush=True)
-        proc = subprocess.run(
-            [str(PEER_PY), str(HERE / "_peers_imaging.py"), str(npy), str(WORK / "imaging_masks.npz"), str(args.reps)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
-        )
-        if proc.returncode != 0:
-            sys.exit("peer run failed:\n" + proc.stderr[-4000:])
-        peers = json.loads(proc.stdout.strip().splitlines()[-1])
-        checks = peers.pop("checks")
-        for key in ("nbytes", "shape"):
-            peers.pop(key)
-        results.update(peers)
-        # same numbers as LiberTEM on the same masks
-        ours = outputs[("stemdask-threads-mem", "1 mask", "float64")].values[:2, :2]
-        results["check_1mask_max_rel_diff"] = float(
-            np.max(np.abs(ours - np.asarray(checks["1 mask"]).reshape(ours.shape)) / np.abs(ours))
-        )
-        ours16 = outputs[("stemdask-threads-mem", "16 masks", "float64")].values[:2, :2]
-        theirs16 = np.asarray(checks["16 masks"])
-        results["check_16mask_max_rel_diff"] = float(np.max(np.abs(ours16 - theirs16) / np.abs(ours16)))
-        com = outputs[("stemdask-threads-mem", "CoM", "float64")].values[:2, :2] / PIXEL_MRAD
-        com_px = com + np.asarray(center_px)
-        results["check_com_max_abs_diff_px"] = float(np.max(np.abs(com_px - np.asarray(checks["CoM"]))))
-        print({k: v for k, v in results.items() if k.startswith("check")}, flush=True)
+    if peer_arrays:
+        results["checks"] = check_against_peers(outputs, peer_arrays, center_px)
+        print(results["checks"], flush=True)
 
     if args.ooc:
         results["ooc"] = out_of_core(args)
@@ -295,6 +339,31 @@ def table(results):
             ratio = f" ({lib[t] / r['median_s']:.2f}×)" if lib.get(t) else ""
             cells.append(f"{gbps:.2f}{ratio}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    pairs = [
+        ("stemdask-threads-mem (float64)", "libertem-threads-mem"),
+        ("stemdask-threads-mem (float32)", "libertem-threads-mem"),
+        ("stemdask-localcluster-npy (float64)", "libertem-dask-npy"),
+        ("stemdask-localcluster-npy (float32)", "libertem-dask-npy"),
+    ]
+    pairs = [(a, b) for a, b in pairs if f"{a}|1 mask" in results and f"{b}|1 mask" in results]
+    if pairs:
+        lines += [
+            "",
+            "Ratios in this run, each stemdask set-up against LiberTEM's on the same source "
+            "(wall time; > 1: stemdask faster):",
+            "",
+            "| stemdask | against | " + " | ".join(tasks) + " |",
+            "|---|---|" + "---|" * len(tasks),
+        ]
+        for a, b in pairs:
+            cells = [f"{results[f'{b}|{t}']['median_s'] / results[f'{a}|{t}']['median_s']:.2f}×" for t in tasks]
+            lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
+    if results.get("checks"):
+        lines += [
+            "",
+            "Agreement with the peers over the whole scan: "
+            + "; ".join(f"{k} {v:.1e}" for k, v in results["checks"].items()),
+        ]
     inproc = [lab for lab in labels if "threads-mem" in lab or lab == "py4dstem"]
     lines += [
         "",

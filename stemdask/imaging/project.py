@@ -52,6 +52,7 @@ from ..backend import array_module, to_numpy
 from ..checks import close
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
+from . import _fused
 from ._blas import single_blas_thread
 
 #: bytes of frames converted to floating point at a time (measured optimum on 128x128 frames)
@@ -171,6 +172,8 @@ class MaskWeights:
             self.support = np.flatnonzero(np.any(matrix != 0, axis=1))
             self.nnz = int(np.count_nonzero(matrix))
         values = csr.data if sparse else matrix
+        #: largest sum of |weight| over the pixels of one mask (bounds every projected sum)
+        self.abs_sum = float(abs(csr).sum(axis=0).max()) if sparse else float(np.abs(matrix).sum(axis=0).max())
         #: max |weight| when every weight is a real integer (exact float32 products), else None
         self.integer_bound: float | None = None
         if (
@@ -211,6 +214,10 @@ class MaskWeights:
             return np.ascontiguousarray(m, dtype=dtype)
 
         return self._cached(("dense", np.dtype(dtype).name), make)
+
+    def dense_transposed(self) -> np.ndarray:
+        """The ``(n_masks, pixels)`` float64 matrix, C-contiguous (one row per mask)."""
+        return self._cached(("denseT", "float64"), lambda: np.ascontiguousarray(self.dense(np.float64).T))
 
     @property
     def use_support(self) -> bool:
@@ -387,8 +394,32 @@ def _project_numpy(
         return _project_numpy_body(block, weights, dtype, batch_bytes)
 
 
+def _project_fused(block: np.ndarray, weights: MaskWeights, dtype: Any) -> np.ndarray | None:
+    """One pass over integer frames with no conversion (``_fused.py``), or None when it does not apply.
+
+    Affine masks (CoM) become three exact moments per frame; one or two real
+    masks a float64 dot product per frame. Both are exact for integer weights
+    while every sum stays below 2**53, which the pixel type and the weights bound.
+    """
+    if not _fused.fusable(block.dtype) or weights.dtype.kind != "f" or weights.use_sparse_product:
+        return None
+    ny, nx, ky, kx = block.shape
+    if weights.affine is not None and _fused.exact_bound_ok(block.dtype, ky * kx * max(ky, kx, 1)):
+        moments = _fused.affine_moments(block.reshape(ny * nx, ky, kx))
+        return (moments @ weights.affine).astype(dtype, copy=False).reshape(ny, nx, weights.n_masks)
+    exact = weights.integer_bound is None or _fused.exact_bound_ok(block.dtype, weights.abs_sum)
+    if weights.n_masks <= _fused.MAX_FUSED_MASKS and exact:
+        out = _fused.dot_masks(block.reshape(ny * nx, ky * kx), weights.dense_transposed())
+        return out.astype(dtype, copy=False).reshape(ny, nx, weights.n_masks)
+    return None
+
+
 def _project_numpy_body(block: np.ndarray, weights: MaskWeights, dtype: Any, batch_bytes: int) -> np.ndarray:
     ny, nx = block.shape[:2]
+    if block.ndim == 4 and np.dtype(dtype).kind == "f":
+        fused = _project_fused(block, weights, dtype)
+        if fused is not None:
+            return fused
     # int64 row sums cannot overflow for integers of up to 32 bits (2**32 * 2**31 pixels < 2**63)
     summable = block.dtype.kind == "f" or (block.dtype.kind in "iub" and block.dtype.itemsize <= 4)
     if weights.marginal is not None and summable:
