@@ -397,7 +397,7 @@ def _project_numpy(
 def _project_fused(block: np.ndarray, weights: MaskWeights, dtype: Any) -> np.ndarray | None:
     """One pass over integer frames with no conversion (``_fused.py``), or None when it does not apply.
 
-    Affine masks (CoM) become three exact moments per frame; one or two real
+    Affine masks (CoM) become three exact moments per frame; up to four real
     masks a float64 dot product per frame. Both are exact for integer weights
     while every sum stays below 2**53, which the pixel type and the weights bound.
     """
