@@ -21,7 +21,10 @@ Operations, dense path = stemdask.imaging (BLAS projection engine):
 
 Timings: median of ``--repeats`` warm runs after one warm-up, the dense and
 the event run of each operation interleaved so that both see the same load
-(the machine is shared). Storage:
+(the machine is shared); both run in one clean process (``_clean_env``: no
+malloc tunables leaked from a cluster start, one BLAS thread per worker
+thread) and every operation's dense and event results are checked equal
+(exact for the integer sums, 1e-12 relative for CoM) before it is timed. Storage:
 bytes per electron of a stemdask event zarr store (default frame-delta +
 bit-shuffled zstd, and plain zstd), of the stempy HDF5 layout (vlen uint32),
 of raw linear-index arrays, of the run-length codes, and of the dense data
@@ -31,20 +34,25 @@ each operation falls to 1 (log-linear interpolation between measured rates).
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import statistics
-import tempfile
-import time
-from pathlib import Path
+import _clean_env  # noqa: I001  (first: no leaked malloc tunables, one BLAS thread, before numpy loads)
 
-import dask
-import numpy as np
+if __name__ == "__main__":
+    _clean_env.start_clean()
 
-import stemdask
-import stemdask.events as ev
-from stemdask import imaging
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import dask  # noqa: E402
+import numpy as np  # noqa: E402
+
+import stemdask  # noqa: E402
+import stemdask.events as ev  # noqa: E402
+from stemdask import imaging  # noqa: E402
 
 
 def simulate(rate, scan=(64, 64), det=(128, 128), seed=0):
@@ -67,6 +75,15 @@ def timed(fns, repeats):
             fn()
             out.append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
+
+
+def check_equal(name, dense, events):
+    """The two representations must give the same numbers before their times mean anything."""
+    a, b = np.asarray(dense), np.asarray(events)
+    if name == "CoM":
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=name)
+    else:
+        np.testing.assert_array_equal(b, a, err_msg=name)
 
 
 def dir_bytes(path):
@@ -124,6 +141,7 @@ def main():
             }
             row = [f"{rate:g}", f"{n_e / dense_np.shape[0] / dense_np.shape[1]:.0f}"]
             for name, (dense_fn, event_fn) in ops.items():
+                check_equal(name, dense_fn(), event_fn())
                 td, te = timed([dense_fn, event_fn], repeats)
                 speedups[name].append(td / te)
                 row += [f"{td * 1e3:.1f} / {te * 1e3:.1f}", f"**{td / te:.1f}x**"]
