@@ -21,10 +21,12 @@ from stemdask.codecs import CODECS, resolve_codec
 from stemdask.codecs.histogram import (
     CODEC_NAME,
     FORMAT_VERSION,
+    FORMAT_VERSIONS,
     ChunkCorruptError,
     HistogramCodec,
     HistogramModel,
     decode_chunk,
+    decode_chunk_events,
     encode_chunk,
     read_header,
 )
@@ -142,10 +144,10 @@ def _golden_shared_input():
 
 def test_golden_bytes_freeze_the_format():
     x = _golden_input()
-    assert encode_chunk(x, max_symbols=4).hex() == GOLDEN_HEX
+    assert encode_chunk(x, max_symbols=4, format_version=1).hex() == GOLDEN_HEX
     np.testing.assert_array_equal(decode_chunk(bytes.fromhex(GOLDEN_HEX)), x)
     header = read_header(bytes.fromhex(GOLDEN_HEX))
-    assert header["version"] == FORMAT_VERSION == 1
+    assert header["version"] == 1 and FORMAT_VERSIONS == (1, 2)
     assert header["shape"] == GOLDEN_INPUT_SHAPE and header["dtype"] == np.uint16
     assert (header["base"], header["n_symbols"]) == (0, 4)
 
@@ -159,9 +161,73 @@ def test_golden_bytes_skewed_histograms():
     v = ((h >> np.uint64(8)) % np.uint64(10)).astype(np.int64)
     x = np.where(v < 6, 0, v - 5).astype(np.uint8).reshape(16, 4, 4)
     x[::5, 1, 2] += 3
-    data = encode_chunk(x)
+    data = encode_chunk(x, format_version=1)
     assert hashlib.sha256(data).hexdigest() == GOLDEN_SKEWED_SHA256
     np.testing.assert_array_equal(decode_chunk(data), x)
+
+
+GOLDEN_V2_HEX = (
+    "534448430200020303000000040000000500000000000000000000000000000000000000040000000000000001"
+    "ed0ddeed30921bb57d0ad50870be0d5b517f51c8d549d14d53e2e94dcb22431e95812c626e2898d8ea80"
+)
+GOLDEN_V2_SPARSE_SHA256 = "9443a23b28dc795d3b9fa4dd4c45144f4e8cd273c2ecd92d3827b4fdeeb36c91"
+
+
+def _golden_sparse_input():
+    """Counted-like data: mostly zeros, some 1-3, one escape; pixels sparse and dense."""
+    h = (np.arange(32 * 30, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+    v = ((h >> np.uint64(7)) % np.uint64(40)).astype(np.int64)
+    x = np.where(v < 36, 0, v - 35).astype(np.uint16).reshape(4, 8, 6, 5)
+    x[:, :, 0, 0] = 2  # a pixel without zeros
+    x[1, 2, 3, 4] = 900  # an escape with max_symbols=8
+    return x
+
+
+def test_golden_bytes_version_2():
+    """Version 2 (the default): dense pixels as in version 1, sparse ones by their gaps."""
+    x = _golden_input()
+    assert FORMAT_VERSION == 2
+    assert encode_chunk(x, max_symbols=4).hex() == GOLDEN_V2_HEX
+    np.testing.assert_array_equal(decode_chunk(bytes.fromhex(GOLDEN_V2_HEX)), x)
+    y = _golden_sparse_input()
+    data = encode_chunk(y, max_symbols=8)
+    assert hashlib.sha256(data).hexdigest() == GOLDEN_V2_SPARSE_SHA256
+    np.testing.assert_array_equal(decode_chunk(data), y)
+    # within 1 % of version 1 on the same data
+    assert len(data) <= 1.01 * len(encode_chunk(y, max_symbols=8, format_version=1)) + 8
+
+
+@FAST
+@given(integer_chunks(), st.integers(1, 300), st.sampled_from(FORMAT_VERSIONS))
+def test_every_format_version_round_trips(x, max_symbols, version):
+    data = encode_chunk(x, max_symbols=max_symbols, format_version=version)
+    assert read_header(data)["version"] == version
+    y = decode_chunk(data)
+    assert y.dtype == x.dtype.newbyteorder("=") and y.shape == x.shape
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("rate", [0.003, 0.05, 0.4, 3.0])
+def test_decode_to_events_equals_dense_decode_then_counting(rng, rate):
+    from stemdask.events.block import EventBlock
+
+    x = rng.poisson(rate, size=(3, 5, 7, 6)).astype(np.uint16)
+    x[0, 0, 1, 1] = 400  # an escape
+    for version in FORMAT_VERSIONS:
+        data = encode_chunk(x, max_symbols=16, format_version=version)
+        events = decode_chunk_events(data)
+        # reference: NumPy, frame by frame, pixel index repeated by its count
+        frames = x.reshape(15, 42)
+        indices = np.concatenate([np.repeat(np.arange(42), f) for f in frames])
+        offsets = np.concatenate([[0], np.cumsum(frames.sum(axis=1))])
+        assert events.scan_shape == (3, 5) and events.frame_shape == (7, 6)
+        np.testing.assert_array_equal(events.indices, indices)
+        np.testing.assert_array_equal(events.offsets, offsets)
+        assert isinstance(events, EventBlock)
+    with pytest.raises(InvalidArgumentError, match="4 axes"):
+        decode_chunk_events(encode_chunk(x[0]))
+    with pytest.raises(InvalidArgumentError, match="counts"):
+        decode_chunk_events(encode_chunk(x.astype(np.int16) - 1))
 
 
 def test_golden_bytes_shared_model():
@@ -170,9 +236,13 @@ def test_golden_bytes_shared_model():
     assert model.to_json() == GOLDEN_MODEL
     fitted = HistogramModel.fit(y[:1], max_symbols=8)
     assert fitted.to_json() == GOLDEN_MODEL
-    data = encode_chunk(y, model=model)
+    data = encode_chunk(y, model=model, format_version=1)
     assert hashlib.sha256(data).hexdigest() == GOLDEN_SHARED_SHA256
     np.testing.assert_array_equal(decode_chunk(data, model=model), y)
+    # version 2 codes shared-model chunks as version 1 did: only the version byte and the CRC differ
+    new = encode_chunk(y, model=model)
+    assert new[:4] + new[5:-4] == data[:4] + data[5:-4] and new[4] == 2
+    np.testing.assert_array_equal(decode_chunk(new, model=model), y)
 
 
 def _with_crc(body: bytes) -> bytes:
@@ -181,8 +251,8 @@ def _with_crc(body: bytes) -> bytes:
 
 def test_version_is_checked_on_decode():
     data = bytearray(bytes.fromhex(GOLDEN_HEX)[:-4])
-    data[4] = 2  # a future format version, with a valid checksum
-    with pytest.raises(ChunkCorruptError, match="format version 2"):
+    data[4] = 3  # a future format version, with a valid checksum
+    with pytest.raises(ChunkCorruptError, match="format version 3"):
         decode_chunk(_with_crc(bytes(data)))
     with pytest.raises(ChunkCorruptError, match="magic"):
         decode_chunk(b"PK\x03\x04" + bytes.fromhex(GOLDEN_HEX)[4:])
@@ -209,7 +279,8 @@ def test_corrupted_or_truncated_chunks_raise(data):
 @given(st.data())
 def test_decoder_survives_garbage_with_valid_checksum(data):
     """Fuzz the payload decoder itself (checksum recomputed): an error or an array, never a crash or hang."""
-    good = encode_chunk(np.random.default_rng(3).poisson(0.7, size=(6, 5, 7)).astype(np.int16), max_symbols=3)
+    x = np.random.default_rng(3).poisson(data.draw(st.sampled_from([0.05, 0.7])), size=(6, 5, 7)).astype(np.int16)
+    good = encode_chunk(x, max_symbols=3, format_version=data.draw(st.sampled_from(FORMAT_VERSIONS)))
     header_len = 8 + 4 * 3 + 24
     payload = bytearray(good[header_len:-4])
     for _ in range(data.draw(st.integers(1, 4))):
@@ -292,7 +363,7 @@ def test_codec_metadata_round_trip_and_shared_model_in_metadata(tmp_path, rng):
             compressors=None,
         )
     with pytest.raises(InvalidArgumentError, match="format_version"):
-        HistogramCodec.from_dict({"name": CODEC_NAME, "configuration": {"format_version": 2}})
+        HistogramCodec.from_dict({"name": CODEC_NAME, "configuration": {"format_version": 3}})
 
 
 @pytest.mark.parametrize("dtype", ["f4", "i8", "u8", "bool"])

@@ -71,7 +71,7 @@ def test_default_layout_targets_megabyte_chunks():
         storage_layout((8, 8, 4, 4), 2, chunks=(0, 2))
 
 
-@pytest.mark.parametrize("codec", ["zstd", "gzip", "blosc", "none", [zarr.codecs.ZstdCodec(level=9)]])
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "blosc", "blosc-lz4", "none", [zarr.codecs.ZstdCodec(level=9)]])
 def test_codecs_round_trip(tmp_path, rng, codec):
     arr, data = dataset(rng)
     path = stemdask.save(data, tmp_path / "c.zarr", codec=codec)
@@ -205,3 +205,20 @@ def test_histogram_codec_gets_chunks_of_many_frames():
     inner, shard = storage_layout((128, 128, 256, 256), 2, min_chunk_frames=256)
     assert inner[0] * inner[1] >= 256 and shard[0] % inner[0] == 0 and shard[1] % inner[1] == 0
     assert storage_layout((128, 128, 256, 256), 2)[0][:2] == (1, 64)  # 8 MiB of frames otherwise
+
+
+def test_default_codec_store_opens_with_plain_zarr_in_a_fresh_process(tmp_path, rng):
+    import subprocess
+    import sys
+
+    arr, data = dataset(rng)
+    path = stemdask.save(data, tmp_path / "d.zarr")
+    assert stemdask.codecs.DEFAULT_CODEC == "blosc-lz4"
+    code = (
+        "import sys, zarr, numpy as np; z = zarr.open_array(sys.argv[1] + '/intensity', mode='r'); "
+        "assert 'stemdask' not in sys.modules; a = z[...]; print(a.dtype.str, a.shape, int(a.astype('u8').sum()))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-1] == str(int(arr.astype(np.uint64).sum()))
+    assert str(arr.shape).replace(" ", "") in out.stdout.replace(" ", "")

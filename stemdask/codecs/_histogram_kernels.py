@@ -609,3 +609,439 @@ def pixel_histograms(x, flip, K, base):
             s = u if (u >= 0 and u < K) else K
             h[p, s] += 1
     return h
+
+
+# -- format version 2: sparse pixels cost their non-zero frames ---------------------------------
+#
+# A pixel whose histogram leaves at most a third of its frames outside bin 0 is
+# "sparse": instead of one symbol per frame, its non-zero frames are coded as
+# gaps (the zero frames before each one) followed by the frame's bin, with
+# decrementing counts over the non-zero bins.  The information is the same
+# (log C(n, k) for where the k non-zero frames are, times the multinomial of
+# their values), so the size stays within a fraction of a percent of version 1,
+# but decoding a sparse pixel costs one or two symbols per non-zero frame,
+# not one per frame.  Dense pixels are coded as in version 1.
+#
+# A gap before one of the k' non-zero frames still to come among n' frames:
+#   k' == n'            nothing (it is 0);
+#   k' == 1             uniform over the n' positions (exact);
+#   k' == 2, n' <= 4096 exact: P(g) = (n' - 1 - g) / C(n', 2);
+#   otherwise           geometric with p = k' / n', quantised to one of GAP_LEVELS
+#                       levels (8 per octave), from a frozen table of frequencies
+#                       (total 2**16) for g < G and an escape for g >= G, after
+#                       which the rest of the gap is coded in the same way with
+#                       n' - G frames (the geometric law is memoryless).
+
+GAP_SHIFT = 16
+GAP_TOT = 1 << GAP_SHIFT
+GAP_CAP = 1024
+GAP_LEVELS = 176
+GAP_EXACT2 = 4096
+#: a pixel is coded sparse when SPARSE_RATIO * (frames outside bin 0) <= frames
+SPARSE_RATIO = 3
+
+
+def _gap_level_bounds(lev: int) -> tuple[int, int]:
+    """[lo, hi) of x = floor(k' * 2**24 / n') mapped to level ``lev``."""
+    if lev < 16:
+        return lev, lev + 1
+    nb, m = lev // 8 + 3, lev % 8
+    lo = (8 + m) << (nb - 4)
+    return lo, lo + (1 << (nb - 4))
+
+
+def _gap_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative frequencies of the quantised geometric gap laws (exact integer arithmetic)."""
+    cum = np.zeros((GAP_LEVELS, GAP_CAP + 2), dtype=np.int64)
+    count = np.zeros(GAP_LEVELS, dtype=np.int64)
+    one = 1 << 48
+    for lev in range(1, GAP_LEVELS):
+        lo, hi = _gap_level_bounds(lev)
+        p = (lo + hi) << 23  # the middle of the level, in units of 2**-48
+        q = one - p
+        mass = p << 16  # 2**16 * p * q**g, in units of 2**-48
+        c = 0
+        g = 0
+        while g < GAP_CAP:
+            f = (mass + (1 << 47)) >> 48
+            if f == 0:
+                break
+            c += f
+            g += 1
+            cum[lev, g] = c
+            mass = (mass * q) >> 48
+        while cum[lev, g] > GAP_TOT - 1:  # keep room for the escape
+            g -= 1
+        if g == 0:  # p close to 1: the gap 0 takes all but the escape
+            g = 1
+            cum[lev, 1] = GAP_TOT - 1
+        count[lev] = g
+        cum[lev, g + 1] = GAP_TOT
+    return cum, count
+
+
+GAP_CUM, GAP_COUNT = _gap_tables()
+#: GAP_START[lev, v >> 8]: the first gap whose range of cumulative frequencies can hold v
+GAP_START = np.zeros((GAP_LEVELS, GAP_TOT >> 8), dtype=np.int64)
+for _lev in range(1, GAP_LEVELS):
+    _edges = GAP_CUM[_lev, 1 : GAP_COUNT[_lev] + 1]
+    GAP_START[_lev] = np.searchsorted(_edges, np.arange(0, GAP_TOT, 256), side="right")
+#: bit length of a byte
+BITLEN8 = np.array([int(v).bit_length() for v in range(256)], dtype=np.int64)
+
+
+@njit(cache=True)
+def _gap_level(k, n, rec):
+    """Level of p = k / n: x = about k * 2**24 / n (by a reciprocal when n <= RECIP_MAX), then
+    its bit length and three bits below the leading one."""
+    if n <= RECIP_MAX:
+        x = (k * rec[n]) >> 7
+    else:
+        x = (k << 24) // n
+    if x < 16:
+        return x
+    if x >= 1 << 16:
+        nb = 16 + BITLEN8[x >> 16]
+    elif x >= 1 << 8:
+        nb = 8 + BITLEN8[x >> 8]
+    else:
+        nb = BITLEN8[x]
+    return (nb - 3) * 8 + ((x >> (nb - 4)) & 7)
+
+
+@njit(cache=True)
+def _enc_gap(low, rng, pos, out, g, k, n, gcum, gcount, rec):
+    """Code a gap ``g`` (0 <= g <= n - k) before one of ``k`` non-zero frames among ``n``."""
+    while True:
+        if k == n:
+            return low, rng, pos
+        if k == 1:
+            return _enc_r(low, rng, pos, out, g, 1, _scale(rng, n, rec))
+        if k == 2 and n <= GAP_EXACT2:
+            cum = g * (n - 1) - (g * (g - 1)) // 2
+            return _enc(low, rng, pos, out, cum, n - 1 - g, (n * (n - 1)) // 2)
+        lev = _gap_level(k, n, rec)
+        G = gcount[lev]
+        r = rng >> GAP_SHIFT
+        if g < G:
+            return _enc_r(low, rng, pos, out, gcum[lev, g], gcum[lev, g + 1] - gcum[lev, g], r)
+        low, rng, pos = _enc_r(low, rng, pos, out, gcum[lev, G], GAP_TOT - gcum[lev, G], r)
+        g -= G
+        n -= G
+
+
+@njit(cache=True, inline="always")
+def _dec_gap(code, rng, ipos, inp, k, n, gcum, gcount, gstart, rec):
+    """Inverse of :func:`_enc_gap`; the gap is -1 on corrupted input."""
+    total = np.int64(0)
+    while True:
+        if k == n:
+            return code, rng, ipos, total
+        if k == 1:
+            r = _scale(rng, n, rec)
+            v = code // r
+            if v >= n:
+                return code, rng, ipos, np.int64(-1)
+            code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, v, 1)
+            return code, rng, ipos, total + v
+        if k == 2 and n <= GAP_EXACT2:
+            tot = (n * (n - 1)) // 2
+            r, v = _dec_target(code, rng, tot)
+            lo = np.int64(0)
+            hi = n - 2
+            while lo < hi:  # the largest g with cum(g) <= v
+                mid = (lo + hi + 1) >> 1
+                if mid * (n - 1) - (mid * (mid - 1)) // 2 <= v:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            cum = lo * (n - 1) - (lo * (lo - 1)) // 2
+            code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, n - 1 - lo)
+            return code, rng, ipos, total + lo
+        lev = _gap_level(k, n, rec)
+        G = gcount[lev]
+        r = rng >> GAP_SHIFT
+        v = code // r
+        if v >= GAP_TOT:
+            return code, rng, ipos, np.int64(-1)
+        lo = gstart[lev, v >> 8]  # then the largest g with cum[g] <= v (g == G: the escape)
+        while lo < G and gcum[lev, lo + 1] <= v:
+            lo += 1
+        code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, gcum[lev, lo], gcum[lev, lo + 1] - gcum[lev, lo])
+        if lo < G:
+            return code, rng, ipos, total + lo
+        total += G
+        n -= G
+        if n < k:
+            return code, rng, ipos, np.int64(-1)
+
+
+@njit(cache=True, nogil=True)
+def encode_local2(x, flip, H, W, K, base, emin, out, gcum, gcount):
+    """Format version 2 of :func:`encode_local` (sparse pixels coded by their non-zero frames)."""
+    n, P = x.shape
+    freq, tot = _init_tables()
+    rows = np.zeros((2, W, K + 1), dtype=np.int64)
+    last = np.zeros((2, W), dtype=np.int64)
+    hist = np.zeros(K + 1, dtype=np.int64)
+    syms = np.empty(n, dtype=np.int64)
+    binval = np.empty(K + 1, dtype=np.int64)
+    bincnt = np.empty(K + 1, dtype=np.int64)
+    slot = np.empty(K + 1, dtype=np.int64)
+    rec = _reciprocals(n)
+    margin = 14 * n + 12 * (K + 2) + 64
+    low = np.int64(0)
+    rng = ONE40
+    pos = 0
+    for p in range(P):
+        if pos + margin > out.size:
+            return NEED_SPACE
+        y = p // W
+        xx = p - y * W
+        cur = y & 1
+        for t in range(n):
+            u = _load(x, t, p, flip) - base
+            s = u if (u >= 0 and u < K) else K
+            syms[t] = s
+            hist[s] += 1
+        lastb = 0
+        for b in range(K, 0, -1):
+            if hist[b] > 0:
+                lastb = b
+                break
+        low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, _last_ctx(last, cur, y, xx, W), lastb)
+        remaining = np.int64(n)
+        for b in range(1, lastb + 1):
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
+            c = hist[b] - 1 if b == lastb else hist[b]
+            low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ctx, c)
+            remaining -= hist[b]
+            rows[cur, xx, b] = hist[b]
+        rows[cur, xx, 0] = hist[0]
+        last[cur, xx] = lastb
+        k = n - hist[0]
+        sparse = SPARSE_RATIO * k <= n
+        first = 1 if sparse else 0
+        m = 0
+        for b in range(first, lastb + 1):
+            if hist[b] > 0:
+                binval[m] = b
+                bincnt[m] = hist[b]
+                m += 1
+        _sort_bins(binval, bincnt, m)
+        for j in range(m):
+            slot[binval[j]] = j
+        if sparse:  # where the non-zero frames are: the gaps before each
+            nleft = np.int64(n)
+            kleft = k
+            start = 0
+            for t in range(n):
+                if syms[t] != 0:
+                    low, rng, pos = _enc_gap(low, rng, pos, out, t - start, kleft, nleft, gcum, gcount, rec)
+                    nleft -= t - start + 1
+                    kleft -= 1
+                    start = t + 1
+        nz = m
+        left = np.int64(k) if sparse else np.int64(n)
+        for t in range(n):
+            s = syms[t]
+            if sparse and s == 0:
+                continue
+            if nz > 1:
+                j = slot[s]
+                cum = np.int64(0)
+                for i in range(j):
+                    cum += bincnt[i]
+                low, rng, pos = _enc_r(low, rng, pos, out, cum, bincnt[j], _scale(rng, left, rec))
+                bincnt[j] -= 1
+                if bincnt[j] == 0:
+                    nz -= 1
+                left -= 1
+            if s == K:
+                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX, _load(x, t, p, flip) - emin)
+        for b in range(lastb + 1):
+            hist[b] = 0
+    pos = _flush(low, pos, out)
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcount, gstart, events, ev_t, ev_p, ev_v):
+    """Inverse of :func:`encode_local2`.
+
+    With ``events`` False it fills ``out`` (frames x pixels) and returns 0:
+    pixels are decoded into a pixel-major tile of a few hundred pixels (in
+    cache), which is then copied into ``out`` one frame row at a time, so that
+    ``out`` is written in long contiguous runs.  With ``events`` True (for
+    chunks whose minimum ``base`` is 0) it writes nothing to ``out`` and
+    appends every frame of every pixel whose value is not ``base``, in
+    pixel-major order, to ``ev_t`` (frame), ``ev_p`` (pixel) and ``ev_v``
+    (value - base); it returns their number, or NEED_SPACE when they do not
+    fit.  CORRUPT on an inconsistent stream.
+    """
+    freq, tot = _init_tables()
+    rows = np.zeros((2, W, K + 1), dtype=np.int64)
+    last = np.zeros((2, W), dtype=np.int64)
+    binval = np.empty(K + 1, dtype=np.int64)
+    bincnt = np.empty(K + 1, dtype=np.int64)
+    hist = np.zeros(K + 1, dtype=np.int64)
+    rec = _reciprocals(n)
+    cap = ev_t.size
+    ne = 0
+    group = max(64, (1 << 17) // max(n, 1))
+    tile = np.empty((1 if events else min(group, P), n), dtype=out.dtype)
+    frames = np.empty(n, dtype=np.int64)
+    zero = (base ^ flip) if not events else 0
+    p0 = 0
+    code, rng, ipos = _dec_start(inp)
+    for p in range(P):
+        if not events:
+            if p - p0 == tile.shape[0]:
+                _tile_out(tile, out, p0, p - p0)
+                p0 = p
+            row = tile[p - p0]
+        y = p // W
+        xx = p - y * W
+        cur = y & 1
+        code, rng, ipos, lastb = _dec_number(code, rng, ipos, inp, freq, tot, _last_ctx(last, cur, y, xx, W))
+        if lastb > K:
+            return CORRUPT
+        remaining = np.int64(n)
+        for b in range(1, lastb + 1):
+            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
+            code, rng, ipos, c = _dec_number(code, rng, ipos, inp, freq, tot, ctx)
+            if b == lastb:
+                c += 1
+            if c > remaining:
+                return CORRUPT
+            hist[b] = c
+            remaining -= c
+            rows[cur, xx, b] = c
+        hist[0] = remaining
+        rows[cur, xx, 0] = remaining
+        last[cur, xx] = lastb
+        k = n - remaining
+        sparse = SPARSE_RATIO * k <= n
+        first = 1 if sparse else 0
+        m = 0
+        for b in range(first, lastb + 1):
+            if hist[b] > 0:
+                binval[m] = b
+                bincnt[m] = hist[b]
+                m += 1
+        for b in range(lastb + 1):
+            hist[b] = 0
+        _sort_bins(binval, bincnt, m)
+        if events and ne + (k if sparse else n) > cap:
+            return NEED_SPACE
+        if sparse and not events:
+            row[:] = zero
+        # the non-zero frames of a sparse pixel (all its gaps come first), then their bins
+        if sparse:
+            nleft = np.int64(n)
+            t = np.int64(-1)
+            for j in range(k):
+                code, rng, ipos, g = _dec_gap(code, rng, ipos, inp, k - j, nleft, gcum, gcount, gstart, rec)
+                if g < 0 or g > nleft - (k - j):
+                    return CORRUPT
+                t += g + 1
+                nleft -= g + 1
+                frames[j] = t
+        steps = k if sparse else np.int64(n)
+        if m == 0:
+            if steps > 0:
+                return CORRUPT
+            continue
+        if m == 1 and binval[0] != K:  # one value for all of them: nothing coded
+            value = base + binval[0]
+            for j in range(steps):
+                t = frames[j] if sparse else j
+                if events:
+                    if value != base:
+                        ev_t[ne] = t
+                        ev_p[ne] = p
+                        ev_v[ne] = value - base
+                        ne += 1
+                else:
+                    row[t] = value ^ flip
+            continue
+        nz = m
+        left = steps
+        only = 0
+        for j in range(steps):
+            t = frames[j] if sparse else j
+            if nz > 1:
+                r = _scale(rng, left, rec)
+                i = 0
+                cum = np.int64(0)
+                while i < m - 1 and (cum + bincnt[i]) * r <= code:
+                    cum += bincnt[i]
+                    i += 1
+                if bincnt[i] == 0:
+                    return CORRUPT
+                code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, bincnt[i])
+                bincnt[i] -= 1
+                left -= 1
+                if bincnt[i] == 0:
+                    nz -= 1
+                    if nz == 1:
+                        only = 0
+                        while bincnt[only] == 0:
+                            only += 1
+                s = binval[i]
+            else:
+                s = binval[only]
+            if s == K:
+                code, rng, ipos, e = _dec_number(code, rng, ipos, inp, freq, tot, ESC_CTX)
+                value = emin + e
+                if value < vmin or value > vmax or (value - base >= 0 and value - base < K):
+                    return CORRUPT
+            else:
+                value = base + s
+            if events:
+                if value != base:
+                    ev_t[ne] = t
+                    ev_p[ne] = p
+                    ev_v[ne] = value - base
+                    ne += 1
+            else:
+                row[t] = value ^ flip
+    if not events and P > 0:
+        _tile_out(tile, out, p0, P - p0)
+    if ipos != inp.size:
+        return CORRUPT
+    return ne
+
+
+@njit(cache=True)
+def _tile_out(tile, out, p0, count):
+    """out[:, p0:p0 + count] = tile[:count].T, in blocks of 32 frames x 64 pixels (in L1 cache)."""
+    n = out.shape[0]
+    for t0 in range(0, n, 32):
+        t1 = min(t0 + 32, n)
+        for i0 in range(0, count, 64):
+            i1 = min(i0 + 64, count)
+            for t in range(t0, t1):
+                row = out[t]
+                for i in range(i0, i1):
+                    row[p0 + i] = tile[i, t]
+
+
+@njit(cache=True, nogil=True)
+def scatter_events(ev_t, ev_p, ev_v, n_events, n_frames):
+    """CSR events (offsets per frame, pixel indices repeated by count) from pixel-major triples."""
+    offsets = np.zeros(n_frames + 1, dtype=np.int64)
+    for i in range(n_events):
+        offsets[ev_t[i] + 1] += ev_v[i]
+    for f in range(n_frames):
+        offsets[f + 1] += offsets[f]
+    cursor = offsets[:-1].copy()
+    indices = np.empty(offsets[n_frames], dtype=np.int64)
+    for i in range(n_events):
+        t = ev_t[i]
+        c = cursor[t]
+        for _ in range(ev_v[i]):
+            indices[c] = ev_p[i]
+            c += 1
+        cursor[t] = c
+    return indices, offsets

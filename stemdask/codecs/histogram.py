@@ -7,11 +7,11 @@ on counted data.  A chunk of shape ``(..., k_y, k_x)`` is seen as
 ``frames x pixels``: the last two axes are the detector (one axis for 1-D
 arrays), all leading axes are frames.
 
-Format (version 1; every integer little-endian)::
+Format (versions 1 and 2; every integer little-endian)::
 
     offset  size     field
     0       4        magic b"SDHC"
-    4       1        format version (1)
+    4       1        format version (1 or 2)
     5       1        mode: 0 = self-contained, 1 = shared model
     6       1        dtype code: 1 u1, 2 u2, 3 u4, 4 i1, 5 i2, 6 i4
     7       1        ndim
@@ -22,6 +22,12 @@ Format (version 1; every integer little-endian)::
     .       4        model fingerprint (uint32; 0 in self-contained mode)
     .       n        range-coded payload (see stemdask.codecs._histogram_kernels)
     end-4   4        CRC-32 (zlib) of every byte before it
+
+Version 2 (written by default) codes the frames of a sparse pixel (at most
+a third of its frames outside bin 0) by its non-zero frames: the gap before
+each and its bin, so decoding costs in proportion to the non-zero values;
+version 1 (still read, and written with ``format_version=1``) codes every
+frame.  Shared-model chunks are coded the same way in both versions.
 
 Self-contained mode (the default) stores each pixel's histogram inside the
 chunk, so parallel writers never coordinate.  Shared mode (``model=``, for
@@ -56,9 +62,13 @@ if TYPE_CHECKING:
 
     from zarr.core.array_spec import ArraySpec
 
+    from ..events.block import EventBlock
+
 CODEC_NAME = "stemdask.histogram"
 MAGIC = b"SDHC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: every format version this module reads (and can write)
+FORMAT_VERSIONS = (1, 2)
 MODE_LOCAL = 0
 MODE_SHARED = 1
 #: most frames one chunk may hold (the decrementing-count coder's total)
@@ -223,9 +233,19 @@ def _check_max_symbols(value: Any) -> int:
 # -- chunk coding (no zarr needed) -------------------------------------------
 
 
-def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS, model: HistogramModel | None = None) -> bytes:
-    """Code one chunk (an integer array; last two axes are the detector) to bytes."""
+def encode_chunk(
+    array: Any,
+    *,
+    max_symbols: int = DEFAULT_MAX_SYMBOLS,
+    model: HistogramModel | None = None,
+    format_version: int = FORMAT_VERSION,
+) -> bytes:
+    """Code one chunk (an integer array; last two axes are the detector) to bytes.
+
+    ``format_version`` 1 writes the chunks older stemdask versions read.
+    """
     arr = np.asarray(array)
+    version = _check_version(format_version)
     dt = check_dtype(arr.dtype, name="array.dtype")
     k_max = _check_max_symbols(max_symbols)
     if arr.ndim > 255 or any(s >= 2**32 for s in arr.shape):
@@ -245,12 +265,25 @@ def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS, model: H
             raise bad_value("chunk detector shape", (ny, nx), f"the model's {model.detector_shape}")
         mode, base, emin, fingerprint = MODE_SHARED, model.offset, vmin, model.fingerprint
         k = model.n_symbols
-    header = _pack_header(mode, dt, arr.shape, base, emin, k, fingerprint)
+    header = _pack_header(version, mode, dt, arr.shape, base, emin, k, fingerprint)
     raw, flip, bias = _unsigned_view(arr, dt, n, ny * nx)
     cap = arr.nbytes // 2 + 12 * n + 16 * (k + 2) + 1024
     while True:
         out = np.empty(cap, dtype=np.uint8)
-        if mode == MODE_LOCAL:
+        if mode == MODE_LOCAL and version == 2:
+            size = _k.encode_local2(
+                raw,
+                np.int64(flip),
+                np.int64(ny),
+                np.int64(nx),
+                np.int64(k),
+                np.int64(base + bias),
+                np.int64(emin + bias),
+                out,
+                _k.GAP_CUM,
+                _k.GAP_COUNT,
+            )
+        elif mode == MODE_LOCAL:
             size = _k.encode_local(
                 raw,
                 np.int64(flip),
@@ -278,13 +311,19 @@ def encode_chunk(array: Any, *, max_symbols: int = DEFAULT_MAX_SYMBOLS, model: H
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def _check_version(value: Any) -> int:
+    if isinstance(value, bool) or value not in FORMAT_VERSIONS:
+        raise bad_value("format_version", value, f"one of {FORMAT_VERSIONS}")
+    return int(value)
+
+
 def _pack_header(
-    mode: int, dt: np.dtype, shape: tuple[int, ...], base: int, emin: int, k: int, fingerprint: int
+    version: int, mode: int, dt: np.dtype, shape: tuple[int, ...], base: int, emin: int, k: int, fingerprint: int
 ) -> bytes:
     code = _DTYPE_CODES[f"{dt.kind}{dt.itemsize}"]
     return (
         MAGIC
-        + struct.pack("<BBBB", FORMAT_VERSION, mode, code, len(shape))
+        + struct.pack("<BBBB", version, mode, code, len(shape))
         + struct.pack(f"<{len(shape)}I", *shape)
         + struct.pack("<qqII", base, emin, k, fingerprint)
     )
@@ -306,10 +345,10 @@ def read_header(data: bytes | memoryview) -> dict[str, Any]:
             f"not a stemdask.histogram chunk: {size} bytes starting {bytes(buf[:4])!r}, expected the magic {MAGIC!r}"
         )
     version, mode, code, ndim = struct.unpack_from("<BBBB", buf, 4)
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise ChunkCorruptError(
             f"stemdask.histogram chunk has format version {version}; this stemdask "
-            f"reads version {FORMAT_VERSION} (upgrade stemdask?)"
+            f"reads versions {', '.join(map(str, FORMAT_VERSIONS))} (upgrade stemdask?)"
         )
     head = 8 + 4 * ndim + 24
     if size < head + 5 + 4:
@@ -342,27 +381,39 @@ def decode_chunk(
     dtype: Any = None,
 ) -> np.ndarray:
     """Decode bytes written by :func:`encode_chunk` (checking shape/dtype if given)."""
-    h = read_header(data)
+    h = _checked_header(data, shape, dtype)
     dt = h["dtype"]
-    if shape is not None and tuple(shape) != h["shape"]:
-        raise ChunkCorruptError(f"stemdask.histogram chunk has shape {h['shape']}, expected {tuple(shape)}")
-    if dtype is not None and _native(dtype) != dt:
-        raise ChunkCorruptError(f"stemdask.histogram chunk has dtype {dt}, expected {_native(dtype)}")
-    info = np.iinfo(dt)
     k, base, emin = h["n_symbols"], h["base"], h["emin"]
-    if not (
-        1 <= k <= MAX_SYMBOLS_LIMIT and info.min <= base and base + k - 1 <= info.max and info.min <= emin <= info.max
-    ):
-        raise ChunkCorruptError(f"stemdask.histogram chunk header inconsistent: base={base}, emin={emin}, K={k}")
     n, ny, nx = _detector(h["shape"])
-    if n > MAX_FRAMES:
-        raise ChunkCorruptError(f"stemdask.histogram chunk header claims {n} frames (> {MAX_FRAMES})")
     payload = np.frombuffer(h["payload"], dtype=np.uint8)
-    result = np.empty((n, ny * nx), dtype=dt)
-    out = result.view(f"u{dt.itemsize}")
     isz = dt.itemsize
     flip = bias = (1 << (8 * isz - 1)) if dt.kind == "i" else 0
     span = (np.int64(0), np.int64((1 << (8 * isz)) - 1))  # the biased value range
+    if h["mode"] == MODE_LOCAL and h["version"] == 2:
+        result = np.empty((n, ny * nx), dtype=dt)
+        out = result.view(f"u{isz}")
+        status = _k.decode_local2(
+            payload,
+            out,
+            np.int64(n),
+            np.int64(ny * nx),
+            np.int64(flip),
+            np.int64(nx),
+            np.int64(k),
+            np.int64(base + bias),
+            np.int64(emin + bias),
+            *span,
+            _k.GAP_CUM,
+            _k.GAP_COUNT,
+            _k.GAP_START,
+            False,
+            *_NO_EVENTS,
+        )
+        if status != 0:
+            raise _inconsistent()
+        return result.reshape(h["shape"])
+    result = np.empty((n, ny * nx), dtype=dt)
+    out = result.view(f"u{isz}")
     if h["mode"] == MODE_LOCAL:
         status = _k.decode_local(
             payload,
@@ -402,11 +453,101 @@ def decode_chunk(
             *span,
         )
     if status != 0:
-        raise ChunkCorruptError(
-            "stemdask.histogram chunk payload is inconsistent (corrupted data that "
-            "passed the checksum, or a writer bug)"
-        )
+        raise _inconsistent()
     return result.reshape(h["shape"])
+
+
+_NO_EVENTS = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+def _inconsistent() -> ChunkCorruptError:
+    return ChunkCorruptError(
+        "stemdask.histogram chunk payload is inconsistent (corrupted data that passed the checksum, or a writer bug)"
+    )
+
+
+def _checked_header(data: bytes | memoryview, shape: tuple[int, ...] | None, dtype: Any) -> dict[str, Any]:
+    """:func:`read_header`, plus the checks of shape, dtype and value range every decoder needs."""
+    h = read_header(data)
+    dt = h["dtype"]
+    if shape is not None and tuple(shape) != h["shape"]:
+        raise ChunkCorruptError(f"stemdask.histogram chunk has shape {h['shape']}, expected {tuple(shape)}")
+    if dtype is not None and _native(dtype) != dt:
+        raise ChunkCorruptError(f"stemdask.histogram chunk has dtype {dt}, expected {_native(dtype)}")
+    info = np.iinfo(dt)
+    k, base, emin = h["n_symbols"], h["base"], h["emin"]
+    if not (
+        1 <= k <= MAX_SYMBOLS_LIMIT and info.min <= base and base + k - 1 <= info.max and info.min <= emin <= info.max
+    ):
+        raise ChunkCorruptError(f"stemdask.histogram chunk header inconsistent: base={base}, emin={emin}, K={k}")
+    n, _, _ = _detector(h["shape"])
+    if n > MAX_FRAMES:
+        raise ChunkCorruptError(f"stemdask.histogram chunk header claims {n} frames (> {MAX_FRAMES})")
+    return h
+
+
+def decode_chunk_events(
+    data: bytes | memoryview,
+    *,
+    model: HistogramModel | None = None,
+    shape: tuple[int, ...] | None = None,
+    dtype: Any = None,
+) -> EventBlock:
+    """Decode a chunk of counts of shape ``(scan_y, scan_x, k_y, k_x)`` into an :class:`EventBlock`.
+
+    A self-contained version-2 chunk whose minimum is 0 (counted data) goes
+    straight to events, in O(non-zero values) time and memory: the dense
+    chunk never exists.  Any other chunk (version 1, a shared model, a
+    minimum above 0) is decoded dense and converted; the result is the same.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a chunk that is not 4-D or holds negative values (not counts).
+    """
+    from ..events.block import EventBlock
+
+    h = _checked_header(data, shape, dtype)
+    if len(h["shape"]) != 4:
+        raise bad_value("chunk shape", h["shape"], "4 axes (scan_y, scan_x, k_y, k_x) to decode into events")
+    if h["base"] < 0:
+        raise bad_value("chunk minimum", h["base"], "counts >= 0 to decode into events")
+    dt = h["dtype"]
+    if h["mode"] != MODE_LOCAL or h["version"] < 2 or h["base"] != 0:
+        dense = decode_chunk(data, model=model)
+        return EventBlock.from_dense(dense, dtype=dt)
+    sy, sx, ny, nx = h["shape"]
+    n, pixels = sy * sx, ny * nx
+    payload = np.frombuffer(h["payload"], dtype=np.uint8)
+    bias = (1 << (8 * dt.itemsize - 1)) if dt.kind == "i" else 0
+    cap = min(n * pixels, 8 * payload.size + 1024)
+    while True:
+        ev = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
+        status = _k.decode_local2(
+            payload,
+            np.empty((1, 1), dtype=f"u{dt.itemsize}"),
+            np.int64(n),
+            np.int64(pixels),
+            np.int64(bias),
+            np.int64(nx),
+            np.int64(h["n_symbols"]),
+            np.int64(bias),
+            np.int64(h["emin"] + bias),
+            np.int64(0),
+            np.int64((1 << (8 * dt.itemsize)) - 1),
+            _k.GAP_CUM,
+            _k.GAP_COUNT,
+            _k.GAP_START,
+            True,
+            *ev,
+        )
+        if status != _k.NEED_SPACE:
+            break
+        cap = min(n * pixels, 2 * cap)
+    if status < 0:
+        raise _inconsistent()
+    indices, offsets = _k.scatter_events(ev[0], ev[1], ev[2], np.int64(status), np.int64(n))
+    return EventBlock(indices, offsets, (sy, sx), (ny, nx), dtype=dt, check=False)
 
 
 # -- the zarr v3 codec ---------------------------------------------------------
@@ -425,6 +566,11 @@ class HistogramCodec(ArrayBytesCodec):
     model : HistogramModel or dict, optional
         A model shared by all chunks (see :meth:`HistogramModel.fit`), for
         chunks of few frames whose own histograms would cost too much.
+    format_version : int
+        Chunk format written (every version is read): 2, or 1 for stores
+        that older stemdask versions must read.  A store's metadata keeps the
+        version it was created with, so writing into an old store stays
+        readable by the stemdask that made it.
 
     Examples
     --------
@@ -440,9 +586,17 @@ class HistogramCodec(ArrayBytesCodec):
 
     max_symbols: int
     model: HistogramModel | None
+    format_version: int
 
-    def __init__(self, *, max_symbols: int = DEFAULT_MAX_SYMBOLS, model: HistogramModel | dict | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_symbols: int = DEFAULT_MAX_SYMBOLS,
+        model: HistogramModel | dict | None = None,
+        format_version: int = FORMAT_VERSION,
+    ) -> None:
         object.__setattr__(self, "max_symbols", _check_max_symbols(max_symbols))
+        object.__setattr__(self, "format_version", _check_version(format_version))
         if isinstance(model, dict):
             model = HistogramModel.from_json(model)
         elif model is not None and not isinstance(model, HistogramModel):
@@ -457,13 +611,16 @@ class HistogramCodec(ArrayBytesCodec):
         unknown = set(config) - {"max_symbols", "model", "format_version"}
         if unknown:
             raise bad_value("codec configuration", sorted(unknown), "only max_symbols, model, format_version")
-        version = config.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise bad_value("format_version", version, f"{FORMAT_VERSION} (upgrade stemdask to read this store)")
-        return cls(**config)
+        # metadata without a version was written by version 1
+        version = config.pop("format_version", 1)
+        if version not in FORMAT_VERSIONS:
+            raise bad_value(
+                "format_version", version, f"one of {FORMAT_VERSIONS} (upgrade stemdask to read this store)"
+            )
+        return cls(**config, format_version=version)
 
     def to_dict(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"max_symbols": self.max_symbols, "format_version": FORMAT_VERSION}
+        config: dict[str, Any] = {"max_symbols": self.max_symbols, "format_version": self.format_version}
         if self.model is not None:
             config["model"] = self.model.to_json()
         return {"name": CODEC_NAME, "configuration": config}
@@ -472,7 +629,7 @@ class HistogramCodec(ArrayBytesCodec):
         return isinstance(other, HistogramCodec) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self.max_symbols, None if self.model is None else self.model.fingerprint))
+        return hash((self.max_symbols, self.format_version, None if self.model is None else self.model.fingerprint))
 
     def _check_spec(self, shape: tuple[int, ...], dtype: Any) -> None:
         native = dtype.to_native_dtype() if hasattr(dtype, "to_native_dtype") else np.dtype(dtype)
@@ -493,7 +650,12 @@ class HistogramCodec(ArrayBytesCodec):
         return self
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        data = encode_chunk(chunk_array.as_numpy_array(), max_symbols=self.max_symbols, model=self.model)
+        data = encode_chunk(
+            chunk_array.as_numpy_array(),
+            max_symbols=self.max_symbols,
+            model=self.model,
+            format_version=self.format_version,
+        )
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:

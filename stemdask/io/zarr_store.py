@@ -171,7 +171,7 @@ def save(
         Destination. A local path is written under a temporary name and
         renamed into place when complete.
     codec : str, zarr codec or list of codecs, optional
-        A name from ``stemdask.codecs.CODECS`` (``"blosc"`` by default,
+        A name from ``stemdask.codecs.CODECS`` (``"blosc-lz4"`` by default; ``"blosc"`` is zstd,
         ``"zstd"``, ``"gzip"``, ``"none"``, ``"histogram"`` ...) or zarr v3
         codec objects.
     chunks : (int, int), optional
