@@ -32,6 +32,8 @@ from ..dataset import dask_data, require, validate
 from ..errors import MissingCalibrationError, bad_type, bad_value
 from ..multislice import fft2
 from .checkpoint import load_checkpoint, save_checkpoint
+from .compressed import compressed_basis, measured_vectors
+from .compressed import regularization as regularization_terms
 from .forward import ModelGeometry, initial_modes, model_geometry, positions_in_detector_frame, windows
 from .losses import REGIONS, check_loss, detector_regions
 from .optimizers import OPTIMIZERS, Optimizer
@@ -44,7 +46,7 @@ ADAM_STEPS = {"object": 1e-2, "probe": 1e-3, "aberrations": 1.0, "offsets": 1e-3
 FIRST_STEP_CHANGE = 2e-2
 
 
-def _positions(data: xr.DataArray) -> np.ndarray:
+def _positions(data: xr.DataArray | xr.Dataset) -> np.ndarray:
     for dim in ("scan_y", "scan_x"):
         if data[dim].attrs.get("units") != "Å":
             raise MissingCalibrationError(
@@ -57,8 +59,8 @@ def _positions(data: xr.DataArray) -> np.ndarray:
     return positions_in_detector_frame(yy.ravel(), xx.ravel(), float(data.attrs.get("scan_rotation_deg", 0.0)))
 
 
-def _check_detector(data: xr.DataArray) -> tuple[float, float]:
-    pixel = [float(p) for p in require(data, "detector_pixel_mrad")[0]]
+def _check_detector(data: xr.DataArray | xr.Dataset) -> tuple[float, float]:
+    pixel = [float(p) for p in data.attrs["detector_pixel_mrad"]]
     for axis, dim in enumerate(("k_y", "k_x")):
         k = np.asarray(data[dim].values, dtype=np.float64)
         n = k.size
@@ -135,7 +137,7 @@ def _probe_modes(
 
 
 def reconstruct(
-    data: xr.DataArray,
+    data: xr.DataArray | xr.Dataset,
     *,
     iterations: int = 20,
     loss: str = "poisson",
@@ -166,6 +168,8 @@ def reconstruct(
     checkpoint_every: int = 10,
     progress: bool = False,
     padding_px: int = 0,
+    compressed_weights: Mapping[str, float] | None = None,
+    regularization: Mapping[str, float] | None = None,
 ) -> xr.Dataset:
     """Reconstruct object and probe from a 4D-STEM dataset by gradient descent on a loss.
 
@@ -234,16 +238,34 @@ def reconstruct(
         Show a progress bar with the loss.
     padding_px : int
         Extra object pixels around the scanned field.
+    compressed_weights : mapping, optional
+        With a compressed dataset as ``data``: the weights of the per-position
+        terms of Diederichs et al.'s Eq. 13 (``coefficients``, ``perp_bf``,
+        ``perp_df``, ``edge``; :mod:`stemdask.ptycho.compressed`).
+    regularization : mapping, optional
+        Weights of ``probe_aperture`` (probe power outside the aperture),
+        ``tv`` (total variation of the object) and ``phase_l1``, applied on the driver.
 
     Returns
     -------
     xarray.Dataset
         See :func:`stemdask.ptycho.result.result_dataset`.
     """
+    basis = None
     if isinstance(data, xr.Dataset):
-        raise bad_type("data", data, "a 4D-STEM DataArray (compressed datasets: reconstruct_compressed)")
-    validate(data)
-    energy_ev, _ = require(data, "energy_ev", "scan_step_A")
+        basis = compressed_basis(data, compressed_weights)
+        measured = measured_vectors(data)
+        measured.attrs = dict(data.attrs)
+        if basis.amplitude and data.attrs.get("dose_e_per_pattern") is not None:
+            measured.attrs["units"] = "counts"
+        det_shape: tuple[int, ...] = (data.sizes["k_y"], data.sizes["k_x"])
+    elif isinstance(data, xr.DataArray):
+        validate(data)
+        measured = data
+        det_shape = data.shape[2:]
+    else:
+        raise bad_type("data", data, "a 4D-STEM DataArray or a compressed Dataset (stemdask.compression)")
+    energy_ev, _, _ = require(measured, "energy_ev", "scan_step_A", "detector_pixel_mrad")
     pixel = _check_detector(data)
     loss = check_loss(loss)
     if regions not in REGIONS:
@@ -274,7 +296,6 @@ def reconstruct(
     if step == "auto" and optimizer != "gd":
         raise bad_value("step", step, "a number for Adam ('auto' is the gradient-descent rule)")
 
-    det_shape = data.shape[2:]
     if detector_transpose:
         det_shape, pixel = det_shape[::-1], pixel[::-1]
     geometry = model_geometry(
@@ -305,11 +326,17 @@ def reconstruct(
         semiangle_mrad=float(semiangle or 0.0),
         double=bool(double),
         device=device,
+        compressed=basis,
     )
-    scale = _counts_scale(data, probe_k, geometry)
+    scale = _counts_scale(measured, probe_k, geometry)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     train = rng.random(len(positions)) >= holdout_fraction
-    engine = _Engine(data, spec, win, scale, train, client, detector_transpose)
+    engine = _Engine(measured, spec, win, scale, train, client, detector_transpose)
+    aperture = None
+    if regularization and semiangle is not None:
+        alpha, _ = optics.polar_angles(geometry.window_px, geometry.sampling_A, energy_ev)
+        aperture = np.asarray(alpha <= semiangle * 1e-3)
+    regular = (dict(regularization or {}), object_kind, aperture)
 
     steps = {
         "object": step if step is not None else ("auto" if optimizer == "gd" else ADAM_STEPS["object"]),
@@ -323,7 +350,9 @@ def reconstruct(
         if found is not None:
             state = _state_from_checkpoint(*found, opt)
     try:
-        state = _run(engine, state, opt, steps, iterations, batch_size, seed, checkpoint, checkpoint_every, progress)
+        state = _run(
+            engine, state, opt, steps, iterations, batch_size, seed, checkpoint, checkpoint_every, progress, regular
+        )
     finally:
         engine.close()
     final = state["best"] if holdout_fraction > 0 and state["best"] is not None else state
@@ -415,8 +444,8 @@ class _Engine:
 
         self.spec, self.client = spec, client
         arr = dask_data(data)
-        if len(arr.chunks[2]) != 1 or len(arr.chunks[3]) != 1:
-            arr = arr.rechunk({2: -1, 3: -1})
+        if any(len(c) != 1 for c in arr.chunks[2:]):
+            arr = arr.rechunk({a: -1 for a in range(2, arr.ndim)})
         nx = data.shape[1]
         my, mx = spec.geometry.window_px
         self.blocks: list[tuple[tuple[int, int, int, int], np.ndarray]] = []
@@ -439,7 +468,7 @@ class _Engine:
                 )
                 self.blocks.append((box, ids))
                 args = (len(shards), ids, corners, box, scale[ids], train[ids], spec, transpose)
-                shards.append((delayed_blocks[i, j, 0, 0], args))
+                shards.append((delayed_blocks[(i, j) + (0,) * (arr.ndim - 2)], args))
         self.timings: list[tuple[float, float]] = []
         if client is None:
             self.shards: list[Any] = [load_shard(np.asarray(dask.compute(b)[0]), *args) for b, args in shards]
@@ -527,6 +556,7 @@ def _run(
     checkpoint: str | None,
     checkpoint_every: int,
     progress: bool,
+    regular: tuple[dict[str, float], str, np.ndarray | None],
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -539,6 +569,15 @@ def _run(
             total, holdout, g_obj, g_probe, g_off = engine.step(
                 state["object"], state["probe"], state["offsets"], batch
             )
+            if any(regular[0].values()):
+                value, r_obj, r_probe = regularization_terms(
+                    state["object"], state["probe"], regular[0], object_kind=regular[1], aperture=regular[2]
+                )
+                total += value
+                if r_obj is not None:
+                    g_obj = g_obj + r_obj
+                if r_probe is not None and g_probe is not None:
+                    g_probe = g_probe + r_probe
             epoch_loss += total
             epoch_holdout += holdout
             if state["mu"] is None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import optics
+from .compressed import CompressedBasis, CompressedLoss
 from .forward import ModelGeometry, Operators, detector_intensity, exit_spectra, operators, shifted_probes
 from .losses import DetectorLoss, Regions, single_slice_gradient
 
@@ -57,6 +58,7 @@ class ModelSpec:
     semiangle_mrad: float = 0.0
     double: bool = False
     device: str = "cpu"
+    compressed: CompressedBasis | None = None
 
 
 @dataclass
@@ -122,8 +124,9 @@ def load_shard(
 
     device = _device(spec)
     rdtype = torch.float64 if spec.double else torch.float32
-    patterns = np.asarray(block).reshape(-1, block.shape[-2], block.shape[-1])
-    if transpose:
+    # (cy, cx, Ny, Nx) patterns, or (cy, cx, n) vectors of a compressed dataset
+    patterns = np.asarray(block).reshape(-1, *block.shape[2:])
+    if transpose and patterns.ndim == 3:
         patterns = patterns.transpose(0, 2, 1)
     measured = torch.as_tensor(np.ascontiguousarray(patterns), device=device).to(rdtype)
     corners = np.asarray(corners_px) - np.array([box[0], box[2]])
@@ -205,7 +208,9 @@ def shard_step(
     ops = _operators(spec.geometry, str(device), spec.double)
     cdtype = torch.complex128 if spec.double else torch.complex64
     rdtype = torch.float64 if spec.double else torch.float32
-    criterion = DetectorLoss(spec.loss, spec.regions, spec.eps)
+    criterion: Any = (
+        DetectorLoss(spec.loss, spec.regions, spec.eps) if spec.compressed is None else CompressedLoss(spec.compressed)
+    )
     pdtype = cdtype if spec.object_kind == "complex" else rdtype
     param = torch.as_tensor(np.asarray(object_patch), device=device).to(pdtype)
     local = np.arange(len(shard.position_ids)) if batch is None else np.asarray(batch, dtype=np.int64)
@@ -229,6 +234,7 @@ def shard_step(
         and spec.object_kind == "complex"
         and spec.probe_kind == "fixed"
         and not spec.refine_positions
+        and spec.compressed is None
     )
     held = ~train
     if closed_form:
@@ -295,7 +301,7 @@ def _holdout(
     measured: Any,
     scale: Any,
     ops: Operators,
-    criterion: DetectorLoss,
+    criterion: Any,
     spec: ModelSpec,
 ) -> float:
     """Loss of the held-out positions (no gradient): the early-stopping criterion."""
