@@ -8,7 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import stemdask  # noqa: E402
-from stemdask.errors import InvalidArgumentError, InvalidTypeError, MissingCalibrationError  # noqa: E402
+from stemdask.errors import (  # noqa: E402
+    DatasetContractError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    MissingCalibrationError,
+)
 from stemdask.ptycho import reconstruct  # noqa: E402
 from stemdask.simulate import samples, simulate_4dstem  # noqa: E402
 
@@ -119,5 +124,7 @@ def test_bad_input(tiny):
         reconstruct(data, iterations=1, aberrations={"defocus": 400.0})
     with pytest.raises(InvalidArgumentError, match="loss"):
         reconstruct(data, iterations=1, loss="l2")
-    with pytest.raises(InvalidTypeError, match="compressed"):
+    with pytest.raises(DatasetContractError, match="masks"):
         reconstruct(data.to_dataset(name="coefficients"), iterations=1)
+    with pytest.raises(InvalidTypeError, match="DataArray"):
+        reconstruct(data.values, iterations=1)
