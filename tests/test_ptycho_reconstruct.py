@@ -128,3 +128,27 @@ def test_bad_input(tiny):
         reconstruct(data.to_dataset(name="coefficients"), iterations=1)
     with pytest.raises(InvalidTypeError, match="DataArray"):
         reconstruct(data.values, iterations=1)
+
+
+def test_defocus_refined_from_a_wrong_start():
+    data, _ = simulate_4dstem(
+        samples.mos2((2, 2)),
+        energy_ev=80e3,
+        semiangle_mrad=25,
+        aberrations={"defocus": 40.0},
+        scan_shape=(8, 8),
+        scan_step_A=0.5,
+        detector_shape=24,
+        max_angle_mrad=50,
+    )
+    res = reconstruct(
+        data.persist(),
+        iterations=15,
+        loss="amplitude",
+        step=0.05,
+        aberrations={"defocus": 20.0},
+        refine_probe="aberrations",
+        probe_step=2.0,
+    )
+    # C10 = -defocus: from 20 Å to within 5 Å of the true 40 Å
+    assert abs(-res.attrs["aberrations"]["C10"] - 40.0) < 5.0
