@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -80,7 +82,12 @@ def test_one_and_two_workers_agree(tiny):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
             with Client(cluster) as client:
                 results.append(reconstruct(tiny[0], client=client, **kw))
-                # the shards were spread over the workers and released at the end
+                # the shards are released at the end (asynchronously: give the scheduler a moment)
+                deadline = time.monotonic() + 20
+                while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) and (
+                    time.monotonic() < deadline
+                ):
+                    time.sleep(0.1)
                 assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0
     for other in results:
         np.testing.assert_allclose(other.object.values, local.object.values, rtol=0, atol=1e-6)

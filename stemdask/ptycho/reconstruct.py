@@ -497,7 +497,7 @@ class _Engine:
             for k, args in calls:
                 c0 = time.perf_counter()
                 results.append(shard_step(self.shards[k], *args))
-                compute = max(compute, time.perf_counter() - c0)
+                compute += time.perf_counter() - c0  # in turn: the shards' compute adds up
         else:
             futures = [
                 self.client.submit(_timed_step, self.shards[k], *args, key=f"ptycho-shard-step-{k}-{time.time_ns()}")
