@@ -1,0 +1,162 @@
+"""Iterative ptychography: seconds per iteration against py4DSTEM on the same data, same run, same cores.
+
+    PYTHONPATH=$PWD python benchmarks/bench_ptycho.py [--scan 32] [--detector 128] [--iterations 6]
+
+Simulates MoS2 (stemdask.simulate, 80 kV, 25 mrad, noiseless), then runs
+
+* stemdask.ptycho.reconstruct in this process (torch, one thread; amplitude
+  loss, Adam, full batch, known probe): the median step time;
+* the same with a LocalCluster of 1 and of 2 single-threaded workers (the
+  shards on the workers; the per-step overhead is the step's wall time less
+  the longest shard's compute);
+* py4DSTEM 0.14.18 SingleslicePtychography (gradient descent, fixed probe, no
+  filters) in ``benchmarks/_venv_peers`` as a subprocess with a clean
+  environment (one BLAS/OpenMP thread, no MALLOC_TRIM_THRESHOLD_).
+
+Both objects are compared with the simulator's truth after the same number
+of iterations (phase correlation after sub-pixel registration; py4DSTEM's
+object is resampled to stemdask's finer object grid first). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.ndimage  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from stemdask.ptycho import reconstruct  # noqa: E402
+from stemdask.ptycho.compare import phase_correlation  # noqa: E402
+from stemdask.simulate import samples, simulate_4dstem  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PEER_PY = HERE / "_venv_peers" / "bin" / "python"
+
+
+def truth_phase(truth: xr.Dataset) -> xr.DataArray:
+    return xr.DataArray(
+        np.angle(truth.transmission.values).sum(0), coords={"y": truth.y.values, "x": truth.x.values}, dims=("y", "x")
+    )
+
+
+def ours(data, truth, iterations, client=None):
+    res = reconstruct(data, iterations=iterations, loss="amplitude", step=0.05, client=client)
+    region = (
+        float(res.position_y.min()),
+        float(res.position_y.max()),
+        float(res.position_x.min()),
+        float(res.position_x.max()),
+    )
+    r = phase_correlation(res.phase_total, truth_phase(truth), region_A=region)["r"]
+    return {
+        "seconds_per_iteration": res.attrs["step_seconds_median"],
+        "compute_seconds": res.attrs["compute_seconds_median"],
+        "overhead_seconds": res.attrs["overhead_seconds_median"],
+        "phase_correlation": r,
+        "n_shards": res.attrs["n_shards"],
+    }
+
+
+def peer(data, truth, iterations, params, sampling_A, scan_extent_A, python):
+    with tempfile.TemporaryDirectory() as tmp:
+        npy, js, out = (str(Path(tmp) / n) for n in ("data.npy", "params.json", "phase.npy"))
+        np.save(npy, np.asarray(data.values))
+        Path(js).write_text(json.dumps({**params, "iterations": iterations}))
+        env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_", "PYTHONPATH")}
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        proc = subprocess.run(
+            [python, str(HERE / "_peers_ptycho.py"), npy, js, out], capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            sys.exit("py4DSTEM run failed:\n" + proc.stderr[-4000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        phase = np.load(out)
+    # resample py4DSTEM's object (its pixel is λ / (N Δk)) onto stemdask's grid, compare its centre
+    zoom = result["sampling_A"][0] / sampling_A[0]
+    fine = scipy.ndimage.zoom(phase, zoom, order=3)
+    y = np.arange(fine.shape[0]) * sampling_A[0]
+    x = np.arange(fine.shape[1]) * sampling_A[1]
+    da = xr.DataArray(fine, coords={"y": y, "x": x}, dims=("y", "x"))
+    cy, cx = y[-1] / 2, x[-1] / 2
+    half = (scan_extent_A[0] / 2, scan_extent_A[1] / 2)
+    region = (cy - half[0], cy + half[0], cx - half[1], cx + half[1])
+    result["phase_correlation"] = phase_correlation(da, truth_phase(truth), region_A=region)["r"]
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scan", type=int, default=32)
+    ap.add_argument("--detector", type=int, default=128)
+    ap.add_argument("--iterations", type=int, default=6)
+    ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--skip-cluster", action="store_true")
+    ap.add_argument("--peer-python", default=str(PEER_PY), help="python of the peers' venv")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    step = 0.4
+    params = {"energy_ev": 80e3, "semiangle_mrad": 25.0, "scan_step_A": step}
+    cells = (int(np.ceil((args.scan * step + 6) / 5.47)), int(np.ceil((args.scan * step + 6) / 3.16)))
+    data, truth = simulate_4dstem(
+        samples.mos2(cells),
+        energy_ev=params["energy_ev"],
+        semiangle_mrad=params["semiangle_mrad"],
+        scan_shape=(args.scan, args.scan),
+        scan_step_A=step,
+        detector_shape=args.detector,
+        max_angle_mrad=60.0,
+        chunks=(args.scan // 2, args.scan),
+    )
+    data = data.persist()
+    params["detector_pixel_mrad"] = float(data.attrs["detector_pixel_mrad"][0])
+    n = args.scan * args.scan
+    out: dict = {
+        "positions": n,
+        "detector_px": args.detector,
+        "iterations": args.iterations,
+        "load_average": os.getloadavg(),
+    }
+    out["stemdask"] = ours(data, truth, args.iterations)
+    if not args.skip_cluster:
+        from distributed import Client, LocalCluster
+
+        for workers in (1, 2):
+            with (
+                LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster,
+                Client(cluster) as client,
+            ):
+                client.run(lambda: __import__("torch").set_num_threads(1))
+                out[f"stemdask_{workers}_workers"] = ours(data, truth, args.iterations, client)
+        out["scaling_1_to_2_workers"] = (
+            out["stemdask_1_workers"]["seconds_per_iteration"] / out["stemdask_2_workers"]["seconds_per_iteration"]
+        )
+    if not args.skip_peers:
+        sampling = tuple(truth.attrs["potential_sampling_A"])
+        out["py4dstem"] = peer(
+            data, truth, args.iterations, params, sampling, ((args.scan - 1) * step,) * 2, args.peer_python
+        )
+        out["ratio_stemdask_over_py4dstem"] = (
+            out["stemdask"]["seconds_per_iteration"] / out["py4dstem"]["seconds_per_iteration"]
+        )
+    for key in [k for k in out if k.startswith("stemdask") and isinstance(out[k], dict)]:
+        out[key]["seconds_per_iteration_per_1000_positions"] = out[key]["seconds_per_iteration"] * 1000 / n
+    out["load_average_end"] = os.getloadavg()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
