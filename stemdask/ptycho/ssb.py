@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+import numba
 import numpy as np
 import xarray as xr
 
@@ -73,7 +74,7 @@ class _Pairs:
     """One detector chunk's share of G on the double-overlap support (right pairs first, then left)."""
 
     g: Any  # complex G(k, K) of each pair (-G for the left sideband)
-    K: Any  # flat index of K on the scan-frequency grid
+    K: Any  # flat index of K on the scan-frequency grid, plus scan_y · scan_x for the left sideband
     k: Any  # index of k among the chunk's pixels
     alpha_q: Any  # scattering angle (rad) of the other disk point k ∓ K
     phi_q: Any  # its azimuth (rad), scan frame
@@ -86,6 +87,10 @@ class _Pairs:
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in (self.g, self.K, self.k, self.alpha_q, self.phi_q)))
 
+    @property
+    def n_pairs(self) -> int:
+        return int(self.g.shape[0])
+
 
 def _build_pairs(
     block: Any,
@@ -96,6 +101,7 @@ def _build_pairs(
     candidates: np.ndarray,
     k0: float,
     lam: float,
+    n_K: int,
 ) -> _Pairs:
     """FFT one chunk ``(scan_y, scan_x, pixels)`` over the scan and keep its double-overlap pairs."""
     xp = array_module(block)
@@ -113,8 +119,9 @@ def _build_pairs(
         qy = ky_c[j, 0] + sign * Ky_c[c]
         qx = kx_c[j, 0] + sign * Kx_c[c]
         K = cand[c]
-        # the left sideband's sign is folded into its stored values: -G
-        parts.append((sign * -g[K, j], K, j, lam * xp.sqrt(qy * qy + qx * qx), xp.arctan2(qy, qx)))
+        # the left sideband's sign is folded into its stored values (-G), its bins follow the right's
+        index = K if sign < 0 else K + n_K
+        parts.append((sign * -g[K, j], index, j, lam * xp.sqrt(qy * qy + qx * qx), xp.arctan2(qy, qx)))
     right, left = parts
     cat = [xp.concatenate([a, b]) for a, b in zip(right, left)]
     return _Pairs(
@@ -130,48 +137,80 @@ def _build_pairs(
     )
 
 
-def _select(pairs: _Pairs, sideband: str) -> slice:
-    if sideband == "right":
-        return slice(0, pairs.n_right)
-    if sideband == "left":
-        return slice(pairs.n_right, None)
-    return slice(None)
-
-
 def _counts(pairs: _Pairs, n_K: int) -> dict[str, Any]:
-    """Pairs per K for each sideband and the chunk's bright-field sum (host arrays)."""
+    """Pairs per K of each sideband (right, then left) and the chunk's bright-field sum (host arrays)."""
     xp = array_module(pairs.K)
-    right = xp.bincount(pairs.K[: pairs.n_right], minlength=n_K)
-    left = xp.bincount(pairs.K[pairs.n_right :], minlength=n_K)
     return {
-        "right": to_numpy(right).astype(np.int64),
-        "left": to_numpy(left).astype(np.int64),
+        "counts": to_numpy(xp.bincount(pairs.K, minlength=2 * n_K)).astype(np.int64),
         "bf_sum": pairs.bf_sum,
         "pixels": int(pairs.alpha_k.shape[0]),
         "nbytes": pairs.nbytes,
     }
 
 
-def _reduce(pairs: _Pairs, energy_ev: float, aberrations: dict[str, float], sideband: str, n_K: int) -> Any:
-    """Σ over this chunk's pairs of ``G · conj(overlap phase)`` per K (complex128, the chunk's backend)."""
+@numba.njit(cache=True, nogil=True)
+def _accumulate(g, K, k, chi_q, chi_k, n_right, out):  # pragma: no cover - compiled
+    """``out[K] += G exp(±i (χ(q) - χ(k)))`` over the pairs: one pass (the CPU kernel of :func:`_reduce`)."""
+    for i in range(g.shape[0]):
+        phase = chi_q[i] - chi_k[k[i]]
+        if i >= n_right:
+            phase = -phase
+        out[K[i]] += g[i] * complex(math.cos(phase), math.sin(phase))
+
+
+def _reduce(pairs: _Pairs, energy_ev: float, aberrations: dict[str, float], n_K: int) -> Any:
+    """Σ over this chunk's pairs of ``G · conj(overlap phase)`` per K: right sums, then left (complex128)."""
     xp = array_module(pairs.g)
-    sel = _select(pairs, sideband)
     chi_k = aberration_function(pairs.alpha_k, pairs.phi_k, energy_ev, aberrations)
-    chi_q = aberration_function(pairs.alpha_q[sel], pairs.phi_q[sel], energy_ev, aberrations)
+    chi_q = aberration_function(pairs.alpha_q, pairs.phi_q, energy_ev, aberrations)
     # right (D+): t̃ = G A(k) A*(k - K) = G exp(i (χ(k - K) - χ(k))); left (D-): -G exp(i (χ(k) - χ(k + K)))
-    phase = chi_q - chi_k[pairs.k[sel]]
-    if sideband == "both":
-        phase[pairs.n_right :] *= -1
-    elif sideband == "left":
-        phase *= -1
-    v = pairs.g[sel] * xp.exp(1j * phase)
-    K = pairs.K[sel]
-    return xp.bincount(K, weights=v.real, minlength=n_K) + 1j * xp.bincount(K, weights=v.imag, minlength=n_K)
+    if xp is np:
+        out = np.zeros(2 * n_K, np.complex128)
+        _accumulate(pairs.g, pairs.K, pairs.k, chi_q, chi_k, pairs.n_right, out)
+        return out
+    phase = chi_q - chi_k[pairs.k]
+    phase[pairs.n_right :] *= -1
+    # G · exp(i phase) by real arithmetic: a complex exp is several times slower than cos and sin
+    c, s = xp.cos(phase), xp.sin(phase)
+    gr, gi = pairs.g.real, pairs.g.imag
+    real = xp.bincount(pairs.K, weights=gr * c - gi * s, minlength=2 * n_K)
+    return real + 1j * xp.bincount(pairs.K, weights=gr * s + gi * c, minlength=2 * n_K)
+
+
+def _half_plane(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Scan frequencies computed (``K_y > 0``, or ``K_y = 0`` and ``K_x > 0``, by FFT index) and each K's mirror -K.
+
+    ``G(k, -K) = conj G(k, K)`` (real intensities) maps the right sideband at
+    ``-K`` onto the left one at ``K``: ``t̃_right(-K) = -conj t̃_left(K)``, so
+    half of the plane gives all of it (and half of G is kept).
+    """
+    ny, nx = shape
+    iy, ix = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    my, mx = (-iy) % ny, (-ix) % nx
+    mirror = (my * nx + mx).ravel()
+    fy, fx = np.fft.fftfreq(ny)[:, None] + 0 * ix, np.fft.fftfreq(nx)[None, :] + 0 * iy
+    row_self, col_self = iy == my, ix == mx  # rows 0 and ny/2 (even ny) are their own mirror, likewise columns
+    half = (~row_self & (fy > 0)) | (row_self & (fx > 0)) | (row_self & col_self)
+    return half.ravel(), mirror
+
+
+def _full_plane(sums: np.ndarray, half: np.ndarray, mirror: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Right and left sideband sums (or counts) on the whole K plane from those on the half plane."""
+    n_K = half.size
+    right, left = sums[:n_K].copy(), sums[n_K:].copy()
+    fill = ~half & half[mirror]
+    if np.iscomplexobj(sums):
+        right[fill] = -np.conj(sums[n_K:][mirror[fill]])
+        left[fill] = -np.conj(sums[:n_K][mirror[fill]])
+    else:  # pair counts: D+(-K) is D-(K)
+        right[fill] = sums[n_K:][mirror[fill]]
+        left[fill] = sums[:n_K][mirror[fill]]
+    return right, left
 
 
 def _tree_sum(parts: list[Any], combine: Any = None, split_every: int = 4) -> Any:
     """A tree of delayed ``combine`` calls over ``parts`` (``split_every`` inputs per node)."""
-    node = dask.delayed(combine or _add, pure=True)
+    node = dask.delayed(combine or _add, pure=False)
     while len(parts) > 1:
         groups = [parts[i : i + split_every] for i in range(0, len(parts), split_every)]
         parts = [node(*g) if len(g) > 1 else g[0] for g in groups]
@@ -286,7 +325,10 @@ class SSB:
         Ky = np.fft.fftfreq(ny, steps[0])[:, None] + np.zeros((1, nx))
         Kx = np.fft.fftfreq(nx, steps[1])[None, :] + np.zeros((ny, 1))
         self._K_mrad = 1e3 * lam * np.hypot(Ky, Kx)
-        candidates = np.flatnonzero((Ky**2 + Kx**2).ravel() <= 4 * k0 * k0 * (1 + 1e-9))
+        self._half, self._mirror = _half_plane((ny, nx))
+        n_K = ny * nx
+        # K on the half plane inside the support |K| <= 2 k0 (K = 0 carries no phase)
+        candidates = np.flatnonzero(((Ky**2 + Kx**2).ravel() <= 4 * k0 * k0 * (1 + 1e-9)) & self._half)
         candidates = candidates[candidates != 0]
         arr = dask_data(binned)
         arr = arr.reshape(ny, nx, -1)[:, :, inside]
@@ -299,17 +341,15 @@ class SSB:
         build = dask.delayed(_build_pairs, pure=True)
         blocks = arr.to_delayed().ravel()
         pairs = [
-            build(b, ky[lo:hi], kx[lo:hi], Ky.ravel()[candidates], Kx.ravel()[candidates], candidates, k0, lam)
+            build(b, ky[lo:hi], kx[lo:hi], Ky.ravel()[candidates], Kx.ravel()[candidates], candidates, k0, lam, n_K)
             for b, lo, hi in zip(blocks, bounds[:-1], bounds[1:])
         ]
         self._pairs = list(dask.persist(*pairs))
-        n_K = ny * nx
         self._n_K = n_K
-        summary = dask.compute(_tree_sum([dask.delayed(_counts, pure=True)(p, n_K) for p in self._pairs], _add_counts))[
-            0
-        ]
-        self._n_right = summary["right"]
-        self._n_left = summary["left"]
+        counts = _tree_sum([dask.delayed(_counts, pure=True)(p, n_K) for p in self._pairs], _add_counts)
+        summary = dask.compute(counts)[0]
+        self._n_right, self._n_left = _full_plane(summary["counts"], self._half, self._mirror)
+        self.n_pairs = int(summary["counts"].sum())
         self.n_pixels = int(summary["pixels"])
         self.nbytes = int(summary["nbytes"])
         self.full_nbytes = int(8 * ny * nx * binned.sizes["k_y"] * binned.sizes["k_x"])
@@ -317,16 +357,21 @@ class SSB:
         self.detector_pixel_mrad = [float(p) for p in attrs["detector_pixel_mrad"]]
         # Σ_k G(k, 0) / (pixels · positions): the mean bright-field intensity of a pixel
         self._intensity = float(summary["bf_sum"]) / max(n_pix * ny * nx, 1)
-        self._coords = {d: binned.coords[d] for d in SCAN_DIMS}
+        self._coords = xr.Coordinates({d: binned.coords[d].variable for d in SCAN_DIMS})
         self._attrs = {k: attrs[k] for k in ("energy_ev", "semiangle_mrad", "scan_step_A") if k in attrs}
 
     # ------------------------------------------------------------------
     def _sums(self, aberrations: dict[str, float], sideband: str) -> np.ndarray:
         """Σ over every chunk's pairs per K (host complex128), tree-summed on the workers."""
-        parts = [
-            dask.delayed(_reduce, pure=True)(p, self.energy_ev, aberrations, sideband, self._n_K) for p in self._pairs
-        ]
-        return to_numpy(dask.compute(_tree_sum(parts))[0])
+        # pure=False: keys without hashing the arguments (a refocus is never the same computation twice)
+        reduce = dask.delayed(_reduce, pure=False)
+        parts = [reduce(p, self.energy_ev, aberrations, self._n_K) for p in self._pairs]
+        right, left = _full_plane(to_numpy(dask.compute(_tree_sum(parts))[0]), self._half, self._mirror)
+        if sideband == "right":
+            return right
+        if sideband == "left":
+            return left
+        return right + left
 
     def _counts_for(self, sideband: str) -> np.ndarray:
         if sideband == "right":
@@ -401,15 +446,13 @@ class SSB:
             flip=self.flip,
         )
         dims = SCAN_DIMS
-        return xr.Dataset(
-            {
-                "object": (dims, obj, {"long_name": "transmission 1 + t (weak object)"}),
-                "phase": (dims, np.angle(obj), {"units": "rad", "long_name": "SSB phase"}),
-                "amplitude": (dims, np.abs(obj), {"long_name": "SSB amplitude"}),
-            },
-            coords=self._coords,
-            attrs=attrs,
-        )
+        variables = {
+            "object": xr.Variable(dims, obj, {"long_name": "transmission 1 + t (weak object)"}),
+            "phase": xr.Variable(dims, np.angle(obj), {"units": "rad", "long_name": "SSB phase"}),
+            "amplitude": xr.Variable(dims, np.abs(obj), {"long_name": "SSB amplitude"}),
+        }
+        # prebuilt Coordinates: building the scan indexes again would cost more than the reduction
+        return xr.Dataset(variables, coords=self._coords, attrs=attrs)
 
     def focal_series(
         self, defoci_A: Sequence[float], aberrations: Mapping[str, Any] | None = None, **options: Any
