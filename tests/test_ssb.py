@@ -306,3 +306,24 @@ def test_cupy_chunks_give_the_numpy_result(focused, focused_result):
     on_gpu = focused.copy(data=focused.data.map_blocks(cupy.asarray))
     result = SSB(on_gpu).reconstruct(defocus_A=0.0)
     np.testing.assert_allclose(result["object"].values, focused_result["object"].values, atol=1e-5)
+
+
+def test_interactive_example_updates_the_image_from_the_sliders(defocused):
+    import importlib.util
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    path = Path(__file__).resolve().parents[1] / "examples" / "ssb_interactive.py"
+    spec = importlib.util.spec_from_file_location("ssb_interactive", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    ssb = SSB(defocused)
+    box = example.refocus_widget(ssb)
+    box.sliders["defocus"].value = 120.0
+    box.sliders["C12"].value = 5.0
+    assert len(box.times_s) == 2
+    expected = ssb.reconstruct(aberrations={"defocus": 120.0, "C12": 5.0, "phi12": 0.0})["phase"].values
+    image = matplotlib.pyplot.gcf().axes[0].images[0]  # the figure shown in the widget's Output
+    np.testing.assert_allclose(image.get_array(), expected)
