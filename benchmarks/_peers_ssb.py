@@ -28,7 +28,7 @@ def main() -> None:
     # ptychography40: trotter masks (its set-up) and the SSB UDF on an in-process LiberTEM context
     from libertem.api import Context
     from libertem.common.container import MaskContainer
-    from ptychography40.common import wavelength
+    from ptychography40.reconstruction.common import wavelength
     from ptychography40.reconstruction.ssb import SSB_UDF, generate_masks
 
     ctx = Context.make_with("threads", cpus=2)
