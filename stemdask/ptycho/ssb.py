@@ -67,6 +67,8 @@ NORMALISATIONS = ("overlap", "sum")
 
 #: target bytes of G per detector chunk (complex64 over the whole scan)
 CHUNK_BYTES = 32 * 2**20
+#: default upper bound on the number of detector chunks
+MAX_CHUNKS = 8
 
 
 @dataclass
@@ -266,7 +268,8 @@ class SSB:
         Pre-processing, see :func:`~stemdask.ptycho.preprocess.bright_field`
         (crop ``±(1 + margin) α``, at most ``max_pixels`` binned pixels a side).
     detector_chunk : int, optional
-        Bright-field pixels per chunk; default about 32 MiB of ``G`` per chunk.
+        Bright-field pixels per chunk; default about 32 MiB of ``G`` per chunk
+        but at most 8 chunks.
 
     Attributes
     ----------
@@ -334,7 +337,9 @@ class SSB:
         arr = arr.reshape(ny, nx, -1)[:, :, inside]
         n_pix = inside.size
         if detector_chunk is None:
-            detector_chunk = max(1, CHUNK_BYTES // (8 * ny * nx))
+            # about CHUNK_BYTES of G per chunk, but at most MAX_CHUNKS chunks: every chunk returns a
+            # whole (2 · scan_y · scan_x) spectrum to the tree sum, which dominates a refocus of big scans
+            detector_chunk = max(1, CHUNK_BYTES // (8 * ny * nx), -(-n_pix // MAX_CHUNKS))
         detector_chunk = integer("detector_chunk", detector_chunk, expected="a positive number of pixels per chunk")
         arr = arr.rechunk({0: -1, 1: -1, 2: detector_chunk})
         bounds = np.cumsum((0, *arr.chunks[2]))
