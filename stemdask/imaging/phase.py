@@ -21,10 +21,24 @@ fully measured periodic field, the minimiser is the paper's filter::
 ``lambda1 = q_hp^2`` (high-pass: suppresses q << q_hp) and
 ``lambda2 = 1 / q_lp^2`` (low-pass: suppresses q >> q_lp); each filter
 passes half at its cut-off. ``method="fourier"`` applies it directly
-(periodic boundaries); ``method="iterative"`` runs the paper's
-preconditioned gradient descent ``phi += mu F^-1[q . F{residual} / (...)]``
-on a zero-padded canvas where only measured positions enter the misfit
-(``M``), which removes the wrap-around artefacts of a non-periodic field.
+(periodic boundaries: exact for a scan over whole periodic cells, with
+wrap-around errors at the edges of any other scan).
+
+``method="neumann"`` (the default) solves the same least-squares problem on
+the scan rectangle itself, with no assumption beyond its edges: forward
+differences ``(phi[i+1] - phi[i]) / h`` against the mean of the two
+measured gradients, whose normal equations are the Neumann Laplacian,
+diagonalised by the type-II DCT (Simchony, Chellappa & Shao, IEEE PAMI
+12(5), 1990), with the same regularisers on its eigenvalues: direct, exact
+for the discrete problem, and without the wrap-around of a non-periodic field.
+
+``method="iterative"`` runs the paper's preconditioned gradient descent
+``phi += mu F^-1[q . F{residual} / (...)]`` on a zero-padded canvas where
+only measured positions enter the misfit (``M``). The mean gradient (a
+tilt or descan left in the field) is integrated apart, as the exact ramp
+``<G> . r``: the descent converges slowest at the lowest frequencies, and on
+the padded canvas a ramp would need a wrap-around outside the scan, which
+left a smooth background instead of the ramp.
 """
 
 from __future__ import annotations
@@ -105,7 +119,7 @@ def icom(
     *,
     lowpass: float | None = None,
     highpass: float | None = None,
-    method: str = "fourier",
+    method: str = "neumann",
     n_iter: int = 64,
     step: float = 0.5,
     pad: int = 2,
@@ -123,9 +137,11 @@ def icom(
     highpass : float, optional
         High-pass cut-off ``q_hp`` in 1/Å (``lambda1 = q_hp^2``); None: none
         (only the mean is removed).
-    method : {"fourier", "iterative"}
-        Direct Fourier integration (periodic), or the paper's iterated,
-        preconditioned gradient descent on a zero-padded canvas.
+    method : {"neumann", "fourier", "iterative"}
+        Direct least squares on the scan rectangle (DCT, Neumann
+        boundaries: any scan), direct Fourier integration (periodic scans
+        only), or the paper's iterated, preconditioned gradient descent on a
+        zero-padded canvas.
     n_iter : int
         Iterations of ``method="iterative"``.
     step : float
@@ -145,6 +161,8 @@ def icom(
     if method == "fourier":
         qy, qx = _freqs(gy.shape, steps)
         phase = _integrate(gy, gx, qy, qx, _denominator(qy, qx, q_hp, q_lp))
+    elif method == "neumann":
+        phase = _neumann(gy, gx, steps, q_hp, q_lp)
     elif method == "iterative":
         if not (isinstance(n_iter, (int, np.integer)) and n_iter >= 1):
             raise bad_value("n_iter", n_iter, "a positive number of iterations")
@@ -152,9 +170,12 @@ def icom(
             raise bad_value("step", step, "a step size in (0, 1]")
         if not (isinstance(pad, (int, np.integer)) and pad >= 1):
             raise bad_value("pad", pad, "an integer canvas factor >= 1")
-        phase = _iterate(gy, gx, steps, q_hp, q_lp, int(n_iter), float(step), int(pad))
+        # the mean gradient integrates exactly to a ramp; only the rest is iterated
+        mean_y, mean_x = gy.mean(), gx.mean()
+        ramp = mean_y * steps[0] * np.arange(gy.shape[0])[:, None] + mean_x * steps[1] * np.arange(gy.shape[1])[None, :]
+        phase = ramp + _iterate(gy - mean_y, gx - mean_x, steps, q_hp, q_lp, int(n_iter), float(step), int(pad))
     else:
-        raise bad_value("method", method, "'fourier' or 'iterative'")
+        raise bad_value("method", method, "'neumann', 'fourier' or 'iterative'")
     phase = phase - phase.mean()
     attrs = {k: v for k, v in com.attrs.items() if k not in ("units", "long_name", "field_V_per_mrad")}
     attrs.update(
@@ -165,6 +186,34 @@ def icom(
         highpass_inv_A=q_hp if q_hp else 0.0,
     )
     return xr.DataArray(phase, dims=SCAN_DIMS, coords={d: com.coords[d] for d in SCAN_DIMS}, attrs=attrs, name="icom")
+
+
+def _neumann(
+    gy: np.ndarray, gx: np.ndarray, steps: tuple[float, float], q_hp: float | None, q_lp: float | None
+) -> np.ndarray:
+    """Least-squares integration on the scan rectangle (Neumann boundaries), by the type-II DCT."""
+    from scipy.fft import dctn, idctn
+
+    ny, nx = gy.shape
+    hy, hx = steps
+    # measured differences between neighbours: the mean of their two gradients times the step
+    by = 0.5 * (gy[1:, :] + gy[:-1, :])
+    bx = 0.5 * (gx[:, 1:] + gx[:, :-1])
+    # right-hand side D^T b / h of the normal equations, D the forward difference with free ends
+    rhs = np.zeros((ny, nx))
+    rhs[:-1, :] -= by / hy
+    rhs[1:, :] += by / hy
+    rhs[:, :-1] -= bx / hx
+    rhs[:, 1:] += bx / hx
+    # eigenvalues of D^T D / h^2 on the DCT-II basis (1/Å²)
+    lam_y = (2 * np.sin(np.pi * np.arange(ny) / (2 * ny)) / hy) ** 2
+    lam_x = (2 * np.sin(np.pi * np.arange(nx) / (2 * nx)) / hx) ** 2
+    lap = lam_y[:, None] + lam_x[None, :]
+    den = lap + ((2 * math.pi * q_hp) ** 2 if q_hp else 0.0) + (lap**2 / (2 * math.pi * q_lp) ** 2 if q_lp else 0.0)
+    spec = dctn(rhs, type=2, norm="ortho")
+    spec[0, 0] = 0.0  # the mean is free: zero
+    den[0, 0] = 1.0
+    return idctn(spec / den, type=2, norm="ortho")
 
 
 def _iterate(
