@@ -137,6 +137,18 @@ def _regions_of(data: Any, regions: xr.Dataset | None) -> xr.Dataset:
 # ----------------------------------------------------------------------------
 # binning
 # ----------------------------------------------------------------------------
+def _tiles(regions: xr.Dataset, size: int) -> np.ndarray:
+    """Tile number ``(k_y, k_x)`` of every pixel for square tiles of ``size`` pixels, a corner at the centre."""
+    ky = np.asarray(regions.coords["k_y"].values, dtype=np.float64)
+    kx = np.asarray(regions.coords["k_x"].values, dtype=np.float64)
+    step_y = abs(float(ky[1] - ky[0])) if ky.size > 1 else 1.0
+    step_x = abs(float(kx[1] - kx[0])) if kx.size > 1 else 1.0
+    cy, cx = regions.attrs.get("center_mrad", [0.0, 0.0])
+    ty = np.floor((ky - cy) / step_y / size + 1e-9).astype(np.int64)
+    tx = np.floor((kx - cx) / step_x / size + 1e-9).astype(np.int64)
+    return (ty[:, None] - ty.min()) * (tx.max() - tx.min() + 1) + (tx[None, :] - tx.min())
+
+
 def binning(data: Any, size_px: int, *, region: str = "bf", regions: xr.Dataset | None = None) -> xr.DataArray:
     """Square binning masks of ``size_px`` x ``size_px`` pixels on a region, each of unit l2 norm.
 
@@ -158,37 +170,31 @@ def binning(data: Any, size_px: int, *, region: str = "bf", regions: xr.Dataset 
     size = integer("size_px", size_px)
     mask = region_mask(regions, region)
     r, _ = polar_mrad(regions)
-    ky = np.asarray(regions.coords["k_y"].values, dtype=np.float64)
-    kx = np.asarray(regions.coords["k_x"].values, dtype=np.float64)
-    step_y = abs(float(ky[1] - ky[0])) if ky.size > 1 else 1.0
-    step_x = abs(float(kx[1] - kx[0])) if kx.size > 1 else 1.0
-    cy, cx = regions.attrs.get("center_mrad", [0.0, 0.0])
-    ty = np.floor((ky - cy) / step_y / size + 1e-9).astype(np.int64)
-    tx = np.floor((kx - cx) / step_x / size + 1e-9).astype(np.int64)
-    tile = (ty[:, None] - ty.min()) * (tx.max() - tx.min() + 1) + (tx[None, :] - tx.min())
-    ids = np.unique(tile[mask])
+    tile = _tiles(regions, size)
+    ids, inverse, counts = np.unique(tile[mask], return_inverse=True, return_counts=True)
     if ids.size == 0:
         raise bad_value("region", region, "a region with pixels")
-    masks = []
-    distance = []
-    for t in ids:
-        m = (tile == t) & mask
-        masks.append(m / math.sqrt(m.sum()))
-        distance.append(float(r[m].mean()))
+    distance = np.bincount(inverse, weights=r[mask]) / counts
     order = np.argsort(distance, kind="stable")
-    values = np.stack(masks)[order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    values = np.zeros((ids.size, mask.size))
+    pixels = np.flatnonzero(mask.ravel())
+    values[rank[inverse], pixels] = 1.0 / np.sqrt(counts[inverse])
     attrs = {"basis_kind": "binning", "size_px": size, "region": region}
-    return _basis_array(values, regions, [region] * values.shape[0], attrs, name=f"binning_{region}")
+    return _basis_array(values.reshape(ids.size, *mask.shape), regions, [region] * ids.size, attrs, f"binning_{region}")
 
 
 def binning_size_for(data: Any, n_masks: int, *, region: str = "bf", regions: xr.Dataset | None = None) -> int:
     """The smallest tile size whose :func:`binning` of ``region`` has at most ``n_masks`` masks."""
     regions = _regions_of(data, regions)
     n = integer("n_masks", n_masks)
-    for size in range(1, max(regions.sizes["k_y"], regions.sizes["k_x"]) + 1):
-        if binning(data, size, region=region, regions=regions).sizes["basis"] <= n:
+    mask = region_mask(regions, region)
+    largest = max(regions.sizes["k_y"], regions.sizes["k_x"])
+    for size in range(1, largest + 1):
+        if np.unique(_tiles(regions, size)[mask]).size <= n:
             return size
-    return max(regions.sizes["k_y"], regions.sizes["k_x"])
+    return largest
 
 
 # ----------------------------------------------------------------------------
