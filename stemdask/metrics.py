@@ -134,7 +134,7 @@ def theta(compressed: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(out, attrs={"compression_mode": compressed.attrs.get("compression_mode")})
 
 
-def mean_theta_curve(compressed: xr.Dataset, region: str = "bf") -> xr.DataArray:
+def mean_theta_curve(compressed: xr.Dataset, region: str = "bf", *, where: Any = None) -> xr.DataArray:
     """Scan-mean Θ of ``region`` using the first 1, 2, ..., n masks of that region (Fig. 7).
 
     For nested bases (data, PCA, Zernike: the first k masks of a larger basis
@@ -142,6 +142,10 @@ def mean_theta_curve(compressed: xr.Dataset, region: str = "bf") -> xr.DataArray
     captured norm with k masks is the cumulative sum of the first k squared
     coefficients. (Binning bases are not nested: give one point per tile size
     with :func:`mean_theta`.)
+
+    ``where`` (bool ``(scan_y, scan_x)``, optional) averages over those
+    positions only, e.g. to leave out the patterns a data basis was drawn
+    from (for them Θ is 0 by construction).
 
     Returns
     -------
@@ -158,6 +162,11 @@ def mean_theta_curve(compressed: xr.Dataset, region: str = "bf") -> xr.DataArray
     perp = compressed[f"c_perp_{region}"].data
     total = captured[..., -1] + da.asarray(perp) ** 2
     angles = theta_from_norms(captured, total[..., None])
+    if where is not None:
+        keep = np.asarray(where.values if isinstance(where, xr.DataArray) else where, dtype=bool)
+        if keep.shape != tuple(c.shape[:2]):
+            raise bad_value("where", f"<mask of shape {keep.shape}>", f"a bool mask of the scan shape {c.shape[:2]}")
+        angles = da.where(keep[..., None], angles, np.nan)
     mean = np.asarray(da.nanmean(angles, axis=(0, 1)).compute())
     return xr.DataArray(
         mean,

@@ -11,7 +11,9 @@ basis does not capture in a region has norm
 
 The per-block kernel :data:`compress_block` is a :class:`dask.utils.Dispatch`
 on the block type, as the engine's ``project_block``: numpy and cupy frames
-here (converted a few MiB at a time, never a whole chunk), electron-event
+here (converted a few MiB at a time, never a whole chunk; uint8/uint16
+counts by one compiled pass that makes ``d`` and sums the regions' ``|d|^2``
+exactly in integers), electron-event
 blocks in :mod:`stemdask.compression.counted` (sqrt of each frame's per-pixel
 counts from the event indices, never a dense frame).
 
@@ -24,6 +26,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+import numba
 import numpy as np
 import xarray as xr
 from dask.utils import Dispatch
@@ -141,6 +144,41 @@ class _CompressDispatch(Dispatch):
 compress_block = _CompressDispatch("compress_block")
 
 
+@numba.njit(cache=True, nogil=True)
+def _fused_batch(raw, region_id, amplitude, out_d, out_norm):  # pragma: no cover - compiled
+    # small-integer frames: d (sqrt or the counts, in out_d's dtype) and exact integer region sums of d**2;
+    # two simple loops per frame, so that both vectorise
+    n, p = raw.shape
+    for f in range(n):
+        row = raw[f]
+        dr = out_d[f]
+        for k in range(p):
+            dr[k] = row[k]
+            if amplitude:
+                dr[k] = np.sqrt(dr[k])
+        s0 = np.int64(0)
+        s1 = np.int64(0)
+        for k in range(p):
+            w = np.int64(row[k])
+            if not amplitude:
+                w = w * w
+            r = region_id[k]
+            s0 += w * (r == 0)
+            s1 += w * (r == 1)
+        out_norm[f, 0] = s0
+        out_norm[f, 1] = s1
+
+
+def _region_ids(regions: MaskWeights) -> Any:
+    """The region number of each pixel (0 BF, 1 DF, 2 neither), cached on the weights."""
+
+    def make() -> Any:
+        ind = regions.dense()
+        return np.where(ind[:, 0] > 0, 0, np.where(ind[:, 1] > 0, 1, 2)).astype(np.int8)
+
+    return regions.on_device("region-ids", np.int8, make)
+
+
 def _dense_block(
     block: Any,
     basis: MaskWeights,
@@ -158,8 +196,20 @@ def _dense_block(
     precision = np.dtype(dtype).name
     out = xp.empty((ny * nx, n + 2), dtype=dtype)
     step = max(1, int(batch_bytes) // max(ky * kx * np.dtype(dtype).itemsize, 1))
+    fused = xp is np and np.dtype(block.dtype).kind == "u" and np.dtype(block.dtype).itemsize <= 2
+    if fused:  # uint8/uint16 counts: one compiled pass gives d and the region norms (no second conversion)
+        region_id = _region_ids(regions)
+        flat = np.ascontiguousarray(block.reshape(ny * nx, ky * kx))
+        scratch = np.empty((min(step, ny * nx), ky * kx), dtype=dtype)
+        norms = np.empty((min(step, ny * nx), 2), dtype=np.float64)
     for a in range(0, ny * nx, step):
         b = min(a + step, ny * nx)
+        if fused:
+            d = scratch[: b - a]
+            _fused_batch(flat[a:b], region_id, amplitude, d, norms[: b - a])
+            out[a:b, :n] = basis.forward(d.reshape(1, b - a, ky, kx), precision=precision, batch_bytes=batch_bytes)[0]
+            out[a:b, n:] = norms[: b - a]
+            continue
         raw = frames[:, a:b]
         d = raw.astype(dtype, copy=True)
         if amplitude:
