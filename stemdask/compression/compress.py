@@ -13,7 +13,9 @@ The per-block kernel :data:`compress_block` is a :class:`dask.utils.Dispatch`
 on the block type, as the engine's ``project_block``: numpy and cupy frames
 here (converted a few MiB at a time, never a whole chunk; uint8/uint16
 counts by one compiled pass that makes ``d`` and sums the regions' ``|d|^2``
-exactly in integers), electron-event
+exactly in integers and their ``d``: masks constant on their region (the
+mean-DF mask) come from those sums, the others from one BLAS product over the
+band of detector rows they touch), electron-event
 blocks in :mod:`stemdask.compression.counted` (sqrt of each frame's per-pixel
 counts from the event indices, never a dense frame).
 
@@ -35,6 +37,7 @@ from ..backend import array_module, to_numpy
 from ..checks import close
 from ..dataset import CALIBRATION_ATTRS, DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
+from ..imaging._blas import single_blas_thread
 from ..imaging.project import BATCH_BYTES, MaskWeights, back_project, mask_weights, resolve_dtype
 from ..imaging.project import _meta as engine_meta
 from .bases import basis_regions, check_mode
@@ -145,7 +148,7 @@ compress_block = _CompressDispatch("compress_block")
 
 
 @numba.njit(cache=True, nogil=True)
-def _fused_batch(raw, region_id, amplitude, out_d, out_norm):  # pragma: no cover - compiled
+def _fused_batch(raw, region_id, amplitude, out_d, out_norm, out_sum):  # pragma: no cover - compiled
     # small-integer frames: d (sqrt or the counts, in out_d's dtype) and exact integer region sums of d**2;
     # two simple loops per frame, so that both vectorise
     n, p = raw.shape
@@ -167,6 +170,70 @@ def _fused_batch(raw, region_id, amplitude, out_d, out_norm):  # pragma: no cove
             s1 += w * (r == 1)
         out_norm[f, 0] = s0
         out_norm[f, 1] = s1
+        _region_sums(dr, region_id, out_sum[f])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _region_sums(dr, region_id, out):  # pragma: no cover - compiled
+    # branch-free and reassociable (fastmath), so the two sums vectorise; in their own function,
+    # so the square roots above stay exact IEEE operations
+    t0 = 0.0
+    t1 = 0.0
+    for k in range(dr.shape[0]):
+        r = region_id[k]
+        t0 += dr[k] * (r == 0)
+        t1 += dr[k] * (r == 1)
+    out[0] = t0
+    out[1] = t1
+
+
+class _Plan:
+    """How the fused path applies a basis.
+
+    Masks constant on their whole region (the mean-DF mask) come from the
+    region sums of ``d``; the others from one product over the band of
+    detector rows they touch (the BF disc's rows, not the whole frame).
+    """
+
+    def __init__(self, basis: MaskWeights, region_id: np.ndarray):
+        matrix = basis.dense()
+        ky, kx = basis.frame_shape or (1, basis.n_pixels)
+        const, general = [], []
+        for j in range(basis.n_masks):
+            column = matrix[:, j]
+            support = column != 0
+            region = int(region_id[int(np.argmax(support))])
+            values = column[support]
+            if (
+                region in (0, 1)
+                and np.count_nonzero(support) == np.count_nonzero(region_id == region)
+                and not np.any(support & (region_id != region))
+                and values.min() == values.max()
+            ):
+                const.append((j, region, float(values[0])))
+            else:
+                general.append(j)
+        self.const_index = np.array([c[0] for c in const], dtype=np.int64)
+        self.const_region = np.array([c[1] for c in const], dtype=np.int64)
+        self.const_value = np.array([c[2] for c in const])
+        self.general_index = np.array(general, dtype=np.int64)
+        #: the other masks' weights on the band of rows they touch, ``(band pixels, n_general)``
+        self.general: np.ndarray | None = None
+        self.rows = (0, ky)
+        if general:
+            touched = np.flatnonzero(np.any(matrix[:, general].reshape(ky, kx, -1) != 0, axis=(1, 2)))
+            r0, r1 = int(touched.min()), int(touched.max()) + 1
+            self.general = np.ascontiguousarray(matrix[r0 * kx : r1 * kx, general])
+            self.rows = (r0, r1)
+        self._typed: dict[str, np.ndarray] = {}
+
+    def weights(self, dtype: Any) -> np.ndarray:
+        """The band weights in ``dtype`` (converted once)."""
+        assert self.general is not None
+        key = np.dtype(dtype).name
+        if key not in self._typed:
+            self._typed[key] = self.general.astype(dtype)
+        return self._typed[key]
 
 
 def _region_ids(regions: MaskWeights) -> Any:
@@ -199,15 +266,24 @@ def _dense_block(
     fused = xp is np and np.dtype(block.dtype).kind == "u" and np.dtype(block.dtype).itemsize <= 2
     if fused:  # uint8/uint16 counts: one compiled pass gives d and the region norms (no second conversion)
         region_id = _region_ids(regions)
+        plan = basis.on_device("compress-plan", np.float64, lambda: _Plan(basis, region_id))
         flat = np.ascontiguousarray(block.reshape(ny * nx, ky * kx))
         scratch = np.empty((min(step, ny * nx), ky * kx), dtype=dtype)
         norms = np.empty((min(step, ny * nx), 2), dtype=np.float64)
+        sums = np.empty((min(step, ny * nx), 2), dtype=np.float64)
     for a in range(0, ny * nx, step):
         b = min(a + step, ny * nx)
         if fused:
             d = scratch[: b - a]
-            _fused_batch(flat[a:b], region_id, amplitude, d, norms[: b - a])
-            out[a:b, :n] = basis.forward(d.reshape(1, b - a, ky, kx), precision=precision, batch_bytes=batch_bytes)[0]
+            _fused_batch(flat[a:b], region_id, amplitude, d, norms[: b - a], sums[: b - a])
+            if plan.general is not None:
+                # the band of rows is a strided 2-D view, one BLAS product (the engine would gather the
+                # support pixels first, which costs more than it saves on float frames)
+                band = d[:, plan.rows[0] * kx : plan.rows[1] * kx]
+                with single_blas_thread():
+                    out[a:b, plan.general_index] = band @ plan.weights(dtype)
+            if plan.const_index.size:
+                out[a:b, plan.const_index] = sums[: b - a][:, plan.const_region] * plan.const_value
             out[a:b, n:] = norms[: b - a]
             continue
         raw = frames[:, a:b]
