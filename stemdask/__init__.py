@@ -6,7 +6,7 @@ The public API; see ``docs/architecture.md`` for the data model.
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers the .stem accessor)
-from . import cluster, codecs, errors, events, imaging, io, montage, optics, physics, simulate
+from . import cluster, codecs, compression, errors, events, imaging, io, metrics, montage, optics, physics, simulate
 from .dataset import DIMS, calibrate, describe, from_array, validate
 from .io import DatasetWriter, open_dataset, save
 
@@ -18,12 +18,14 @@ __all__ = [
     "calibrate",
     "cluster",
     "codecs",
+    "compression",
     "describe",
     "errors",
     "events",
     "from_array",
     "imaging",
     "io",
+    "metrics",
     "montage",
     "open_dataset",
     "optics",

@@ -1,4 +1,4 @@
-"""The ``stemdask`` command: ``info``, ``convert`` and ``demo``.
+"""The ``stemdask`` command: ``info``, ``convert``, ``compress`` and ``demo``.
 
 Every command takes ``--scheduler ADDRESS`` to compute on an existing dask
 cluster; without it ``convert`` and ``demo`` start a local one.
@@ -52,6 +52,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .io import store_nbytes
 
     data = open_dataset(args.path, **_reader_options(args))
+    if not hasattr(data, "dims") or "coefficients" in getattr(data, "data_vars", {}):
+        return _info_compressed(args, data)
     info = describe(data)
     path = Path(args.path)
     on_disk = store_nbytes(path) if path.exists() else None
@@ -87,6 +89,81 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, unit in units.items():
         value = info[key]
         print(f"    {key:20s} {'unknown' if value is None else value} {unit if value is not None else ''}")
+    return 0
+
+
+def _info_compressed(args: argparse.Namespace, data: Any) -> int:
+    """``stemdask info`` of a compressed store: ratio C, bytes and the basis."""
+    from .dataset import CALIBRATION_ATTRS
+    from .metrics import storage_summary
+
+    info = storage_summary(data, args.path)
+    info.update(
+        basis_kind=data.attrs.get("basis_kind"),
+        compression_mode=data.attrs.get("compression_mode"),
+        source_shape=data.attrs.get("source_shape"),
+        source_dtype=data.attrs.get("source_dtype"),
+        regions=data.attrs.get("regions"),
+        calibration={k: data.attrs[k] for k in CALIBRATION_ATTRS if k in data.attrs},
+    )
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{args.path}")
+    print(f"  compressed dataset ({info['compression_mode']} mode) of {info['source_shape']} {info['source_dtype']}")
+    print(
+        f"  basis: {info['basis_kind']}, {info['n_bright']} BF + {info['n_dark']} DF masks, regions {info['regions']}"
+    )
+    print(
+        f"  ratio C (Eq. 17): {info['ratio_C']:.1f} ({info['n_pixels']} pixels / "
+        f"{info['n_bright'] + info['n_dark'] + 2} values per pattern)"
+    )
+    print(
+        f"  bytes on disk: {_human(info['bytes_on_disk'])} for {_human(info['raw_bytes'])} of raw data "
+        f"({info['ratio_on_disk']:.1f}x)"
+    )
+    for key, value in info["calibration"].items():
+        print(f"    {key:20s} {value}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from . import open_dataset, save
+    from .cluster import session
+    from .compression import compress, make_basis
+    from .metrics import storage_summary
+
+    data = open_dataset(args.input, **_reader_options(args))
+    regions = None
+    if args.bf_radius_mrad is not None or args.df_outer_mrad is not None:
+        from .compression import detector_regions
+
+        regions = detector_regions(
+            data,
+            bf_radius_mrad=args.bf_radius_mrad,
+            df_outer_mrad=float("inf") if args.df_outer_mrad is None else args.df_outer_mrad,
+        )
+    started = time.perf_counter()
+    with session(args.scheduler) if args.scheduler else nullcontext():
+        basis = make_basis(
+            data,
+            args.basis,
+            n_bf=args.bf,
+            n_df=args.df,
+            mode=args.mode,
+            seed=args.seed,
+            n_samples=args.samples,
+            regions=regions,
+        )
+        compressed = compress(data, basis, mode=args.mode, dtype=args.precision)
+        out = save(compressed, args.output, overwrite=args.overwrite, progress=not args.quiet)
+    seconds = time.perf_counter() - started
+    info = storage_summary(compressed, out)
+    print(
+        f"wrote {out}: {basis.attrs['basis_kind']} basis, {info['n_bright']} BF + {info['n_dark']} DF masks, "
+        f"ratio C {info['ratio_C']:.1f}; {_human(info['bytes_on_disk'])} on disk for {_human(info['raw_bytes'])} "
+        f"of raw data ({info['ratio_on_disk']:.1f}x) in {seconds:.2f} s"
+    )
     return 0
 
 
@@ -172,6 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--workers", type=int, default=None, help="workers of a started local cluster")
     _add_reader_args(conv)
     conv.set_defaults(func=cmd_convert)
+
+    comp = sub.add_parser("compress", help="lossy compression onto a mask basis (Diederichs et al.)")
+    comp.add_argument("input")
+    comp.add_argument("output")
+    comp.add_argument("--basis", choices=["data", "pca", "zernike", "binning"], default="data")
+    comp.add_argument("--bf", type=int, default=15, help="bright-field masks")
+    comp.add_argument("--df", type=int, default=1, help="dark-field masks (1: the mean DF signal)")
+    comp.add_argument("--mode", choices=["amplitude", "intensity"], default="amplitude")
+    comp.add_argument(
+        "--precision", choices=["float64", "float32"], default="float64", help="of the stored coefficients"
+    )
+    comp.add_argument("--seed", type=int, default=0, help="seed of the sampled patterns (data, pca)")
+    comp.add_argument("--samples", type=int, default=320, help="patterns sampled for pca")
+    comp.add_argument("--bf-radius-mrad", dest="bf_radius_mrad", type=float, help="default: the semi-angle")
+    comp.add_argument("--df-outer-mrad", dest="df_outer_mrad", type=float, help="default: the whole detector")
+    comp.add_argument("--overwrite", action="store_true")
+    comp.add_argument("--quiet", action="store_true", help="no progress bar")
+    comp.add_argument("--scheduler", help="dask scheduler address to compute on")
+    _add_reader_args(comp)
+    comp.set_defaults(func=cmd_compress)
 
     demo = sub.add_parser("demo", help="simulate, store and analyse a dataset end to end on a local cluster")
     demo.add_argument("--output", default="stemdask-demo", help="folder for the store, PNGs and report")

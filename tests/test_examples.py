@@ -34,3 +34,16 @@ def test_convert_real_file_example(shared_data, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert stemdask.open_dataset(tmp_path / "o.zarr").attrs["detector_pixel_mrad"] == [0.05, 0.05]
+
+
+def test_compress_as_acquired_example(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "compress_as_acquired.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    compressed = stemdask.open_dataset(tmp_path / "compressed.zarr")
+    assert compressed.coefficients.shape == (16, 16, 16) and compressed.attrs["basis_kind"] == "data+df_mean"
+    assert "ratio C 227.6" in proc.stdout

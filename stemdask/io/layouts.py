@@ -76,7 +76,8 @@ class Layout:
         ``write(data, store, **options) -> store`` (the path as str for local
         stores).
     open : callable
-        ``open(store, attrs, *, chunks=None, allow_incomplete=False) -> DataArray``;
+        ``open(store, attrs, *, chunks=None, allow_incomplete=False) -> DataArray``
+        (a ``Dataset`` for layouts of other objects, e.g. ``"compressed"``);
         ``attrs`` are the group attrs, whose header is already checked.
     """
 
@@ -84,7 +85,7 @@ class Layout:
     version: int
     claims: Callable[[Any], bool]
     write: Callable[..., Any]
-    open: Callable[..., xr.DataArray]
+    open: Callable[..., Any]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,524 @@
+"""Compress patterns onto an orthonormal basis, and decompress, through the projection engine.
+
+``compress(data, basis)`` is one lazy pass over the data (Diederichs et al.,
+Eqs. 8 and 11): per chunk of frames, ``d = sqrt(I)`` (amplitude mode) or
+``d = I`` (intensity mode) is projected onto the basis masks by the engine's
+forward operator (:meth:`stemdask.imaging.project.MaskWeights.forward`), and
+``|d|^2`` onto an indicator mask of each region (``I`` itself in amplitude
+mode: an exact integer projection). By Pythagoras the part of ``d`` that the
+basis does not capture in a region has norm
+``c_perp = sqrt(max(|d_region|^2 - sum_{i in region} c_i^2, 0))``.
+
+The per-block kernel :data:`compress_block` is a :class:`dask.utils.Dispatch`
+on the block type, as the engine's ``project_block``: numpy and cupy frames
+here (converted a few MiB at a time, never a whole chunk; uint8/uint16
+counts by one compiled pass that makes ``d`` and sums the regions' ``|d|^2``
+exactly in integers and their ``d``: masks constant on their region (the
+mean-DF mask) come from those sums, the others from one BLAS product over the
+band of detector rows they touch), electron-event
+blocks in :mod:`stemdask.compression.counted` (sqrt of each frame's per-pixel
+counts from the event indices, never a dense frame).
+
+``decompress(compressed)`` applies the adjoint (:func:`stemdask.imaging.back_project`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numba
+import numpy as np
+import xarray as xr
+from dask.utils import Dispatch
+
+from ..backend import array_module, to_numpy
+from ..checks import close
+from ..dataset import CALIBRATION_ATTRS, DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
+from ..errors import bad_type, bad_value
+from ..imaging._blas import single_blas_thread
+from ..imaging.project import BATCH_BYTES, MaskWeights, back_project, mask_weights, resolve_dtype
+from ..imaging.project import _meta as engine_meta
+from .bases import basis_regions, check_mode
+from .regions import REGIONS, require_calibrated_detector
+
+#: largest |M M^T - I| a basis may have
+ORTHONORMAL_ATOL = 1e-6
+#: the names every compressed Dataset carries (see COMPRESSED_CONTRACT in the docs)
+COMPRESSED_VARS = ("coefficients", "c_perp_bf", "c_perp_df", "masks", "bf_region", "df_region")
+
+
+# ----------------------------------------------------------------------------
+# checks
+# ----------------------------------------------------------------------------
+def check_basis(basis: Any, data: xr.DataArray | None = None) -> xr.DataArray:
+    """Check a basis ``(basis, k_y, k_x)`` (orthonormal, in its regions, of ``data``'s detector); return it."""
+    if not isinstance(basis, xr.DataArray) or tuple(basis.dims) != ("basis", *DETECTOR_DIMS):
+        raise bad_type("basis", basis, "a (basis, k_y, k_x) DataArray from stemdask.compression.bases")
+    for coord in ("basis_region", "bf_region", "df_region", *DETECTOR_DIMS):
+        if coord not in basis.coords:
+            raise bad_value("basis", f"<basis without coordinate {coord!r}>", "a basis from stemdask.compression.bases")
+    if data is not None:
+        want = tuple(int(data.sizes[d]) for d in DETECTOR_DIMS)
+        have = tuple(int(basis.sizes[d]) for d in DETECTOR_DIMS)
+        if want != have:
+            raise bad_value("basis", f"<basis of detector shape {have}>", f"the dataset's detector shape {want}")
+        for dim in DETECTOR_DIMS:
+            mine, theirs = basis.coords[dim], data.coords[dim]
+            if mine.attrs.get("units") != theirs.attrs.get("units") or not close(
+                mine.values, theirs.values, rtol=1e-6, atol=1e-9
+            ):
+                raise bad_value(
+                    f"basis.coords[{dim!r}]",
+                    f"<{mine.attrs.get('units')} {np.asarray(mine.values)[:3]}...>",
+                    f"the dataset's {dim} ({theirs.attrs.get('units')} {np.asarray(theirs.values)[:3]}...): "
+                    "a basis made for another calibration or beam centre; build it from this dataset",
+                )
+    values = np.asarray(to_numpy(basis.values), dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise bad_value("basis", "<basis with non-finite weights>", "finite weights")
+    labels = [str(v) for v in basis.coords["basis_region"].values]
+    if any(label not in REGIONS for label in labels):
+        raise bad_value("basis.coords['basis_region']", labels, f"labels among {REGIONS}")
+    n, pixels = values.shape[0], values.shape[1] * values.shape[2]
+    if n > pixels:
+        raise bad_value("basis", f"<{n} masks>", f"at most as many masks as detector pixels ({pixels})")
+    for region in REGIONS:
+        inside = np.asarray(basis.coords[f"{region}_region"].values, dtype=bool)
+        mine = np.array([label == region for label in labels])
+        if mine.sum() > inside.sum():
+            raise bad_value(
+                "basis", f"<{int(mine.sum())} {region} masks>", f"at most the {int(inside.sum())} pixels of the region"
+            )
+        outside = np.abs(values[mine][:, ~inside]).max(initial=0.0)
+        if outside > 0:
+            raise bad_value(
+                "basis", f"<{region} masks with weights up to {outside:.3g} outside the {region} region>", "zero there"
+            )
+    flat = values.reshape(n, -1)
+    error = float(np.abs(flat @ flat.T - np.eye(n)).max())
+    if error > ORTHONORMAL_ATOL:
+        raise bad_value(
+            "basis",
+            f"<basis with max |M M^T - I| = {error:.3g}>",
+            f"orthonormal masks (to {ORTHONORMAL_ATOL}); orthonormalise with stemdask.compression.orthonormalise",
+        )
+    return basis
+
+
+def require_compressed(compressed: Any, name: str = "compressed") -> xr.Dataset:
+    """Check that ``compressed`` is a Dataset from :func:`compress` (or a compressed store); return it."""
+    if not isinstance(compressed, xr.Dataset):
+        raise bad_type(name, compressed, "an xarray.Dataset from stemdask.compression.compress")
+    missing = [v for v in COMPRESSED_VARS if v not in compressed.variables]
+    if missing or "compression_mode" not in compressed.attrs:
+        raise bad_value(
+            name, f"<Dataset without {missing or ['compression_mode']}>", "a Dataset from stemdask.compression.compress"
+        )
+    return compressed
+
+
+# ----------------------------------------------------------------------------
+# the per-block kernel
+# ----------------------------------------------------------------------------
+_COMPRESS_BLOCK_DOC = """Compress one block of whole frames.
+
+    Call as ``compress_block(block, basis, regions, *, amplitude, dtype, batch_bytes)``.
+
+    Returns ``(scan_y, scan_x, n_basis + 2)`` on the block's backend: the
+    coefficients ``<m_i, d>`` then ``|d|^2`` summed over the BF and the DF region.
+    """
+
+
+class _CompressDispatch(Dispatch):
+    def __call__(self, arg: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            meth = self.dispatch(type(arg))
+        except TypeError:
+            raise bad_type("block", arg, "a numpy or cupy array of frames or an event block") from None
+        return meth(arg, *args, **kwargs)
+
+    @property
+    def __doc__(self) -> str:  # type: ignore[override]
+        return _COMPRESS_BLOCK_DOC
+
+
+compress_block = _CompressDispatch("compress_block")
+
+
+@numba.njit(cache=True, nogil=True)
+def _fused_batch(raw, region_id, amplitude, out_d, out_norm, out_sum):  # pragma: no cover - compiled
+    # small-integer frames: d (sqrt or the counts, in out_d's dtype) and exact integer region sums of d**2;
+    # two simple loops per frame, so that both vectorise
+    n, p = raw.shape
+    for f in range(n):
+        row = raw[f]
+        dr = out_d[f]
+        for k in range(p):
+            dr[k] = row[k]
+            if amplitude:
+                dr[k] = np.sqrt(dr[k])
+        s0 = np.int64(0)
+        s1 = np.int64(0)
+        for k in range(p):
+            w = np.int64(row[k])
+            if not amplitude:
+                w = w * w
+            r = region_id[k]
+            s0 += w * (r == 0)
+            s1 += w * (r == 1)
+        out_norm[f, 0] = s0
+        out_norm[f, 1] = s1
+        _region_sums(dr, region_id, out_sum[f])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _region_sums(dr, region_id, out):  # pragma: no cover - compiled
+    # branch-free and reassociable (fastmath), so the two sums vectorise; in their own function,
+    # so the square roots above stay exact IEEE operations
+    t0 = 0.0
+    t1 = 0.0
+    for k in range(dr.shape[0]):
+        r = region_id[k]
+        t0 += dr[k] * (r == 0)
+        t1 += dr[k] * (r == 1)
+    out[0] = t0
+    out[1] = t1
+
+
+class _Plan:
+    """How the fused path applies a basis.
+
+    Masks constant on their whole region (the mean-DF mask) come from the
+    region sums of ``d``; the others from one product over the band of
+    detector rows they touch (the BF disc's rows, not the whole frame).
+    """
+
+    def __init__(self, basis: MaskWeights, region_id: np.ndarray):
+        matrix = basis.dense()
+        ky, kx = basis.frame_shape or (1, basis.n_pixels)
+        const, general = [], []
+        for j in range(basis.n_masks):
+            column = matrix[:, j]
+            support = column != 0
+            region = int(region_id[int(np.argmax(support))])
+            values = column[support]
+            if (
+                region in (0, 1)
+                and np.count_nonzero(support) == np.count_nonzero(region_id == region)
+                and not np.any(support & (region_id != region))
+                and values.min() == values.max()
+            ):
+                const.append((j, region, float(values[0])))
+            else:
+                general.append(j)
+        self.const_index = np.array([c[0] for c in const], dtype=np.int64)
+        self.const_region = np.array([c[1] for c in const], dtype=np.int64)
+        self.const_value = np.array([c[2] for c in const])
+        self.general_index = np.array(general, dtype=np.int64)
+        #: the other masks' weights on the band of rows they touch, ``(band pixels, n_general)``
+        self.general: np.ndarray | None = None
+        self.rows = (0, ky)
+        if general:
+            touched = np.flatnonzero(np.any(matrix[:, general].reshape(ky, kx, -1) != 0, axis=(1, 2)))
+            r0, r1 = int(touched.min()), int(touched.max()) + 1
+            self.general = np.ascontiguousarray(matrix[r0 * kx : r1 * kx, general])
+            self.rows = (r0, r1)
+        self._typed: dict[str, np.ndarray] = {}
+
+    def weights(self, dtype: Any) -> np.ndarray:
+        """The band weights in ``dtype`` (converted once)."""
+        assert self.general is not None
+        key = np.dtype(dtype).name
+        if key not in self._typed:
+            self._typed[key] = self.general.astype(dtype)
+        return self._typed[key]
+
+
+def _region_ids(regions: MaskWeights) -> Any:
+    """The region number of each pixel (0 BF, 1 DF, 2 neither), cached on the weights."""
+
+    def make() -> Any:
+        ind = regions.dense()
+        return np.where(ind[:, 0] > 0, 0, np.where(ind[:, 1] > 0, 1, 2)).astype(np.int8)
+
+    return regions.on_device("region-ids", np.int8, make)
+
+
+def _dense_block(
+    block: Any,
+    basis: MaskWeights,
+    regions: MaskWeights,
+    *,
+    amplitude: bool,
+    dtype: Any = np.float64,
+    batch_bytes: int = BATCH_BYTES,
+) -> Any:
+    """Dense frames: ``d`` a batch at a time, then the engine's forward operator on it."""
+    xp = array_module(block)
+    ny, nx, ky, kx = (int(s) for s in block.shape)
+    frames = block.reshape(1, ny * nx, ky, kx)
+    n = basis.n_masks
+    precision = np.dtype(dtype).name
+    out = xp.empty((ny * nx, n + 2), dtype=dtype)
+    step = max(1, int(batch_bytes) // max(ky * kx * np.dtype(dtype).itemsize, 1))
+    fused = xp is np and np.dtype(block.dtype).kind == "u" and np.dtype(block.dtype).itemsize <= 2
+    if fused:  # uint8/uint16 counts: one compiled pass gives d and the region norms (no second conversion)
+        region_id = _region_ids(regions)
+        plan = basis.on_device("compress-plan", np.float64, lambda: _Plan(basis, region_id))
+        flat = np.ascontiguousarray(block.reshape(ny * nx, ky * kx))
+        scratch = np.empty((min(step, ny * nx), ky * kx), dtype=dtype)
+        norms = np.empty((min(step, ny * nx), 2), dtype=np.float64)
+        sums = np.empty((min(step, ny * nx), 2), dtype=np.float64)
+    for a in range(0, ny * nx, step):
+        b = min(a + step, ny * nx)
+        if fused:
+            d = scratch[: b - a]
+            _fused_batch(flat[a:b], region_id, amplitude, d, norms[: b - a], sums[: b - a])
+            if plan.general is not None:
+                # the band of rows is a strided 2-D view, one BLAS product (the engine would gather the
+                # support pixels first, which costs more than it saves on float frames)
+                band = d[:, plan.rows[0] * kx : plan.rows[1] * kx]
+                with single_blas_thread():
+                    out[a:b, plan.general_index] = band @ plan.weights(dtype)
+            if plan.const_index.size:
+                out[a:b, plan.const_index] = sums[: b - a][:, plan.const_region] * plan.const_value
+            out[a:b, n:] = norms[: b - a]
+            continue
+        raw = frames[:, a:b]
+        d = raw.astype(dtype, copy=True)
+        if amplitude:
+            xp.sqrt(d, out=d)
+        out[a:b, :n] = basis.forward(d, precision=precision, batch_bytes=batch_bytes)[0]
+        squared = raw if amplitude else d * d
+        out[a:b, n:] = regions.forward(squared, precision=precision, batch_bytes=batch_bytes)[0]
+    return out.reshape(ny, nx, n + 2)
+
+
+compress_block.register(np.ndarray, _dense_block)
+
+
+@compress_block.register_lazy("cupy")
+def _register_cupy() -> None:
+    import cupy
+
+    compress_block.register(cupy.ndarray, _dense_block)
+
+
+def _kernel(block: Any, basis: MaskWeights, regions: MaskWeights, amplitude: bool, dtype: Any, batch: int) -> Any:
+    return compress_block(block, basis, regions, amplitude=amplitude, dtype=dtype, batch_bytes=batch)
+
+
+def _region_weights(basis: xr.DataArray) -> MaskWeights:
+    indicator = np.stack([np.asarray(basis.coords[f"{r}_region"].values, np.float64) for r in REGIONS])
+    return MaskWeights(
+        np.ascontiguousarray(indicator.reshape(len(REGIONS), -1).T),
+        n_masks=len(REGIONS),
+        n_pixels=indicator[0].size,
+        frame_shape=indicator.shape[1:],
+    )
+
+
+def _jsonable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    from ..io.zarr_store import jsonable
+
+    return dict(jsonable(attrs))
+
+
+# ----------------------------------------------------------------------------
+# compress / decompress
+# ----------------------------------------------------------------------------
+def compress(
+    data: xr.DataArray,
+    basis: xr.DataArray,
+    *,
+    mode: str = "amplitude",
+    dtype: Any = "float64",
+    batch_bytes: int = BATCH_BYTES,
+) -> xr.Dataset:
+    """Compress every pattern of a dataset onto an orthonormal basis (lazy, chunk-parallel).
+
+    Parameters
+    ----------
+    data : xarray.DataArray
+        A calibrated stemdask dataset (``k`` in mrad), dense or counted
+        (electron events), chunked in whole frames.
+    basis : xarray.DataArray
+        Orthonormal masks ``(basis, k_y, k_x)`` built for this dataset's
+        detector (:mod:`stemdask.compression.bases`).
+    mode : {"amplitude", "intensity"}
+        Project ``d = sqrt(I)`` (the paper's choice for ptychography) or
+        ``d = I``. Negative intensities give NaN in amplitude mode.
+    dtype : {"float64", "float32"}
+        Precision of the projection and of the stored coefficients.
+    batch_bytes : int
+        Bytes of frames converted to floating point at a time.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy ``coefficients`` ``(scan_y, scan_x, basis)``, ``c_perp_bf`` and
+        ``c_perp_df`` ``(scan_y, scan_x)``, the ``masks``, ``bf_region`` and
+        ``df_region``; the dataset's scan and detector coordinates, ``basis``
+        and ``basis_region``; attrs: the calibration, ``compression_mode``,
+        ``basis_kind``, ``basis_attrs``, ``source_shape`` and ``source_dtype``.
+
+    Raises
+    ------
+    MissingCalibrationError
+        For an uncalibrated detector.
+    InvalidArgumentError
+        For a basis of another detector shape or calibration, or one that is
+        not orthonormal or reaches outside its regions.
+
+    Examples
+    --------
+    >>> import numpy as np, stemdask
+    >>> from stemdask.compression import bases, compress
+    >>> data = stemdask.from_array(np.ones((2, 2, 16, 16), "uint16"), detector_pixel_mrad=1.0, semiangle_mrad=4.0)
+    >>> c = compress(data, bases.make_basis(data, "zernike", n_bf=3), mode="intensity")
+    >>> c.coefficients.shape
+    (2, 2, 4)
+    """
+    validate(data)
+    require_calibrated_detector(data)
+    mode = check_mode(mode)
+    dtype = np.dtype(resolve_dtype(dtype))
+    if not (isinstance(batch_bytes, (int, np.integer)) and batch_bytes > 0):
+        raise bad_value("batch_bytes", batch_bytes, "a positive number of bytes")
+    basis = check_basis(basis, data)
+    arr = dask_data(data)
+    require_whole_frames(arr, "compression")
+    if np.dtype(data.dtype).kind == "c":
+        raise bad_value("data", f"<dataset of dtype {data.dtype}>", "real intensities")
+    weights = mask_weights(basis.rename(basis="mask"))
+    regions = _region_weights(basis)
+    n = weights.n_masks
+    w = dask.delayed(weights, pure=True, traverse=False)
+    r = dask.delayed(regions, pure=True, traverse=False)
+    out = da.map_blocks(
+        _kernel,
+        arr,
+        w,
+        r,
+        mode == "amplitude",
+        dtype,
+        int(batch_bytes),
+        drop_axis=(2, 3),
+        new_axis=2,
+        chunks=(arr.chunks[0], arr.chunks[1], (n + 2,)),
+        dtype=dtype,
+        meta=engine_meta(arr, 3, dtype),
+        name="compress-" + dask.base.tokenize(arr, w, r, mode, dtype, batch_bytes),
+    )
+    coefficients = out[..., :n]
+    labels = np.asarray([str(v) for v in basis.coords["basis_region"].values])
+    perp = {}
+    for i, region in enumerate(REGIONS):
+        inside = np.flatnonzero(labels == region)
+        captured = (coefficients[..., inside] ** 2).sum(axis=-1) if inside.size else 0.0
+        perp[region] = da.sqrt(da.maximum(out[..., n + i] - captured, 0)).astype(dtype)
+    coords: dict[str, Any] = {d: data.coords[d] for d in (*SCAN_DIMS, *DETECTOR_DIMS)}
+    coords["basis"] = np.arange(n)
+    coords["basis_region"] = ("basis", labels)
+    attrs: dict[str, Any] = {k: data.attrs[k] for k in CALIBRATION_ATTRS if k in data.attrs}
+    basis_attrs = {k: v for k, v in basis.attrs.items() if k != "regions"}
+    attrs.update(
+        {
+            "compression_mode": mode,
+            "basis_kind": str(basis.attrs.get("basis_kind", "custom")),
+            "basis_attrs": _jsonable_attrs(basis_attrs),
+            "regions": _jsonable_attrs(dict(basis.attrs.get("regions", {}))),
+            "source_shape": [int(s) for s in data.shape],
+            "source_dtype": str(np.dtype(data.dtype)),
+            "source": str(data.attrs.get("source", data.name or "dataset")),
+            "units": data.attrs.get("units", "counts"),
+        }
+    )
+    unit = "sqrt(counts)" if mode == "amplitude" else data.attrs.get("units", "counts")
+    scan_vars = (*SCAN_DIMS, "basis")
+    return xr.Dataset(
+        {
+            "coefficients": (scan_vars, coefficients, {"long_name": "mask coefficients <m_i, d>", "units": unit}),
+            "c_perp_bf": (SCAN_DIMS, perp["bf"], {"long_name": "BF part not in the basis (Eq. 11)", "units": unit}),
+            "c_perp_df": (SCAN_DIMS, perp["df"], {"long_name": "DF part not in the basis (Eq. 11)", "units": unit}),
+            "masks": (("basis", *DETECTOR_DIMS), np.asarray(basis.values, np.float64), {"long_name": "basis masks"}),
+            "bf_region": (DETECTOR_DIMS, np.asarray(basis.coords["bf_region"].values, bool)),
+            "df_region": (DETECTOR_DIMS, np.asarray(basis.coords["df_region"].values, bool)),
+        },
+        coords=coords,
+        attrs=attrs,
+    )
+
+
+def basis_of(compressed: xr.Dataset) -> xr.DataArray:
+    """The basis ``(basis, k_y, k_x)`` of a compressed Dataset, as :mod:`bases` builds them."""
+    compressed = require_compressed(compressed)
+    masks = compressed["masks"]
+    values = masks.values
+    out = xr.DataArray(
+        np.asarray(values, np.float64),
+        dims=("basis", *DETECTOR_DIMS),
+        coords={
+            "basis": compressed.coords["basis"].values,
+            "basis_region": ("basis", np.asarray(compressed.coords["basis_region"].values, dtype=str)),
+            "k_y": compressed.coords["k_y"],
+            "k_x": compressed.coords["k_x"],
+            "bf_region": (DETECTOR_DIMS, np.asarray(compressed["bf_region"].values, bool)),
+            "df_region": (DETECTOR_DIMS, np.asarray(compressed["df_region"].values, bool)),
+        },
+        attrs={**dict(compressed.attrs.get("basis_attrs", {})), "regions": dict(compressed.attrs.get("regions", {}))},
+        name="basis",
+    )
+    basis_regions(out)  # a check that the regions are there
+    return out
+
+
+def decompress(compressed: xr.Dataset, *, output: str = "intensity") -> xr.DataArray:
+    """Approximate patterns from a compressed Dataset, lazily, through the engine's adjoint.
+
+    ``d_hat = sum_i c_i m_i`` (the least-squares approximation of ``d`` in the
+    span of the orthonormal basis; zero in the unmeasured region).
+
+    Parameters
+    ----------
+    compressed : xarray.Dataset
+        From :func:`compress` or a ``"compressed"`` store.
+    output : {"intensity", "projected"}
+        ``"intensity"``: patterns comparable with the data (``d_hat**2`` in
+        amplitude mode, ``d_hat`` in intensity mode); ``"projected"``:
+        ``d_hat`` itself.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy ``(scan_y, scan_x, k_y, k_x)`` float dataset with the source's
+        coordinates and calibration.
+    """
+    compressed = require_compressed(compressed)
+    if output not in ("intensity", "projected"):
+        raise bad_value("output", output, "'intensity' or 'projected'")
+    coefficients = compressed["coefficients"].rename(basis="mask").drop_vars(["basis_region"], errors="ignore")
+    masks = compressed["masks"].rename(basis="mask").drop_vars(["basis_region"], errors="ignore")
+    patterns = back_project(coefficients, masks)
+    if output == "intensity" and compressed.attrs["compression_mode"] == "amplitude":
+        patterns = patterns**2
+    attrs = {k: compressed.attrs[k] for k in CALIBRATION_ATTRS if k in compressed.attrs}
+    attrs["units"] = compressed.attrs.get("units", "counts") if output == "intensity" else "sqrt(counts)"
+    attrs["source"] = f"decompressed from {compressed.attrs.get('source', 'a compressed dataset')}"
+    attrs["long_name"] = "patterns from compressed coefficients"
+    out = xr.DataArray(patterns.data, dims=patterns.dims, coords=patterns.coords, attrs=attrs, name="intensity")
+    return validate(out)
+
+
+__all__ = [
+    "COMPRESSED_VARS",
+    "ORTHONORMAL_ATOL",
+    "basis_of",
+    "check_basis",
+    "compress",
+    "compress_block",
+    "decompress",
+    "require_compressed",
+]
