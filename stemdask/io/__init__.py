@@ -36,6 +36,7 @@ import xarray as xr
 from ..errors import FileFormatError
 from .hdf5 import open_hdf5
 from .layouts import convert_representation, file_reader_for
+from .publish import describe_interrupted
 from .raw import open_npy, open_raw
 from .rsciio_reader import open_rsciio, rsciio_plugin
 from .zarr_store import DatasetWriter, open_zarr, save, store_nbytes
@@ -94,7 +95,8 @@ def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
         return open_zarr(text, **kwargs)
     p = Path(text).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"no file or store at {text!r}")
+        hint = describe_interrupted(p)
+        raise FileNotFoundError(f"no file or store at {text!r}" + (f": {hint}" if hint else ""))
     if _is_zarr(p):
         return open_zarr(p, **kwargs)
     if p.is_dir():
