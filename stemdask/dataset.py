@@ -186,7 +186,7 @@ def _check_chunks(chunks: Any) -> Any:
 def _is_size(value: Any, allow_whole: bool = True) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         return False
-    return value >= 1 or (allow_whole and value == -1)
+    return bool(value >= 1 or (allow_whole and value == -1))
 
 
 def from_array(

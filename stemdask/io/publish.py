@@ -34,7 +34,6 @@ import glob
 import os
 import shutil
 import socket
-import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -352,18 +351,16 @@ def compute_writes(tasks: Sequence[Any], *, progress: bool = False, description:
     if client is None:
         if not progress:
             return list(dask.compute(*tasks))
-        from tqdm.dask import TqdmCallback
+        from ..progress import local_progress  # a bar on a terminal, plain lines in a log
 
-        with TqdmCallback(desc=description, file=sys.stderr):
+        with local_progress(description):
             return list(dask.compute(*tasks))
     futures = client.compute(list(tasks))
     try:
         if progress:
-            from distributed import progress as distributed_progress
+            from ..progress import follow_futures
 
-            print(description, file=sys.stderr, flush=True)
-            distributed_progress(futures, notebook=False)
-            print(file=sys.stderr, flush=True)
+            follow_futures(futures, description)
         return list(client.gather(futures))
     except BaseException:
         client.cancel(futures)
