@@ -1,4 +1,4 @@
-"""The ``stemdask`` command: ``info``, ``convert``, ``compress`` and ``demo``.
+"""The ``stemdask`` command: ``info``, ``convert``, ``compress``, ``verify`` and ``demo``.
 
 Every command takes ``--scheduler ADDRESS`` to compute on an existing dask
 cluster; without it ``convert`` and ``demo`` start a local one.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -15,6 +17,47 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StemdaskError
+
+#: Python keywords named in error messages -> the CLI option that sets the same thing
+_OPTIONS = {
+    "overwrite": "--overwrite",
+    "allow_incomplete": "--allow-incomplete",
+    "dataset": "--dataset",
+    "scan_shape": "--scan-shape",
+    "shape": "--shape",
+    "dtype": "--dtype",
+    "byte_order": "--byte-order",
+    "header_bytes": "--header-bytes",
+    "energy_ev": "--energy-ev",
+    "semiangle_mrad": "--semiangle-mrad",
+    "scan_step_A": "--scan-step-A",
+    "detector_pixel_mrad": "--detector-pixel-mrad",
+    "codec": "--codec",
+    "chunks": "--chunks",
+    "shards": "--shards",
+    "n_workers": "--workers",
+}
+_KEYWORD = re.compile(r"(?<![\w.-])(" + "|".join(sorted(_OPTIONS, key=len, reverse=True)) + r")=(True\b)?")
+
+
+def cli_advice(message: str) -> str:
+    """An error message with its Python advice ("pass overwrite=True") given as CLI options ("--overwrite")."""
+
+    def option(match: re.Match) -> str:
+        flag = _OPTIONS[match.group(1)]
+        return flag if match.group(2) else f"{flag}="
+
+    return _KEYWORD.sub(option, message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of workers (at least 1)")
+    return value
 
 
 def _human(nbytes: float) -> str:
@@ -39,6 +82,8 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["header_bytes"] = args.header_bytes
     if getattr(args, "scan_shape", None):
         opts["scan_shape"] = tuple(args.scan_shape)
+    if getattr(args, "allow_incomplete", False):
+        opts["allow_incomplete"] = True
     for key in ("energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad"):
         value = getattr(args, key, None)
         if value is not None:
@@ -60,19 +105,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     if path.is_file() and path.suffix.lower() == ".mib":
         hdr = path.with_suffix(".hdr")
         on_disk += hdr.stat().st_size if hdr.is_file() else 0
+    if path.is_file() and data.attrs.get("file_format") == "DECTRIS ARINA":
+        from .io.hdf5 import linked_files
+
+        linked = linked_files(path)  # the frames are in the data files the master links to
+        if linked:
+            info["metadata_bytes"] = on_disk
+            on_disk = sum(f.stat().st_size for f in linked)
     info["bytes_on_disk"] = on_disk
+    if path.is_dir():
+        info.update(_stored_layout(path))
     info["compression_ratio"] = (info["nbytes"] / on_disk) if on_disk else None
     origin = data.attrs.get("file_format")
     info["file_format"] = f"zarr v3 store{f' (converted from {origin})' if origin else ''}" if path.is_dir() else origin
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(info, indent=2, default=str))  # print ends the document with a newline
         return 0
     print(f"{args.path}")
     print(f"  shape (scan_y, scan_x, k_y, k_x): {info['shape']}")
-    print(f"  dtype: {info['dtype']}    chunks: {info['chunks']}")
+    print(f"  dtype: {info['dtype']}    read in dask chunks of {info['chunks']}")
+    if "stored_chunks" in info:
+        shards = info["stored_shards"] or "none (one file per chunk)"
+        print(f"  stored chunks: {info['stored_chunks']}    shards: {shards}    codecs: {', '.join(info['codecs'])}")
     print(f"  size in memory: {_human(info['nbytes'])}")
     if on_disk:
         print(f"  bytes on disk: {_human(on_disk)}    compression ratio: {info['compression_ratio']:.2f}x")
+    if info.get("metadata_bytes"):
+        print(f"  (data files; the master file holds {_human(info['metadata_bytes'])} of metadata)")
     if info["file_format"]:
         print(f"  format: {info['file_format']}")
     units = {
@@ -167,6 +226,24 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stored_layout(path: Path) -> dict[str, Any]:
+    """Stored inner chunks, shards and codecs of a zarr store's 4-D array (empty when there is none)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    name = group.attrs.get("stemdask_variable", "intensity")
+    if name not in group or not isinstance(group[name], zarr.Array) or group[name].ndim != 4:
+        return {}
+    array = group[name]
+    codecs = array.metadata.codecs
+    inner = getattr(codecs[0], "codecs", codecs) if array.shards is not None else codecs
+    return {
+        "stored_chunks": tuple(array.chunks),
+        "stored_shards": tuple(array.shards) if array.shards is not None else None,
+        "codecs": [type(c).__name__ for c in inner],
+    }
+
+
 def _tile(values: list[int] | None) -> tuple[int, int] | None:
     return tuple(values) if values else None
 
@@ -201,6 +278,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .cluster import session
+    from .io.verify import verify
+
+    with (
+        session(args.scheduler, n_workers=args.workers, dashboard_address=":0", quiet=args.json)
+        if args.cluster or args.scheduler
+        else nullcontext()
+    ):
+        report = verify(args.store, progress=not (args.quiet or args.json))
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else str(report))
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -215,7 +306,10 @@ def _add_reader_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", help="raw files: pixel dtype, e.g. uint16")
     g.add_argument("--byte-order", choices=["native", "little", "big"], help="raw files: byte order")
     g.add_argument("--header-bytes", type=int, help="raw files: bytes before the first frame")
-    g.add_argument("--scan-shape", type=int, nargs=2, metavar=("Y", "X"), help="scan of a frame stack")
+    g.add_argument("--scan-shape", type=int, nargs=2, metavar=("Y", "X"), help="scan of a frame stack (.mib too)")
+    g.add_argument(
+        "--allow-incomplete", action="store_true", help="zarr stores: read what an unfinished or damaged store holds"
+    )
     c = p.add_argument_group("calibration (fills in or overrides the file's)")
     c.add_argument("--energy-ev", dest="energy_ev", type=float)
     c.add_argument("--semiangle-mrad", dest="semiangle_mrad", type=float)
@@ -246,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--quiet", action="store_true", help="no progress bar")
     conv.add_argument("--scheduler", help="dask scheduler address to compute on")
     conv.add_argument("--cluster", action="store_true", help="start a local cluster for the conversion")
-    conv.add_argument("--workers", type=int, default=None, help="workers of a started local cluster")
+    conv.add_argument("--workers", type=_positive_int, default=None, help="workers of a started local cluster")
     _add_reader_args(conv)
     conv.set_defaults(func=cmd_convert)
 
@@ -270,10 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reader_args(comp)
     comp.set_defaults(func=cmd_compress)
 
+    ver = sub.add_parser("verify", help="check every chunk of a store (checksums, missing or cut files)")
+    ver.add_argument("store")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument("--quiet", action="store_true", help="no progress bar")
+    ver.add_argument("--scheduler", help="dask scheduler address to compute on")
+    ver.add_argument("--cluster", action="store_true", help="start a local cluster for the check")
+    ver.add_argument("--workers", type=_positive_int, default=None, help="workers of a started local cluster")
+    ver.set_defaults(func=cmd_verify)
+
     demo = sub.add_parser("demo", help="simulate, store and analyse a dataset end to end on a local cluster")
     demo.add_argument("--output", default="stemdask-demo", help="folder for the store, PNGs and report")
     demo.add_argument("--scheduler", help="dask scheduler address to compute on")
-    demo.add_argument("--workers", type=int, default=2, help="workers of the started local cluster")
+    demo.add_argument("--workers", type=_positive_int, default=2, help="workers of the started local cluster")
     demo.add_argument("--quick", action="store_true", help="a smaller dataset (seconds)")
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -283,9 +386,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (StemdaskError, FileNotFoundError, FileExistsError) as err:
-        print(f"stemdask {args.command}: error: {err}", file=sys.stderr)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        # the reader (head, less) has gone: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (StemdaskError, OSError) as err:  # OSError: missing, existing or unwritable files, named
+        print(f"stemdask {args.command}: error: {cli_advice(str(err))}", file=sys.stderr)
         return 2
 
 

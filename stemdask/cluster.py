@@ -24,6 +24,7 @@ from typing import Any
 from distributed import Client
 
 from .backend import gpu_available
+from .checks import integer
 from .errors import MissingDependencyError, StemdaskError, bad_value
 
 KINDS = ("local", "cuda", "slurm")
@@ -73,6 +74,9 @@ def start(
     """
     if kind not in KINDS:
         raise bad_value("kind", kind, f"one of {KINDS}")
+    if n_workers is not None:
+        # 0 workers would connect and then wait forever for a worker to run the first task
+        n_workers = integer("n_workers", n_workers, expected="a positive number of workers (or None for the default)")
     if kind == "local":
         from distributed import LocalCluster
 
@@ -145,7 +149,7 @@ def session(scheduler: str | None = None, kind: str = "local", **options: Any) -
     >>> with session(n_workers=2) as client:  # doctest: +SKIP
     ...     data.stem.virtual_image(...).compute()
     """
-    client = connect(scheduler) if scheduler else start(kind, **options)
+    client = connect(scheduler, quiet=options.get("quiet", False)) if scheduler else start(kind, **options)
     try:
         yield client
     finally:

@@ -28,7 +28,6 @@ raise :class:`~stemdask.errors.MissingCalibrationError`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -122,6 +121,8 @@ def detector_coords(n: int, pixel_mrad: float | None, center_px: float, dim: str
 
 
 def _as_dask(array: Any, chunks: Any) -> da.Array:
+    if chunks is not None:
+        chunks = _check_chunks(chunks)
     if isinstance(array, xr.DataArray):
         array = array.data
     if isinstance(array, da.Array):
@@ -139,8 +140,20 @@ def _as_dask(array: Any, chunks: Any) -> da.Array:
         raise bad_value(
             "array", f"<{arr.ndim}-D array of shape {arr.shape}>", "a 4-D array ordered (scan_y, scan_x, k_y, k_x)"
         )
-    if arr.dtype.kind not in "uifc":
-        raise bad_value("array", f"<array of dtype {arr.dtype}>", "a numeric dtype")
+    if arr.dtype.kind == "c":
+        # intensities are real: a complex array would lose its imaginary part in every detector
+        raise bad_value(
+            "array",
+            f"<array of dtype {arr.dtype}>",
+            "real intensities (integer or float); for complex waves pass abs(psi)**2 (intensities) "
+            "or the real and imaginary parts as two datasets",
+        )
+    if arr.dtype.kind not in "uif":
+        raise bad_value("array", f"<array of dtype {arr.dtype}>", "a numeric dtype (integer or float)")
+    if 0 in arr.shape:
+        raise bad_value(
+            "array", f"<array of shape {arr.shape}>", "at least one probe position and one detector pixel per dim"
+        )
     if not arr.dtype.isnative:
         # numba and CuPy need native byte order; values are unchanged
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -149,13 +162,31 @@ def _as_dask(array: Any, chunks: Any) -> da.Array:
             # a lazy input keeps its scan tiling; frames become whole
             return arr if len(arr.chunks[2]) == len(arr.chunks[3]) == 1 else arr.rechunk({2: -1, 3: -1})
         chunks = default_chunks(arr.shape, arr.dtype.itemsize)
-    chunks = tuple(chunks) if not isinstance(chunks, (str, int)) else chunks
-    if isinstance(chunks, tuple):
-        if len(chunks) == 2:
-            chunks = (*chunks, -1, -1)
-        if len(chunks) != 4:
-            raise bad_value("chunks", chunks, "(scan_y, scan_x) or (scan_y, scan_x, k_y, k_x) chunk sizes")
-    return arr.rechunk(chunks)
+    return arr.rechunk(_check_chunks(chunks))
+
+
+def _check_chunks(chunks: Any) -> Any:
+    """Dask chunks of a dataset: (scan_y, scan_x) or 4 sizes, each a positive integer or -1 (whole dim)."""
+    expected = "(scan_y, scan_x) or (scan_y, scan_x, k_y, k_x) chunk sizes: positive integers, or -1 for a whole dim"
+    if isinstance(chunks, (str, int, float)) or not isinstance(chunks, (Sequence, np.ndarray)):
+        raise bad_value("chunks", chunks, expected)
+    items = tuple(chunks)
+    if len(items) == 2:
+        items = (*items, -1, -1)
+    for item in items:
+        if isinstance(item, (tuple, list)) and all(_is_size(i, allow_whole=False) for i in item) and item:
+            continue  # explicit dask chunks along a dim
+        if not _is_size(item):
+            raise bad_value("chunks", chunks, expected)
+    if len(items) != 4:
+        raise bad_value("chunks", chunks, expected)
+    return items
+
+
+def _is_size(value: Any, allow_whole: bool = True) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return False
+    return bool(value >= 1 or (allow_whole and value == -1))
 
 
 def from_array(
@@ -249,10 +280,9 @@ def from_array(
     if pixel is not None:
         out_attrs["detector_pixel_mrad"] = pixel
     out_attrs["beam_center_px"] = center
-    rot = float(scan_rotation_deg)
-    if not math.isfinite(rot):
-        raise bad_value("scan_rotation_deg", scan_rotation_deg, "a finite angle in degrees")
-    out_attrs["scan_rotation_deg"] = rot
+    out_attrs["scan_rotation_deg"] = number(
+        "scan_rotation_deg", scan_rotation_deg, signed=True, expected="a finite angle in degrees"
+    )
     if dose_e_per_pattern is not None:
         out_attrs["dose_e_per_pattern"] = _positive_scalar("dose_e_per_pattern", dose_e_per_pattern)
     if not isinstance(units, str) or not units:
@@ -403,3 +433,7 @@ def describe(data: xr.DataArray) -> dict[str, Any]:
         "nbytes": int(data.nbytes),
         **{k: data.attrs.get(k) for k in keys},
     }
+
+
+# the `.stem` accessor is registered with the data model, whichever module a session imports first
+from . import accessor as _accessor  # noqa: E402, F401

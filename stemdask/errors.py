@@ -35,6 +35,14 @@ class IncompleteStoreError(FileFormatError):
     """A zarr store was not completely written (interrupted or failed write)."""
 
 
+class CorruptChunkError(FileFormatError):
+    """A stored chunk fails its checksum, does not decode, or has the wrong size."""
+
+
+class MissingChunkError(FileFormatError):
+    """A chunk or shard that a store's manifest lists is not there."""
+
+
 class MissingCalibrationError(InvalidArgumentError):
     """An operation needs a calibration the dataset does not carry."""
 

@@ -24,7 +24,10 @@ settings.register_profile("stemdask", derandomize=True, database=None)
 settings.load_profile("stemdask")
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout; STEMDASK_SHARED_DATA points elsewhere (a git worktree, say)
+SHARED_DATA = Path(
+    os.environ.get("STEMDASK_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 def _has_gpu() -> bool:

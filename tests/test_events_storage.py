@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 import stemdask
 import stemdask.events as ev
-from stemdask.errors import FileFormatError, IncompleteStoreError
+from stemdask.errors import FileFormatError, IncompleteStoreError, MissingChunkError
 from stemdask.events import storage
 
 
@@ -101,8 +101,18 @@ def test_truncated_and_incomplete_stores_raise(tmp_path, rng):
     def copy():
         shutil.rmtree(fresh, ignore_errors=True)
         shutil.copytree(path, fresh)
+        # the store's manifest would refuse these stores at open (tested below): without it the
+        # event layout's own checks are what catches each case
+        shutil.rmtree(fresh / "stemdask_manifest")
         return fresh
 
+    # with its manifest, a lost shard file is refused at open, naming the file
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(path, fresh)
+    shard = sorted((fresh / "indices" / "c").iterdir())[1]
+    shard.unlink()
+    with pytest.raises(MissingChunkError, match="indices/c/1' \\(missing"):
+        ev.open_event_store(fresh)
     # a shard file lost: zarr would read zeros; the checksum catches it
     store = copy()
     shard = sorted((store / "indices" / "c").iterdir())[1]

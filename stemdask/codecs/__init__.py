@@ -85,3 +85,17 @@ def resolve_codec(codec: Any) -> CodecChoice:
         else:
             raise bad_type("codec", item, "a codec name or a zarr v3 ArrayBytesCodec/BytesBytesCodec")
     return CodecChoice(serializer=serializer, compressors=tuple(compressors))
+
+
+def with_checksum(compressors: Any) -> tuple[Any, ...]:
+    """``compressors`` with a crc32c checksum appended (once), for every inner chunk.
+
+    The checksum is the last bytes-to-bytes step, so it covers the compressed
+    bytes as stored: a flipped bit or a cut chunk fails on read instead of
+    decoding to wrong values (blosc and zstd frames carry no checksum of their
+    own by default). The shard index carries its own crc32c already.
+    """
+    items = tuple(compressors or ())
+    if items and isinstance(items[-1], zarr.codecs.Crc32cCodec):
+        return items
+    return (*items, zarr.codecs.Crc32cCodec())

@@ -27,15 +27,18 @@ reader and the representations are registered by ``stemdask.events`` through
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, InvalidArgumentError
 from .hdf5 import open_hdf5
 from .layouts import convert_representation, file_reader_for
+from .publish import describe_interrupted
 from .raw import open_npy, open_raw
 from .rsciio_reader import open_rsciio, rsciio_plugin
 from .zarr_store import DatasetWriter, open_zarr, save, store_nbytes
@@ -86,6 +89,31 @@ def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = 
     return convert_representation(data, representation)
 
 
+def _keywords(reader: Any) -> set[str]:
+    """Keywords ``reader`` takes; with ``**calibration`` also those of :func:`stemdask.from_array`."""
+    from ..dataset import from_array
+
+    params = inspect.signature(reader).parameters.values()
+    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        names |= set(inspect.signature(from_array).parameters) - {"array", "attrs", "name", "source"}
+    return names - {"path", "store"}
+
+
+def _call(reader: Any, path: Any, kind: str, kwargs: dict[str, Any]) -> xr.DataArray:
+    """Call a reader, refusing keywords it does not take with an error naming them and the file."""
+    known = _keywords(reader)
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InvalidArgumentError(
+                f"open_dataset({str(path)!r}, {key}=...): {key!r} is not an option for {kind}; "
+                f"{hint}options: {', '.join(sorted(known))}"
+            )
+    return reader(path, **kwargs)
+
+
 def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
     if not isinstance(path, (str, os.PathLike)):
         return open_zarr(path, **kwargs)  # a zarr store object
@@ -94,23 +122,25 @@ def _open(path: str | os.PathLike | Any, **kwargs: Any) -> xr.DataArray:
         return open_zarr(text, **kwargs)
     p = Path(text).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"no file or store at {text!r}")
+        hint = describe_interrupted(p)
+        raise FileNotFoundError(f"no file or store at {text!r}" + (f": {hint}" if hint else ""))
     if _is_zarr(p):
-        return open_zarr(p, **kwargs)
+        return _call(open_zarr, p, "a zarr store", kwargs)
     if p.is_dir():
         raise FileFormatError(f"{text!r} is a directory but not a zarr v3 store (no zarr.json)")
     suffix = p.suffix.lower()
     if suffix in _HDF5 or (suffix == ".emd" and _looks_like_hdf5(p)):
         reader = file_reader_for(p, suffix) if "dataset" not in kwargs else None
         if reader is not None:
-            return reader.open(p, **kwargs)
-        return open_hdf5(p, **kwargs)
+            return _call(reader.open, p, f"a {reader.name} file", kwargs)
+        return _call(open_hdf5, p, "an HDF5 file", kwargs)
     if suffix == ".npy":
-        return open_npy(p, **kwargs)
+        return _call(open_npy, p, "a .npy file", kwargs)
     if suffix in _RAW or "shape" in kwargs:
-        return open_raw(p, **kwargs)
-    if rsciio_plugin(p) is not None:
-        return open_rsciio(p, **kwargs)
+        return _call(open_raw, p, "a raw file", kwargs)
+    plugin = rsciio_plugin(p)
+    if plugin is not None:
+        return _call(open_rsciio, p, f"a {plugin['name']} ({suffix}) file", kwargs)
     raise FileFormatError(
         f"cannot tell the format of {text!r} (suffix {suffix!r}); supported: zarr stores, "
         f"HDF5 {sorted(_HDF5)}, .npy, raw {sorted(_RAW)} with shape= and dtype=, and the "

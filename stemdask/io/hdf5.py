@@ -252,3 +252,26 @@ def _arina_metadata(master: Path) -> dict[str, Any]:
         if "Rotation" in a:
             out["scan_rotation_deg"] = float(np.asarray(a["Rotation"]).ravel()[0])
         return out
+
+
+def linked_files(path: str | os.PathLike) -> list[Path]:
+    """The files that external links of an HDF5 file point to (that exist), e.g. ARINA's data files.
+
+    A master file holds metadata; its frames are in these files, so they are
+    what a dataset occupies on disk.
+    """
+    h5py = _h5py()
+    path = Path(path)
+    found: dict[Path, None] = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name: str) -> None:
+            link = f.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                target = Path(link.filename)
+                target = target if target.is_absolute() else path.parent / target
+                if target.is_file():
+                    found[target.resolve()] = None
+
+        f.visit_links(visit)
+    return list(found)

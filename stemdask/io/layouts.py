@@ -114,6 +114,19 @@ _LAYOUTS: dict[str, Layout] = {}
 _FILE_READERS: dict[str, FileReader] = {}
 _REPRESENTATIONS: dict[str, Callable[[xr.DataArray], xr.DataArray]] = {}
 
+#: modules that register layouts, readers or representations at import: imported on the
+#: first lookup (``import stemdask`` is lazy, so a lookup may come before they were imported)
+PLUGIN_MODULES: tuple[str, ...] = ("stemdask.events", "stemdask.compression")
+
+
+def _load_plugins() -> None:
+    import importlib
+    import sys
+
+    for module in PLUGIN_MODULES:
+        if module not in sys.modules:
+            importlib.import_module(module)
+
 
 def register_layout(layout: Layout, *, replace: bool = False) -> Layout:
     """Add ``layout`` to the registry (``replace=True`` to redefine a name); return it."""
@@ -139,6 +152,7 @@ def unregister_layout(name: str) -> Layout:
 
 def known_layouts() -> list[str]:
     """Names of the registered layouts, in registration order."""
+    _load_plugins()
     return list(_LAYOUTS)
 
 
@@ -151,6 +165,7 @@ def get_layout(name: str, store: Any = None) -> Layout:
         For a name this stemdask does not know, naming the store, the layout
         and the known ones.
     """
+    _load_plugins()
     try:
         return _LAYOUTS[name]
     except (KeyError, TypeError):
@@ -171,6 +186,7 @@ def layout_for(data: Any) -> Layout:
         When no layout claims ``data`` (a stemdask DataArray is always
         claimed by ``"dense"``).
     """
+    _load_plugins()
     for layout in reversed(_LAYOUTS.values()):
         if layout.claims(data):
             return layout
@@ -193,6 +209,7 @@ def register_file_reader(reader: FileReader, *, replace: bool = False) -> FileRe
 
 def file_reader_for(path: Any, suffix: str) -> FileReader | None:
     """The registered file reader that detects ``path`` (of lower-case ``suffix``), if any."""
+    _load_plugins()
     for reader in _FILE_READERS.values():
         if suffix in reader.suffixes and reader.detect(path):
             return reader
@@ -214,6 +231,7 @@ def register_representation(
 
 def convert_representation(data: xr.DataArray, representation: str) -> xr.DataArray:
     """``data`` in the registered ``representation``."""
+    _load_plugins()
     try:
         convert = _REPRESENTATIONS[representation]
     except (KeyError, TypeError):

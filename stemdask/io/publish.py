@@ -10,7 +10,11 @@ Header
 Atomic publish
     :func:`atomic_path` writes a local store (a directory or a single file)
     under a hidden sibling name ``.NAME.partial-XXXXXXXX`` and renames it into
-    place only when the write finished; a failed write removes it.
+    place only when the write finished; a failed write removes it. The
+    writing process holds a lock beside it (``...partial-XXXXXXXX.lock``), so
+    what a killed write left is told from a running write: it is named when
+    the target is opened (:func:`describe_interrupted`) and removed by the
+    next successful write of the same store.
 
 Write tasks
     Data are written by dask tasks on the workers, never by the client.
@@ -24,10 +28,12 @@ Write tasks
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import glob
 import os
 import shutil
-import sys
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +44,7 @@ import dask
 import zarr
 
 from ..errors import FileFormatError, IncompleteStoreError
+from . import manifest
 
 COMPLETE_ATTR = "stemdask_complete"
 LAYOUT_ATTR = "stemdask_layout"
@@ -47,6 +54,8 @@ FORMAT_ATTR = "stemdask_format"
 GUARD_NAME = ".stemdask-writing"
 #: present once a save failed: tasks that have not yet written skip their write
 ABORT_NAME = ".stemdask-abort"
+#: beside a temporary store: locked by the process writing it (free once that process ended)
+PARTIAL_LOCK_SUFFIX = ".lock"
 
 
 # ----------------------------------------------------------------------------
@@ -79,6 +88,7 @@ def check_header(store: Any, attrs: dict[str, Any], version: int, *, allow_incom
     Raises
     ------
     IncompleteStoreError, FileFormatError
+        (MissingChunkError, CorruptChunkError: files differ from the manifest)
     """
     if not attrs.get(COMPLETE_ATTR, False) and not allow_incomplete:
         raise IncompleteStoreError(
@@ -92,10 +102,13 @@ def check_header(store: Any, attrs: dict[str, Any], version: int, *, allow_incom
             f"{attrs.get(LAYOUT_ATTR, 'dense')!r}, newer than this stemdask reads ({version}): "
             f"upgrade stemdask"
         )
+    if attrs.get(COMPLETE_ATTR, False) and not allow_incomplete:
+        manifest.check(store)  # a missing, cut or grown chunk/shard file is an error, not zeros
 
 
 def mark_complete(store: Any) -> None:
-    """Set ``stemdask_complete`` (the last write of every store)."""
+    """Record the manifest of what was written (:mod:`.manifest`), then set ``stemdask_complete`` (last)."""
+    manifest.record(store)
     zarr.open_group(store, mode="r+", zarr_format=3).attrs.update({COMPLETE_ATTR: True})
 
 
@@ -149,28 +162,128 @@ def abandon(tmp: Path) -> None:
         os.close(fd)
 
 
+def _writable_folder(final: Path) -> None:
+    """Create the folder of ``final``, or raise an error naming the store and the folder."""
+    existing = next(p for p in (final.parent, *final.parent.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"cannot create the store {str(final)!r}: {str(existing)!r} is a file, not a folder"
+        )
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(
+            err.errno, f"cannot create the folder {str(final.parent)!r} for the store {str(final)!r}: {err.strerror}"
+        ) from None
+
+
+def _owner_lock(tmp: Path, final: Path) -> int:
+    """Create and lock ``tmp``'s lock file (held while this process writes); return its descriptor."""
+    lock = tmp.with_name(tmp.name + PARTIAL_LOCK_SUFFIX)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_WRONLY, 0o644)
+    except OSError as err:
+        raise type(err)(
+            err.errno, f"cannot write the store {str(final)!r} in {str(final.parent)!r}: {err.strerror}"
+        ) from None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return fd
+
+
+def _release_owner_lock(tmp: Path, fd: int) -> None:
+    tmp.with_name(tmp.name + PARTIAL_LOCK_SUFFIX).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def interrupted_writes(store: str | os.PathLike) -> list[tuple[Path, str | None]]:
+    """Temporary ``.NAME.partial-*`` stores of ``store`` left by writes; ``(path, writer)`` each.
+
+    ``writer`` is None when the write that made it has ended (its process died
+    or was killed: the store is stale), else who holds it ("pid N on HOST").
+    """
+    final = Path(store).expanduser().absolute()
+    out: list[tuple[Path, str | None]] = []
+    if not final.parent.is_dir():
+        return out
+    for tmp in sorted(final.parent.glob(f".{glob.escape(final.name)}.partial-*")):
+        if tmp.name.endswith(PARTIAL_LOCK_SUFFIX):
+            continue
+        lock = tmp.with_name(tmp.name + PARTIAL_LOCK_SUFFIX)
+        writer = None
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                writer = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            finally:
+                os.close(fd)
+        out.append((tmp, writer))
+    return out
+
+
+def remove_stale_writes(store: str | os.PathLike) -> list[Path]:
+    """Remove the temporary stores of ``store`` whose writes have ended; return their paths."""
+    removed = []
+    for tmp, writer in interrupted_writes(store):
+        if writer is None:
+            _remove(tmp)
+            tmp.with_name(tmp.name + PARTIAL_LOCK_SUFFIX).unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def describe_interrupted(store: str | os.PathLike) -> str:
+    """A sentence about interrupted writes of ``store`` (empty when there are none), for errors."""
+    found = interrupted_writes(store)
+    if not found:
+        return ""
+    parts = []
+    for tmp, writer in found:
+        if writer is None:
+            parts.append(f"{str(tmp)!r} is what an interrupted write left (its process has ended)")
+        else:
+            parts.append(f"{str(tmp)!r} is being written now ({writer})")
+    return (
+        "; ".join(parts) + ". A save cannot be resumed: run the same save (or `stemdask convert ...`) again, "
+        "which writes the store and removes what interrupted writes left, or delete them (rm -r PATH)"
+    )
+
+
 @contextmanager
 def atomic_path(store: str | os.PathLike, *, overwrite: bool = False) -> Iterator[tuple[Path, Path]]:
     """Write a local store (directory or file) under a temporary sibling name.
 
     Yields ``(tmp, final)``: write everything into ``tmp``. When the block
     ends normally ``tmp`` is renamed to ``final`` (an existing store there is
-    replaced only now, when ``overwrite``); on any exception ``tmp`` is
-    removed by :func:`abandon` and ``final`` is untouched.
+    replaced only now, when ``overwrite``) and what earlier interrupted writes
+    of ``final`` left is removed; on any exception ``tmp`` is removed by
+    :func:`abandon` and ``final`` is untouched. While it writes, the process
+    holds a lock on ``tmp`` + ``.lock``, so a killed write is told from a
+    running one (:func:`interrupted_writes`).
     """
     final = Path(store).expanduser().absolute()
     if final.exists() and not overwrite:
         raise FileExistsError(f"store {str(final)!r} exists: pass overwrite=True to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _writable_folder(final)
     tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    fd = _owner_lock(tmp, final)
     try:
-        yield tmp, final
-        if tmp.is_dir():
-            (tmp / GUARD_NAME).unlink(missing_ok=True)  # every write task has ended
-        _publish(tmp, final, overwrite)
-    except BaseException:
-        abandon(tmp)
-        raise
+        try:
+            yield tmp, final
+            if tmp.is_dir():
+                (tmp / GUARD_NAME).unlink(missing_ok=True)  # every write task has ended
+            _publish(tmp, final, overwrite)
+        except BaseException:
+            abandon(tmp)
+            raise
+    finally:
+        _release_owner_lock(tmp, fd)
+    remove_stale_writes(final)
 
 
 #: the name the dense writer has always exported
@@ -238,18 +351,16 @@ def compute_writes(tasks: Sequence[Any], *, progress: bool = False, description:
     if client is None:
         if not progress:
             return list(dask.compute(*tasks))
-        from tqdm.dask import TqdmCallback
+        from ..progress import local_progress  # a bar on a terminal, plain lines in a log
 
-        with TqdmCallback(desc=description, file=sys.stderr):
+        with local_progress(description):
             return list(dask.compute(*tasks))
     futures = client.compute(list(tasks))
     try:
         if progress:
-            from distributed import progress as distributed_progress
+            from ..progress import follow_futures
 
-            print(description, file=sys.stderr, flush=True)
-            distributed_progress(futures, notebook=False)
-            print(file=sys.stderr, flush=True)
+            follow_futures(futures, description)
         return list(client.gather(futures))
     except BaseException:
         client.cancel(futures)
@@ -268,6 +379,9 @@ __all__ = [
     "check_header",
     "compute_writes",
     "create_guard",
+    "describe_interrupted",
+    "interrupted_writes",
+    "remove_stale_writes",
     "header",
     "is_local",
     "is_stemdask_store",

@@ -31,8 +31,8 @@ def _shape(shape: Any) -> tuple[int, ...]:
 def open_raw(
     path: str | os.PathLike,
     *,
-    shape: Sequence[int],
-    dtype: Any,
+    shape: Sequence[int] | None = None,
+    dtype: Any = None,
     byte_order: str = "native",
     header_bytes: int = 0,
     frame_header_bytes: int = 0,
@@ -71,6 +71,14 @@ def open_raw(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no raw file at {str(path)!r}")
+    if shape is None or dtype is None:
+        missing = "shape" if shape is None else "dtype"
+        raise bad_value(
+            missing,
+            None,
+            f"the layout of the raw file {str(path)!r}: shape=(scan_y, scan_x, k_y, k_x) (or (n_frames, k_y, k_x) "
+            f"with scan_shape=(scan_y, scan_x)) and dtype=, e.g. 'uint16' (a raw file does not say)",
+        )
     dims = _shape(shape)
     if byte_order not in _BYTE_ORDERS:
         raise bad_value("byte_order", byte_order, f"one of {sorted(_BYTE_ORDERS)}")
@@ -122,7 +130,9 @@ def _frame_chunks(dims: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     return default_chunks(dims, dtype.itemsize)
 
 
-def open_npy(path: str | os.PathLike, *, chunks: Any = None, **calibration: Any) -> xr.DataArray:
+def open_npy(
+    path: str | os.PathLike, *, chunks: Any = None, scan_shape: Sequence[int] | None = None, **calibration: Any
+) -> xr.DataArray:
     """Open a ``.npy`` file lazily (memory-mapped per chunk).
 
     A 3-D frame stack needs ``scan_shape=(scan_y, scan_x)``.
@@ -155,5 +165,6 @@ def open_npy(path: str | os.PathLike, *, chunks: Any = None, **calibration: Any)
         byte_order=order,
         header_bytes=offset,
         chunks=chunks,
+        scan_shape=scan_shape,
         **calibration,
     )

@@ -22,6 +22,7 @@ registers ``"dense"``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -36,18 +37,19 @@ import xarray as xr
 import zarr
 
 from ..checks import tile as check_tile
-from ..codecs import resolve_codec
+from ..codecs import resolve_codec, with_checksum
 from ..dataset import DIMS, dask_data, default_chunks, from_array, validate
 from ..errors import FileFormatError, IncompleteStoreError, bad_type, bad_value
+from .checked import CheckedZarrSource
 from .layouts import Layout, get_layout, layout_for, register_layout
 from .publish import (
-    COMPLETE_ATTR,
     LAYOUT_ATTR,
     atomic_directory,
     atomic_path,
     check_header,
     compute_writes,
     create_guard,
+    describe_interrupted,
     header,
     is_local,
     is_stemdask_store,
@@ -131,7 +133,8 @@ def _encoding(data: xr.DataArray, name: str, codec: Any, chunks: Any, shards: An
     inner, shard = storage_layout(
         data.shape, data.dtype.itemsize, chunks, shards, min_chunk_frames=choice.min_chunk_frames
     )
-    enc: dict[str, Any] = {"chunks": inner, "compressors": list(choice.compressors) or None}
+    # every inner chunk carries a crc32c (verified on read), whatever the codec
+    enc: dict[str, Any] = {"chunks": inner, "compressors": list(with_checksum(choice.compressors))}
     if shard is not None:
         enc["shards"] = shard
     if choice.serializer != "auto":
@@ -290,10 +293,27 @@ def read_group_attrs(store: Any) -> dict[str, Any]:
     try:
         node = zarr.open(store, mode="r")
     except FileNotFoundError:
+        if is_local(store) and Path(store).is_dir():
+            hint = describe_interrupted(store)
+            raise FileFormatError(
+                f"{str(store)!r} is a folder without zarr.json: not a zarr v3 store (or an empty one)"
+                + (f"; {hint}" if hint else "")
+            ) from None
         raise  # not a format problem: let it through unchanged
     except Exception as err:  # zarr raises several types for a non-zarr path
-        raise FileFormatError(f"{store!r} is not a readable zarr store: {err}") from err
+        raise FileFormatError(f"{str(store)!r} is not a readable zarr store: {_bad_metadata(store, err)}") from err
     return dict(node.attrs) if isinstance(node, zarr.Group) else {}
+
+
+def _bad_metadata(store: Any, err: Exception) -> str:
+    """The reason a store's metadata did not load, naming the zarr.json file that is not JSON."""
+    if isinstance(err, json.JSONDecodeError) and is_local(store):
+        for meta in sorted(Path(store).rglob("zarr.json")):
+            try:
+                json.loads(meta.read_text())
+            except (ValueError, OSError) as bad:
+                return f"metadata file {str(meta)!r} is not valid JSON ({bad})"
+    return str(err)
 
 
 def open_zarr(
@@ -329,6 +349,15 @@ def open_zarr(
     if is_local(store) and not Path(store).exists():
         raise FileNotFoundError(f"no zarr store at {str(store)!r}")
     attrs = read_group_attrs(store)
+    try:
+        return _open_store(store, attrs, chunks, allow_incomplete, variable, calibration)
+    except json.JSONDecodeError as err:
+        raise FileFormatError(f"store {str(store)!r} cannot be read: {_bad_metadata(store, err)}") from err
+
+
+def _open_store(
+    store: Any, attrs: dict, chunks: Any, allow_incomplete: bool, variable: str | None, calibration: dict
+) -> xr.DataArray:
     if is_stemdask_store(attrs):
         # the layout first: a format version means something only for a known layout
         layout = get_layout(attrs.get(LAYOUT_ATTR, LAYOUT), store)
@@ -353,7 +382,10 @@ def _open_dense(
     ds = xr.open_zarr(
         store, zarr_format=3, consolidated=False, chunks={"scan_y": tile[0], "scan_x": tile[1], "k_y": -1, "k_x": -1}
     )
-    out = ds[name]
+    # reads through CheckedZarrSource: a bad chunk is an error naming the store, array and chunk
+    source = CheckedZarrSource(store, name, tuple(array.shape), array.dtype)
+    lazy = da.from_array(source, chunks=(*tile, -1, -1), asarray=False, meta=np.empty((0,) * 4, array.dtype))
+    out = ds[name].copy(data=lazy)
     out.attrs = dict(out.attrs)
     out.encoding = {}
     return validate(out)
@@ -555,7 +587,7 @@ class DatasetWriter:
     def close(self) -> None:
         """Mark the store complete (it now opens with :func:`open_zarr`)."""
         if not self.closed:
-            self._group.attrs.update({COMPLETE_ATTR: True})
+            mark_complete(self.path)  # the manifest, then the completion marker
             self.closed = True
 
     def __enter__(self) -> DatasetWriter:

@@ -1,0 +1,17 @@
+"""Seeded corruption fuzzing in CI (small): every damaged store is a clear error, never wrong data.
+
+The larger run and its counts are in docs/integrity.md (``python benchmarks/fuzz_corruption.py``).
+"""
+
+import pytest
+
+from benchmarks.fuzz_corruption import MUTATIONS, fuzz
+
+
+@pytest.mark.parametrize("codec", ["blosc", "histogram"])
+@pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "checksums only"])
+def test_every_corruption_is_a_clear_error(tmp_path, codec, manifest):
+    counts = fuzz(codec, 25, seed=7, manifest=manifest, folder=tmp_path)
+    assert counts["clear error"] == 25, counts
+    # the seeded cases cover every kind of damage (deletion only where a manifest records the files)
+    assert {k for k in MUTATIONS if counts[f"mutation {k}"]} == set(MUTATIONS) - (set() if manifest else {"delete"})
