@@ -33,7 +33,8 @@ def tiny():
         max_angle_mrad=50,
         chunks=(4, 8),
     )
-    return data.persist(), truth
+    # in this process (not on a session-wide default client, whose futures another cluster cannot read)
+    return data.persist(scheduler="threads"), truth
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def counted():
         chunks=(4, 8),
         dose_e_per_pattern=1e4,
     )
-    return data.persist()
+    return data.persist(scheduler="threads")
 
 
 @pytest.mark.parametrize("loss", ["mse", "poisson"])
@@ -149,7 +150,7 @@ def test_defocus_refined_from_a_wrong_start():
         max_angle_mrad=50,
     )
     res = reconstruct(
-        data.persist(),
+        data.persist(scheduler="threads"),
         iterations=15,
         loss="amplitude",
         step=0.05,

@@ -57,7 +57,7 @@ def _simulate(field: np.ndarray, aberrations=None, dose=None, chunks=None):
         dose_e_per_pattern=dose,
         chunks=chunks,
     )
-    return data.persist()
+    return data.persist(scheduler="threads")
 
 
 def _r(a, b) -> float:
