@@ -166,6 +166,8 @@ def test_icom_of_a_non_periodic_scan_with_a_tilt(rng):
     default = icom(com)
     assert default.attrs["method"] == "neumann"
     assert _corr(default.values, ideal) >= 0.995
+    # spectral accuracy: the discrete Laplacian's sin(pi q h) eigenvalues left 3.4 % of the ideal's std
+    assert np.std(default.values - ideal) < 0.02 * np.std(ideal)
     # the iterated solver integrates the mean gradient as a ramp, not into a smooth background
     iterated = icom(com, method="iterative").values
     assert _corr(iterated, ideal) >= 0.995

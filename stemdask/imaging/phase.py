@@ -24,13 +24,17 @@ passes half at its cut-off. ``method="fourier"`` applies it directly
 (periodic boundaries: exact for a scan over whole periodic cells, with
 wrap-around errors at the edges of any other scan).
 
-``method="neumann"`` (the default) solves the same least-squares problem on
-the scan rectangle itself, with no assumption beyond its edges: forward
-differences ``(phi[i+1] - phi[i]) / h`` against the mean of the two
-measured gradients, whose normal equations are the Neumann Laplacian,
-diagonalised by the type-II DCT (Simchony, Chellappa & Shao, IEEE PAMI
-12(5), 1990), with the same regularisers on its eigenvalues: direct, exact
-for the discrete problem, and without the wrap-around of a non-periodic field.
+``method="neumann"`` (the default) integrates on the scan rectangle itself
+with Neumann boundaries (no gradient across its edges) and no assumption
+about what lies beyond them: the phase is extended evenly about every edge
+(the gradient field mirrored, with the sign of the normal component
+flipped), which is periodic over twice the scan without a jump, and the
+same filter is applied to it spectrally (exact ``q``; the DCT-II basis,
+cf. Simchony, Chellappa & Shao, IEEE PAMI 12(5), 1990, with the continuous
+rather than the discrete Laplacian, whose ``sin(pi q h)`` eigenvalues
+attenuated the fine detail). The mean gradient is integrated apart as the
+exact ramp ``<G> . r`` (mirrored, a ramp would become a triangle wave with
+kinks). Direct, and without the wrap-around of a non-periodic field.
 
 ``method="iterative"`` runs the paper's preconditioned gradient descent
 ``phi += mu F^-1[q . F{residual} / (...)]`` on a zero-padded canvas where
@@ -138,8 +142,8 @@ def icom(
         High-pass cut-off ``q_hp`` in 1/Å (``lambda1 = q_hp^2``); None: none
         (only the mean is removed).
     method : {"neumann", "fourier", "iterative"}
-        Direct least squares on the scan rectangle (DCT, Neumann
-        boundaries: any scan), direct Fourier integration (periodic scans
+        Direct integration of the mirrored field on the scan rectangle
+        (Neumann boundaries: any scan), direct Fourier integration (periodic scans
         only), or the paper's iterated, preconditioned gradient descent on a
         zero-padded canvas.
     n_iter : int
@@ -191,29 +195,18 @@ def icom(
 def _neumann(
     gy: np.ndarray, gx: np.ndarray, steps: tuple[float, float], q_hp: float | None, q_lp: float | None
 ) -> np.ndarray:
-    """Least-squares integration on the scan rectangle (Neumann boundaries), by the type-II DCT."""
-    from scipy.fft import dctn, idctn
-
+    """Integration on the scan rectangle with Neumann boundaries: the mirrored field, integrated spectrally."""
     ny, nx = gy.shape
-    hy, hx = steps
-    # measured differences between neighbours: the mean of their two gradients times the step
-    by = 0.5 * (gy[1:, :] + gy[:-1, :])
-    bx = 0.5 * (gx[:, 1:] + gx[:, :-1])
-    # right-hand side D^T b / h of the normal equations, D the forward difference with free ends
-    rhs = np.zeros((ny, nx))
-    rhs[:-1, :] -= by / hy
-    rhs[1:, :] += by / hy
-    rhs[:, :-1] -= bx / hx
-    rhs[:, 1:] += bx / hx
-    # eigenvalues of D^T D / h^2 on the DCT-II basis (1/Å²)
-    lam_y = (2 * np.sin(np.pi * np.arange(ny) / (2 * ny)) / hy) ** 2
-    lam_x = (2 * np.sin(np.pi * np.arange(nx) / (2 * nx)) / hx) ** 2
-    lap = lam_y[:, None] + lam_x[None, :]
-    den = lap + ((2 * math.pi * q_hp) ** 2 if q_hp else 0.0) + (lap**2 / (2 * math.pi * q_lp) ** 2 if q_lp else 0.0)
-    spec = dctn(rhs, type=2, norm="ortho")
-    spec[0, 0] = 0.0  # the mean is free: zero
-    den[0, 0] = 1.0
-    return idctn(spec / den, type=2, norm="ortho")
+    # the mean gradient integrates exactly to a ramp; mirrored, it would be a triangle wave with kinks
+    mean_y, mean_x = gy.mean(), gx.mean()
+    a, c = gy - mean_y, gx - mean_x
+    # even extension of the phase about both edges: its y-gradient is odd in y and even in x, and vice versa
+    ey = np.block([[a, a[:, ::-1]], [-a[::-1], -a[::-1, ::-1]]])
+    ex = np.block([[c, -c[:, ::-1]], [c[::-1], -c[::-1, ::-1]]])
+    qy, qx = _freqs(ey.shape, steps)
+    phase = _integrate(ey, ex, qy, qx, _denominator(qy, qx, q_hp, q_lp))[:ny, :nx]
+    ramp = mean_y * steps[0] * np.arange(ny)[:, None] + mean_x * steps[1] * np.arange(nx)[None, :]
+    return phase + ramp
 
 
 def _iterate(
