@@ -153,7 +153,9 @@ def summary(codec: str, cases: int, counts: Counter) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2000, help="cases per codec")
-    parser.add_argument("--codecs", nargs="+", default=["blosc", "histogram"], help="codecs (blosc is the default)")
+    parser.add_argument(
+        "--codecs", nargs="+", default=["blosc-lz4", "blosc", "histogram"], help="codecs (blosc-lz4 is the default)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-manifest", action="store_true", help="remove the manifest: checksums alone")
     args = parser.parse_args(argv)

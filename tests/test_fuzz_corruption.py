@@ -8,7 +8,7 @@ import pytest
 from benchmarks.fuzz_corruption import MUTATIONS, fuzz
 
 
-@pytest.mark.parametrize("codec", ["blosc", "histogram"])
+@pytest.mark.parametrize("codec", ["blosc-lz4", "blosc", "histogram"])
 @pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "checksums only"])
 def test_every_corruption_is_a_clear_error(tmp_path, codec, manifest):
     counts = fuzz(codec, 25, seed=7, manifest=manifest, folder=tmp_path)
