@@ -270,40 +270,14 @@ def encode_chunk(
     cap = arr.nbytes // 2 + 12 * n + 16 * (k + 2) + 1024
     while True:
         out = np.empty(cap, dtype=np.uint8)
+        # the symbol range and the output buffer are the same for every kernel
+        tail = (np.int64(k), np.int64(base + bias), np.int64(emin + bias), out)
         if mode == MODE_LOCAL and version == 2:
-            size = _k.encode_local2(
-                raw,
-                np.int64(flip),
-                np.int64(ny),
-                np.int64(nx),
-                np.int64(k),
-                np.int64(base + bias),
-                np.int64(emin + bias),
-                out,
-                _k.GAP_CUM,
-                _k.GAP_COUNT,
-            )
+            size = _k.encode_local2(raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail, _k.GAP_CUM, _k.GAP_COUNT)
         elif mode == MODE_LOCAL:
-            size = _k.encode_local(
-                raw,
-                np.int64(flip),
-                np.int64(ny),
-                np.int64(nx),
-                np.int64(k),
-                np.int64(base + bias),
-                np.int64(emin + bias),
-                out,
-            )
+            size = _k.encode_local(raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail)
         else:
-            size = _k.encode_shared(
-                raw,
-                np.int64(flip),
-                model._cumtab,  # type: ignore[attr-defined]
-                np.int64(k),
-                np.int64(base + bias),
-                np.int64(emin + bias),
-                out,
-            )
+            size = _k.encode_shared(raw, np.int64(flip), model._cumtab, *tail)  # type: ignore[attr-defined]
         if size >= 0:
             break
         cap *= 2
