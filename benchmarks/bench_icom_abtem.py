@@ -58,6 +58,10 @@ STEP_A = 0.3
 MAX_ANGLE_MRAD = 60.0
 SAMPLING_A = 0.08
 CELLS = (4, 7)
+#: Wiener regularisations of icom(deconvolve_probe=...) in the table
+DECONVOLVE = (0.01, 0.1)
+#: electrons per pattern of the noisy rows
+DOSE = 1e4
 
 
 def _fourier_eval(field: np.ndarray, sampling: tuple[float, float], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -192,10 +196,10 @@ def _py4dstem_worker(inp: str, out: str) -> None:
     np.savez(out, phase=np.asarray(dpc.object_phase).T, seconds=np.array(seconds))  # (Ry, Rx) = (y, x)
 
 
-def run_py4dstem(sim: dict) -> dict:
+def run_py4dstem(sim: dict, patterns_xy: np.ndarray) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-        np.savez(inp, patterns_xy=sim["patterns_xy"], pixel_mrad=sim["pixel_mrad"], step_A=STEP_A, energy_ev=ENERGY_EV)
+        np.savez(inp, patterns_xy=patterns_xy, pixel_mrad=sim["pixel_mrad"], step_A=STEP_A, energy_ev=ENERGY_EV)
         env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_", "PYTHONPATH")}
         proc = subprocess.run(
             [str(PEER_PY), __file__, "--py4dstem-worker", inp, out], env=env, capture_output=True, text=True
@@ -206,10 +210,11 @@ def run_py4dstem(sim: dict) -> dict:
         return dict(np.load(out))
 
 
-def run_stemdask(sim: dict) -> dict[str, np.ndarray]:
+def run_stemdask(sim: dict, patterns_xy: np.ndarray) -> dict[str, np.ndarray]:
+    """stemdask's iCoM methods, and the default one with the probe deconvolved (``DECONVOLVE`` eps values)."""
     import stemdask
 
-    patterns = np.ascontiguousarray(sim["patterns_xy"].transpose(1, 0, 3, 2))  # (y, x, ky, kx)
+    patterns = np.ascontiguousarray(patterns_xy.transpose(1, 0, 3, 2))  # (y, x, ky, kx)
     px_x, px_y = (float(v) for v in sim["pixel_mrad"])
     cx, cy = (float(v) for v in sim["center_px"])
     data = stemdask.from_array(
@@ -226,7 +231,18 @@ def run_stemdask(sim: dict) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         out[method] = np.asarray(stemdask.imaging.icom(com, method=method).values)
         out[f"{method}_seconds"] = np.array(time.perf_counter() - t0)
+    for eps in DECONVOLVE:
+        t0 = time.perf_counter()
+        out[f"deconvolve {eps:g}"] = np.asarray(stemdask.imaging.icom(com, deconvolve_probe=eps).values)
+        out[f"deconvolve {eps:g}_seconds"] = np.array(time.perf_counter() - t0)
     return out
+
+
+def noisy(sim: dict, dose: float, seed: int = 0) -> np.ndarray:
+    """Poisson counts at ``dose`` electrons per pattern (on average), seeded."""
+    p = sim["patterns_xy"].astype(np.float64)
+    lam = p * (dose / p.sum(axis=(-2, -1)).mean())
+    return np.random.default_rng(seed).poisson(lam).astype(np.float32)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -241,11 +257,21 @@ def main() -> None:
     cached = CACHE.exists()
     sim = simulate()
     sim_seconds = float(sim["seconds"])
-    ours = run_stemdask(sim)
-    peer = run_py4dstem(sim)
-    rows = [(f"stemdask icom(method={m!r})", ours[m], float(ours[f"{m}_seconds"])) for m in ("neumann",)]
-    rows += [(f"stemdask icom(method={m!r})", ours[m], float(ours[f"{m}_seconds"])) for m in ("fourier", "iterative")]
-    rows.append(("py4DSTEM 0.14.18 DPC (padding 2, own CoM)", peer["phase"], float(peer["seconds"])))
+    rows = []
+    for label, patterns in (("", sim["patterns_xy"]), (f", {DOSE:.0e} e/pattern", noisy(sim, DOSE))):
+        ours = run_stemdask(sim, patterns)
+        peer = run_py4dstem(sim, patterns)
+        methods = ("neumann", "fourier", "iterative") if not label else ("neumann",)
+        rows += [(f"stemdask icom(method={m!r}){label}", ours[m], float(ours[f"{m}_seconds"])) for m in methods]
+        rows += [
+            (
+                f"stemdask icom(deconvolve_probe={eps:g}){label}",
+                ours[f"deconvolve {eps:g}"],
+                float(ours[f"deconvolve {eps:g}_seconds"]),
+            )
+            for eps in DECONVOLVE
+        ]
+        rows.append((f"py4DSTEM 0.14.18 DPC (padding 2, own CoM){label}", peer["phase"], float(peer["seconds"])))
     load = os.getloadavg()
     table = [
         "| method | r vs ideal iCoM | r vs V low-passed to 2α | std (rad) | time (s) |",

@@ -43,13 +43,15 @@ def _phase_object(n, dx, rng, n_atoms=14, sigma_A=0.35, peak_rad=0.25):
     return phi
 
 
-def _simulate(rng, n_scan=32, step_px=2, window=64, dx=0.1):
+def _simulate(rng, n_scan=32, step_px=2, window=64, dx=0.1, aberrations=None):
     lam = wavelength_A(ENERGY)
     n_obj = n_scan * step_px
     phi = _phase_object(n_obj, dx, rng)
     q = np.fft.fftfreq(window, dx)
-    aperture = np.hypot(q[:, None], q[None, :]) <= ALPHA * 1e-3 / lam
-    probe = np.fft.fftshift(np.fft.ifft2(aperture))  # centred at window // 2
+    qy, qx = q[:, None] + 0 * q[None, :], 0 * q[:, None] + q[None, :]
+    aperture = np.hypot(qy, qx) <= ALPHA * 1e-3 / lam
+    chi = stemdask.optics.aberration_function(lam * np.hypot(qy, qx), np.arctan2(qy, qx), ENERGY, aberrations)
+    probe = np.fft.fftshift(np.fft.ifft2(aperture * np.exp(-1j * chi)))  # centred at window // 2
     obj = np.exp(1j * phi)
     idx = np.arange(window) - window // 2
     frames = np.empty((n_scan, n_scan, window, window))
@@ -179,6 +181,78 @@ def test_icom_of_a_non_periodic_scan_with_a_tilt(rng):
     smooth_i = icom(com, method="iterative", lowpass=0.3).values
     assert np.std(smooth_n) < np.std(default.values)
     assert _corr(smooth_n, smooth_i) > 0.98
+
+
+def test_probe_intensity_transfer_is_the_aperture_autocorrelation():
+    from stemdask.imaging.phase import probe_intensity_transfer
+
+    lam = wavelength_A(ENERGY)
+    ka = ALPHA * 1e-3 / lam
+    q = np.linspace(0, 2.3 * ka, 40)
+    s = np.clip(q / (2 * ka), 0, 1)
+    overlap = (2 / np.pi) * (np.arccos(s) - s * np.sqrt(1 - s * s))  # two discs of radius ka, |q| apart
+    t = probe_intensity_transfer(q * np.sin(0.3), q * np.cos(0.3), energy_ev=ENERGY, semiangle_mrad=ALPHA)
+    np.testing.assert_allclose(t.real, overlap, atol=3e-3)
+    np.testing.assert_allclose(t.imag, 0, atol=1e-6)
+    # with defocus and astigmatism: the overlap integral of A exp(-i chi), summed directly on a fine k grid
+    ab = {"C10": -80.0, "C12": 30.0, "phi12": 0.4}
+    dk = ka / 60
+    k = np.arange(-70, 71) * dk
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+
+    def psi(ky, kx):
+        a = lam * np.hypot(ky, kx)
+        chi = stemdask.optics.aberration_function(a, np.arctan2(ky, kx), ENERGY, ab)
+        return (a <= ALPHA * 1e-3) * np.exp(-1j * chi)
+
+    p0 = psi(ky, kx)
+    for qy, qx in [(0.3 * ka, 0.1 * ka), (-0.7 * ka, 0.9 * ka), (1.5 * ka, 0.2 * ka)]:
+        direct = np.sum(p0 * np.conj(psi(ky + qy, kx + qx))) / np.sum(np.abs(p0) ** 2)
+        got = probe_intensity_transfer(
+            np.array(qy), np.array(qx), energy_ev=ENERGY, semiangle_mrad=ALPHA, aberrations=ab
+        )
+        assert abs(got - direct) < 0.02, (qy, qx, got, direct)
+
+
+def test_icom_deconvolve_probe_with_an_aberrated_probe():
+    # coma makes |P|^2 asymmetric: the iCoM is a correlation with it, and only the right sign of the
+    # transfer (conj T) undoes it
+    ab = {"C10": -60.0, "C12": 40.0, "phi12": 0.5, "C21": 2000.0, "phi21": 0.3}
+    data, truth, _ = _simulate(np.random.default_rng(7), aberrations=ab)
+    com = correct_com(center_of_mass(data), descan=None, rotation_deg=None).compute()
+    ref = _lowpass(truth, 0.2, 2 * ALPHA * 1e-3 / wavelength_A(ENERGY))
+    plain = _corr(icom(com, method="fourier").values, ref)
+    right = _corr(icom(com, method="fourier", deconvolve_probe=0.01, aberrations=ab).values, ref)
+    mirrored = _corr(
+        icom(com, method="fourier", deconvolve_probe=0.01, aberrations={**ab, "phi21": 0.3 + math.pi}).values, ref
+    )
+    assert plain < 0.5 and right > 0.8 and mirrored < 0.5, (plain, right, mirrored)
+
+
+def test_icom_deconvolve_probe_recovers_the_2alpha_band(simulated):
+    data, truth, _ = simulated
+    com = correct_com(center_of_mass(data), descan=None, rotation_deg=None).compute()
+    ref = _lowpass(truth, 0.2, 2 * ALPHA * 1e-3 / wavelength_A(ENERGY))
+    # periodic scan over the whole object: the Wiener filter is all there is to it
+    plain = icom(com, method="fourier").values
+    sharp = icom(com, method="fourier", deconvolve_probe=0.01)
+    assert sharp.attrs["deconvolve_probe_eps"] == 0.01
+    assert _corr(plain, ref) < 0.99 and _corr(sharp.values, ref) > 0.999
+    # a window with real edges: the masked Tikhonov problem, edges left free
+    win = com.isel(scan_y=slice(3, 27), scan_x=slice(5, 29))
+    ref_w = ref[3:27, 5:29]
+    plain_w = icom(win).values
+    sharp_w = icom(win, deconvolve_probe=0.01).values
+    assert _corr(sharp_w, ref_w) > _corr(plain_w, ref_w) + 0.004
+    inner = (slice(4, -4), slice(4, -4))
+    assert _corr(sharp_w[inner], ref_w[inner]) > 0.998 > _corr(plain_w[inner], ref_w[inner]) + 0.005
+    for bad in (0, -1.0, "0.1", True, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="deconvolve_probe"):
+            icom(win, deconvolve_probe=bad)
+    no_alpha = win.copy()
+    no_alpha.attrs = {k: v for k, v in win.attrs.items() if k != "semiangle_mrad"}
+    with pytest.raises(MissingCalibrationError, match="semiangle_mrad"):
+        icom(no_alpha, deconvolve_probe=0.01)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int32", "float32", "float64"])

@@ -43,16 +43,34 @@ tilt or descan left in the field) is integrated apart, as the exact ramp
 ``<G> . r``: the descent converges slowest at the lowest frequencies, and on
 the padded canvas a ramp would need a wrap-around outside the scan, which
 left a smooth background instead of the ramp.
+
+``deconvolve_probe=eps`` goes one step beyond iCoM. For a thin phase object
+the CoM is the probe-intensity-weighted mean gradient (Ehrenfest), so the
+integrated CoM is ``sum_r |P(r - R)|^2 phi(r)``: the phase blurred by the
+probe intensity, a correlation whose transfer is ``conj(T(q))`` with
+``T = F{|P|^2} / F{|P|^2}(0)`` (the normalised autocorrelation of the
+aperture times ``exp(-i chi)``; real without odd aberrations), which falls
+to zero at ``2 alpha / lambda``. The Wiener filter ``T / (|T|^2 + eps)`` undoes
+that blur inside the ``2 alpha`` band and passes nothing beyond it; ``eps`` is
+the noise-to-signal power ratio it assumes (about 1e-2 for clean data, larger
+for noisy data, where it trades resolution for noise). For ``method="fourier"``
+(a periodic scan) the filter is applied directly. For the other methods the
+same Tikhonov problem is solved on a zero-padded canvas where only the scan
+positions are measured (conjugate gradients), so what lies beyond the scan
+edges stays free; the phase's best-fit plane is set apart first (a unit-mass
+kernel maps a plane onto itself up to a constant).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from .. import optics
 from ..checks import integer
 from ..dataset import SCAN_DIMS, validate
 from ..errors import MissingCalibrationError, bad_value
@@ -127,6 +145,8 @@ def icom(
     n_iter: int = 64,
     step: float = 0.5,
     pad: int = 2,
+    deconvolve_probe: float | None = None,
+    aberrations: Mapping[str, float] | None = None,
 ) -> xr.DataArray:
     """Integrate a CoM field into a phase image (radians).
 
@@ -152,6 +172,13 @@ def icom(
         Step size ``mu`` of the iteration (0.5 in the paper).
     pad : int
         Canvas size factor of ``method="iterative"`` (>= 1).
+    deconvolve_probe : float, optional
+        Wiener regularisation ``eps > 0`` of a deconvolution of the probe
+        intensity (see the module doc; needs ``semiangle_mrad`` in
+        ``com.attrs``); None (default): the plain iCoM image ``|P|^2 * phi``.
+    aberrations : mapping, optional
+        The probe's aberrations (:func:`stemdask.optics.polar_coefficients`)
+        for ``deconvolve_probe``; None: an aberration-free probe.
 
     Returns
     -------
@@ -180,6 +207,22 @@ def icom(
         phase = ramp + _iterate(gy - mean_y, gx - mean_x, steps, q_hp, q_lp, int(n_iter), float(step), int(pad))
     else:
         raise bad_value("method", method, "'neumann', 'fourier' or 'iterative'")
+    eps = 0.0
+    if deconvolve_probe is not None:
+        eps = _positive("deconvolve_probe", deconvolve_probe, "a Wiener regularisation eps > 0 (or None)")
+        if "semiangle_mrad" not in com.attrs:
+            raise MissingCalibrationError(
+                "icom(deconvolve_probe=...) needs the calibration ['semiangle_mrad'] in com.attrs"
+            )
+        phase = _deconvolve(
+            phase,
+            steps,
+            eps,
+            periodic=method == "fourier",
+            energy_ev=float(com.attrs["energy_ev"]),
+            semiangle_mrad=float(com.attrs["semiangle_mrad"]),
+            aberrations=aberrations,
+        )
     phase = phase - phase.mean()
     attrs = {k: v for k, v in com.attrs.items() if k not in ("units", "long_name", "field_V_per_mrad")}
     attrs.update(
@@ -188,8 +231,135 @@ def icom(
         method=method,
         lowpass_inv_A=q_lp if q_lp else 0.0,
         highpass_inv_A=q_hp if q_hp else 0.0,
+        deconvolve_probe_eps=eps,
     )
     return xr.DataArray(phase, dims=SCAN_DIMS, coords={d: com.coords[d] for d in SCAN_DIMS}, attrs=attrs, name="icom")
+
+
+def _positive(name: str, value: Any, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise bad_value(name, value, expected)
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise bad_value(name, value, expected)
+    return v
+
+
+def probe_intensity_transfer(
+    qy: np.ndarray,
+    qx: np.ndarray,
+    *,
+    energy_ev: float,
+    semiangle_mrad: float,
+    aberrations: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """The probe intensity's normalised transfer ``T(q) = F{|P|^2}(q) / F{|P|^2}(0)``.
+
+    Parameters
+    ----------
+    qy, qx : numpy.ndarray
+        Spatial frequencies in 1/Å (without the 2 pi), broadcastable.
+    energy_ev, semiangle_mrad : float
+        Beam energy (eV) and convergence semi-angle (mrad).
+    aberrations : mapping, optional
+        Polar aberration coefficients (:func:`stemdask.optics.polar_coefficients`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Complex ``T`` (Hermitian; real and radial without aberrations), 1 at
+        ``q = 0`` and 0 beyond ``2 alpha / lambda``.
+
+    Notes
+    -----
+    ``|P|^2`` is computed from :func:`stemdask.optics.probe` on a grid that
+    resolves its band limit (``2 alpha / lambda`` well below Nyquist) and holds
+    the probe's geometric extent four times over, then interpolated
+    (bilinearly) at ``q``.
+    """
+    from scipy.interpolate import RegularGridInterpolator
+
+    k_alpha = semiangle_mrad * 1e-3 / wavelength_A(energy_ev)
+    sampling = 1.0 / (4.5 * k_alpha)
+    radius = optics.geometric_probe_radius_A(energy_ev, semiangle_mrad, aberrations) + 8.0 / k_alpha
+    n = max(256, 1 << math.ceil(math.log2(4 * radius / sampling)))
+    p = optics.probe((n, n), sampling, energy_ev=energy_ev, semiangle_mrad=semiangle_mrad, aberrations=aberrations)
+    intensity = np.abs(np.fft.ifftshift(p)) ** 2  # centred on pixel (0, 0)
+    t = np.fft.fftshift(np.fft.fft2(intensity) / intensity.sum())
+    freq = (np.arange(n) - n // 2) / (n * sampling)
+    qy, qx = np.broadcast_arrays(np.asarray(qy, dtype=np.float64), np.asarray(qx, dtype=np.float64))
+    points = np.stack([qy.ravel(), qx.ravel()], -1)
+    out = np.zeros(points.shape[0], dtype=np.complex128)
+    for part, scale in ((t.real, 1.0), (t.imag, 1j)):
+        f = RegularGridInterpolator((freq, freq), part, bounds_error=False, fill_value=0.0)
+        out += scale * f(points)
+    # exact band limit: the interpolation smears the edge over one grid pixel
+    out[np.hypot(points[:, 0], points[:, 1]) > 2 * k_alpha] = 0.0
+    return out.reshape(qy.shape)
+
+
+def _deconvolve(
+    phase: np.ndarray,
+    steps: tuple[float, float],
+    eps: float,
+    *,
+    periodic: bool,
+    energy_ev: float,
+    semiangle_mrad: float,
+    aberrations: Mapping[str, float] | None,
+    max_iter: int = 200,
+) -> np.ndarray:
+    """Deconvolve the probe intensity from an iCoM phase (see the module doc).
+
+    Periodic: the Wiener filter. Otherwise the same Tikhonov problem,
+    ``min ||M (h * psi - phase)||^2 + eps ||psi||^2`` (``h`` the blur), on a zero-padded canvas
+    where only the scan (``M``) is measured, solved by conjugate gradients:
+    what lies beyond the scan edges stays free, so the blur of unknown
+    surroundings into the edge pixels is not forced into the scan (mirroring
+    the blurred phase instead rang at the edges).
+    """
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    ny, nx = phase.shape
+
+    def blur(shape: tuple[int, int]) -> np.ndarray:
+        # iCoM(R) = sum_r |P(r - R)|^2 phi(r): a correlation with |P|^2, so its transfer is conj(T)
+        qy, qx = _freqs(shape, steps)
+        t = probe_intensity_transfer(
+            qy, qx, energy_ev=energy_ev, semiangle_mrad=semiangle_mrad, aberrations=aberrations
+        )
+        return np.conj(t)
+
+    if periodic:
+        h = blur((ny, nx))
+        return np.fft.ifft2(np.fft.fft2(phase) * np.conj(h) / (np.abs(h) ** 2 + eps)).real
+    # the best-fit plane set apart: a unit-mass kernel maps it onto itself (up to a constant)
+    y = np.arange(ny)[:, None] * np.ones((1, nx))
+    x = np.ones((ny, 1)) * np.arange(nx)[None, :]
+    design = np.stack([np.ones(phase.size), y.ravel(), x.ravel()], -1)
+    coef, *_ = np.linalg.lstsq(design, phase.ravel(), rcond=None)
+    plane = (design @ coef).reshape(ny, nx)
+    shape = (2 * ny, 2 * nx)
+    oy, ox = ny // 2, nx // 2
+    h = blur(shape)
+    hc = np.conj(h)
+    inside = (slice(oy, oy + ny), slice(ox, ox + nx))
+
+    def normal(v: np.ndarray) -> np.ndarray:
+        psi = v.reshape(shape)
+        blurred = np.fft.ifft2(np.fft.fft2(psi) * h).real
+        masked = np.zeros(shape)
+        masked[inside] = blurred[inside]
+        return (np.fft.ifft2(np.fft.fft2(masked) * hc).real + eps * psi).ravel()
+
+    rhs_canvas = np.zeros(shape)
+    rhs_canvas[inside] = phase - plane
+    rhs = np.fft.ifft2(np.fft.fft2(rhs_canvas) * hc).real.ravel()
+    op = LinearOperator((rhs.size, rhs.size), matvec=normal, dtype=np.float64)
+    sol, info = cg(op, rhs, rtol=1e-6, maxiter=max_iter)
+    if info < 0:  # pragma: no cover - a breakdown, not slow convergence
+        raise RuntimeError(f"icom(deconvolve_probe=...): conjugate gradients broke down (info={info})")
+    return sol.reshape(shape)[inside] + plane
 
 
 def _neumann(
