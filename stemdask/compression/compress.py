@@ -285,8 +285,21 @@ def _register_cupy() -> None:
     compress_block.register(cupy.ndarray, _dense_block)
 
 
-def _kernel(block: Any, op: BasisOperator, amplitude: bool, dtype: Any, batch: int) -> Any:
-    return compress_block(block, op, amplitude=amplitude, dtype=dtype, batch_bytes=batch)
+def _kernel(block: Any, op: BasisOperator, amplitude: bool, dtype: Any, batch: int, out_dtype: Any) -> Any:
+    """One block: the coefficients, then c_perp of each region by Eq. 11, in ``out_dtype``.
+
+    Eq. 11 runs here on the float64 sums, before anything is rounded to the
+    stored dtype: c_perp is a small difference of large squares, so the
+    rounding of a float32 coefficient alone would be amplified.
+    """
+    out = compress_block(block, op, amplitude=amplitude, dtype=dtype, batch_bytes=batch)
+    xp = array_module(out)
+    n = op.n_masks
+    for i, region in enumerate(REGIONS):
+        inside = np.flatnonzero(op.labels == region)
+        captured = (out[..., inside] ** 2).sum(axis=-1) if inside.size else 0.0
+        out[..., n + i] = xp.sqrt(xp.maximum(out[..., n + i] - captured, 0))
+    return out.astype(out_dtype, copy=False)
 
 
 def _jsonable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -390,22 +403,16 @@ def compress(
         mode == "amplitude",
         convert,
         int(batch_bytes),
+        dtype,
         drop_axis=(2, 3),
         new_axis=2,
         chunks=(arr.chunks[0], arr.chunks[1], (n + 2,)),
-        dtype=np.float64,
-        meta=engine_meta(arr, 3, np.float64),
-        name="compress-" + dask.base.tokenize(arr, w, mode, convert, batch_bytes),
+        dtype=dtype,
+        meta=engine_meta(arr, 3, dtype),
+        name="compress-" + dask.base.tokenize(arr, w, mode, convert, batch_bytes, dtype),
     )
-    # Eq. 11 from the float64 sums, before any rounding to the stored dtype: c_perp is a small
-    # difference of large squares, so a float32 coefficient's rounding alone would be amplified
-    coefficients64 = out[..., :n]
-    perp = {}
-    for i, region in enumerate(REGIONS):
-        inside = np.flatnonzero(labels == region)
-        captured = (coefficients64[..., inside] ** 2).sum(axis=-1) if inside.size else 0.0
-        perp[region] = da.sqrt(da.maximum(out[..., n + i] - captured, 0)).astype(dtype)
-    coefficients = coefficients64.astype(dtype)
+    coefficients = out[..., :n]
+    perp = {region: out[..., n + i] for i, region in enumerate(REGIONS)}
     coords: dict[str, Any] = {d: data.coords[d] for d in (*SCAN_DIMS, *DETECTOR_DIMS)}
     coords["basis"] = np.arange(n)
     coords["basis_region"] = ("basis", labels)
