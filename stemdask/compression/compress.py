@@ -25,8 +25,8 @@ integers are read, and every product, sum and Eq. 11 is float64; only the
 whole-frame ``d`` whose region sums give the masks constant on their region
 (the mean-DF mask) is made in float32 (and summed in float64). A float32
 *product* would not do: its accumulated rounding, ~1e-6 of a coefficient, is
-multiplied by ``|d|^2 / c_perp^2`` in Eq. 11 (errors of 0.8 % in ``c_perp``
-were measured, docs/compression.md). ``precision="float64"`` makes that
+multiplied by ``|d|^2 / c_perp^2`` in Eq. 11 (errors up to 2.5 % in
+``c_perp`` measured, docs/compression.md). ``precision="float64"`` makes that
 whole-frame ``d`` in float64 too. ``dtype`` is only the stored dtype.
 
 ``decompress(compressed)`` applies the adjoint (:func:`stemdask.imaging.back_project`).
