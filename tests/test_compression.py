@@ -300,3 +300,50 @@ def test_bad_inputs_name_the_argument():
         bases.make_basis(raw, "zernike", n_bf=3)
     with pytest.raises(MissingCalibrationError, match="semiangle_mrad"):
         detector_regions(stemdask.from_array(data.values, detector_pixel_mrad=1.0))
+
+
+def test_precision_only_touches_region_constant_masks():
+    """Without a region-constant mask (here: Zernike on the DF) mixed and float64 are the same arithmetic."""
+    data = _dataset(np.random.default_rng(12), scan=(3, 4), det=32, chunks=(2, 2))
+    basis = bases.make_basis(data, "zernike", n_bf=8, n_df=4)
+    mixed, full = compress(data, basis).compute(), compress(data, basis, precision="float64").compute()
+    for name in ("coefficients", "c_perp_bf", "c_perp_df"):
+        np.testing.assert_array_equal(mixed[name].values, full[name].values)
+    with_mean_df = bases.make_basis(data, "zernike", n_bf=8, n_df=1)  # the mean-DF mask: float32 d in mixed
+    a = compress(data, with_mean_df).compute().coefficients.values[..., -1]
+    b = compress(data, with_mean_df, precision="float64").compute().coefficients.values[..., -1]
+    assert 0 < np.abs(a / b - 1).max() < 1e-7
+
+
+def test_bright_field_disc_of_the_benchmark_finds_a_disc():
+    """The benchmark's BF finder (mean-pattern threshold) on Poisson patterns of a known disc."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_compression.py"
+    spec = importlib.util.spec_from_file_location("bench_compression", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(13)
+    ky, kx = np.mgrid[:128, :128]
+    lam = 40.0 * (np.hypot(ky - 70.3, kx - 50.8) <= 21.0) + 1.0
+    disc = bench.bright_field_disc(rng.poisson(lam, size=(6, 128, 128)).mean(axis=0))
+    assert abs(disc["center_px"][0] - 70.3) < 0.3 and abs(disc["center_px"][1] - 50.8) < 0.3
+    assert abs(disc["radius_px"] - 21.0) < 0.5 and disc["overlap_iou"] > 0.95
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["mixed", "float64"])
+def test_cupy_blocks_give_the_numpy_coefficients(precision):
+    import cupy
+
+    values = _patterns(np.random.default_rng(14), (3, 4), 32)
+    cal = dict(detector_pixel_mrad=1.0, semiangle_mrad=6.0)
+    data = stemdask.from_array(values, chunks=(2, 2), **cal)
+    gpu = stemdask.from_array(cupy.asarray(values), chunks=(2, 2), **cal)
+    basis = bases.make_basis(data, "data", n_bf=8, n_df=1, seed=3)  # the mean-DF mask: the region-sum path too
+    ref = compress(data, basis, precision="float64").compute()
+    got = compress(gpu, basis, precision=precision).compute()
+    rtol = 1e-7 if precision == "mixed" else 1e-10
+    for name in ("coefficients", "c_perp_bf", "c_perp_df"):
+        np.testing.assert_allclose(cupy.asnumpy(got[name].data), ref[name].values, rtol=rtol, atol=1e-6)
