@@ -12,10 +12,12 @@ basis does not capture in a region has norm
 The per-block kernel :data:`compress_block` is a :class:`dask.utils.Dispatch`
 on the block type, as the engine's ``project_block``: numpy and cupy frames
 here (converted a few MiB at a time, never a whole chunk; uint8/uint16
-counts by one compiled pass that makes ``d`` and sums the regions' ``|d|^2``
-exactly in integers and their ``d``: masks constant on their region (the
-mean-DF mask) come from those sums, the others from the engine's forward
-operator on ``d``), electron-event blocks in
+counts by one compiled pass that sums the regions' ``|d|^2`` exactly in
+integers, gathers ``d`` on the pixels of the masks that vary over their
+region and, where there are masks constant on their region (the mean-DF
+mask), sums ``d`` over each region; those masks come from the sums, the
+others from the engine's forward operator on the gathered ``d``; the split
+is :class:`~stemdask.compression.plan.BasisOperator`), electron-event blocks in
 :mod:`stemdask.compression.counted` (sqrt of each frame's per-pixel counts
 from the event indices, never a dense frame).
 
@@ -24,7 +26,7 @@ masks that vary over their region (the BF masks) is made in float64 as the
 integers are read, and every product, sum and Eq. 11 is float64; only the
 whole-frame ``d`` whose region sums give the masks constant on their region
 (the mean-DF mask) is made in float32 (and summed in float64). A float32
-*product* would not do: its accumulated rounding, ~1e-6 of a coefficient, is
+*product* would not do: its accumulated rounding, ~3e-7 of ``|d|`` per coefficient, is
 multiplied by ``|d|^2 / c_perp^2`` in Eq. 11 (errors up to 2.5 % in
 ``c_perp`` measured, docs/compression.md). ``precision="float64"`` makes that
 whole-frame ``d`` in float64 too. ``dtype`` is only the stored dtype.
@@ -354,7 +356,8 @@ def compress(
         ``c_perp_df`` ``(scan_y, scan_x)``, the ``masks``, ``bf_region`` and
         ``df_region``; the dataset's scan and detector coordinates, ``basis``
         and ``basis_region``; attrs: the calibration, ``compression_mode``,
-        ``basis_kind``, ``basis_attrs``, ``source_shape`` and ``source_dtype``.
+        ``compression_precision``, ``basis_kind``, ``basis_attrs``,
+        ``source_shape`` and ``source_dtype``.
 
     Raises
     ------
