@@ -1,23 +1,31 @@
 """Lossy compression (Diederichs et al.): throughput, Θ curves of the four bases, ratio C and bytes.
 
-Three measurements, all in one run (results in docs/compression.md):
+Four measurements, all in one run (results in docs/compression.md):
 
 1. throughput in GB/s (raw uint16 bytes per second of wall time, graph
    building included) of ``compress`` (15 data masks + 1 DF mask, amplitude
-   mode) against the plain 16-mask virtual image (``imaging.project`` with 16
-   rings) on the same in-memory data (2048 patterns of 256², 256 MiB),
-   interleaved, median of ``--reps`` runs each;
-2. mean Θ_bright / Θ_dark against the number of masks (Fig. 7) for the data,
+   mode; mixed precision, the default, and float64) against the plain
+   16-mask virtual image (``imaging.project`` with 16 rings) on the same
+   in-memory data (2048 patterns of 256², 256 MiB), interleaved, median of
+   ``--reps`` runs each;
+2. the error of c_perp (Eq. 11) and of the coefficients in each precision
+   against a float64 NumPy reference (c_perp as the norm of the residual,
+   computed directly) on the simulated MoS2 patterns (float) and their
+   Poisson counts (uint16), 15 data masks + 1 DF on 256²; beside it the error
+   a float32 matrix product would give (emulated in NumPy);
+3. mean Θ_bright / Θ_dark against the number of masks (Fig. 7) for the data,
    PCA, Zernike and binning bases on a simulated MoS2 scan (stemdask
-   simulator, 256² detector, noise-free) and on the real Merlin file in
-   ``../shared/data`` (8 patterns: bases from scan row 0, Θ on row 1);
-   patterns a data/PCA basis was drawn from are left out of its mean;
-3. the ratio C of Eq. 17 for 15 data masks + 1 DF on 256² beside the bytes
+   simulator, 256² detector, noise-free); patterns a data basis was drawn
+   from are left out of its mean; and, where ``../shared/data`` is present,
+   Θ_bright on the real Merlin file (8 patterns) by leave-one-out: the BF
+   disc found from the mean pattern, bases from 7 patterns, Θ on the 8th;
+4. the ratio C of Eq. 17 for 15 data masks + 1 DF on 256² beside the bytes
    on disk of the compressed store, of the raw uint16 counts and of the
    same counts stored with the default lossless codec (blosc).
 
     python3 benchmarks/bench_compression.py                    # ~5 min
     python3 benchmarks/bench_compression.py --scan 12 --reps 3  # quicker
+    python3 benchmarks/bench_compression.py --only merlin       # the Merlin part alone
 """
 
 from __future__ import annotations
@@ -63,9 +71,10 @@ def throughput(counts: xr.DataArray, reps: int) -> dict:
     rings = detectors.rings(counts, np.linspace(0.0, float(np.abs(counts.k_x).max()) * 1.5, 17))
     runs = {
         "virtual_image_16_rings": lambda: project(counts, rings).compute(),
-        "compress_float64": lambda: compress(counts, basis).compute(),
-        "compress_float32": lambda: compress(counts, basis, dtype="float32").compute(),
-        "compress_intensity_float32": lambda: compress(counts, basis, mode="intensity", dtype="float32").compute(),
+        "compress_mixed": lambda: compress(counts, basis).compute(),  # the default: precision="mixed", float64 out
+        "compress_mixed_store_float32": lambda: compress(counts, basis, dtype="float32").compute(),
+        "compress_float64": lambda: compress(counts, basis, precision="float64").compute(),
+        "compress_intensity_mixed": lambda: compress(counts, basis, mode="intensity").compute(),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     for fn in runs.values():
@@ -153,12 +162,198 @@ def theta_curves(train: xr.DataArray, test: xr.DataArray, n_bf: int, n_df: int, 
     return out
 
 
+def _drawn(basis: xr.DataArray, shape: tuple[int, int]) -> np.ndarray:
+    return ~drawn_mask(basis, shape)
+
+
+def _error_summary(got_perp, ref_perp, norm, drawn, got_coef, ref_coef) -> dict:
+    keep = ~drawn.ravel()
+    rel = np.abs(got_perp - ref_perp)[keep] / ref_perp[keep]
+    return {
+        "c_perp_rel_err_max": float(rel.max()),
+        "c_perp_rel_err_median": float(np.median(rel)),
+        "c_perp_abs_err_over_norm_max_drawn": float((np.abs(got_perp - ref_perp) / norm)[~keep].max(initial=0.0)),
+        "coef_abs_err_over_norm_max": float((np.abs(got_coef - ref_coef).max(axis=-1) / norm).max()),
+    }
+
+
+def precision_errors(data: xr.DataArray) -> dict:
+    """c_perp_bf and coefficient errors of each precision against float64 NumPy (15 data + 1 DF, amplitude)."""
+    basis = bases.make_basis(data, "data", n_bf=15, n_df=1, seed=0)
+    shape = (data.sizes["scan_y"], data.sizes["scan_x"])
+    values = np.asarray(data.values, np.float64).reshape(shape[0] * shape[1], -1)
+    d = np.sqrt(values)
+    m = basis.values.reshape(basis.sizes["basis"], -1)
+    bf = basis.coords["bf_region"].values.ravel()
+    mine = basis.coords["basis_region"].values == "bf"
+    coef = d @ m.T
+    perp = np.linalg.norm((d - coef[:, mine] @ m[mine]) * bf, axis=-1)  # the residual itself, no Pythagoras
+    norm = np.linalg.norm(d * bf, axis=-1)
+    drawn = _drawn(basis, shape)
+    out: dict = {
+        "c_perp_over_norm_median": float(np.median((perp / norm)[~drawn.ravel()])),
+        "n_patterns": int(d.shape[0]),
+        "n_drawn": int(drawn.sum()),
+    }
+    for label, kwargs in (
+        ("mixed_float64_out", {}),
+        ("mixed_float32_out", {"dtype": "float32"}),
+        ("float64", {"precision": "float64"}),
+    ):
+        c = compress(data, basis, **kwargs).compute()
+        out[label] = _error_summary(
+            c.c_perp_bf.values.ravel().astype(np.float64),
+            perp,
+            norm,
+            drawn,
+            c.coefficients.values.reshape(coef.shape).astype(np.float64),
+            coef,
+        )
+    # what a float32 product would give (the engine's float32 BLAS path; Eq. 11 from its coefficients, the
+    # region norms exact): the reason for mixed precision
+    c32 = (d.astype(np.float32) @ m.T.astype(np.float32)).astype(np.float64)
+    norm_sq = (values * bf).sum(axis=-1)
+    perp32 = np.sqrt(np.maximum(norm_sq - (c32[:, mine] ** 2).sum(axis=-1), 0))
+    out["float32_product_emulated"] = _error_summary(perp32, perp, norm, drawn, c32, coef)
+    return out
+
+
+def bright_field_disc(mean_pattern: np.ndarray, fraction: float = 0.5) -> dict:
+    """The BF disc of a mean pattern, in pixels: threshold, centroid, radius of the equal-area disc.
+
+    The mean pattern is smoothed (5 px box), thresholded at ``fraction`` of
+    its maximum and reduced to its largest connected part; the disc is centred
+    on that part's centroid with the radius of a disc of the same area.
+    """
+    from scipy import ndimage
+
+    smooth = ndimage.uniform_filter(np.asarray(mean_pattern, np.float64), 5)
+    bright = smooth > fraction * smooth.max()
+    labels, n = ndimage.label(bright)
+    sizes = ndimage.sum(bright, labels, range(1, n + 1))
+    bright = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    cy, cx = (float(v) for v in ndimage.center_of_mass(bright))
+    radius = float(np.sqrt(bright.sum() / np.pi))
+    ky, kx = np.mgrid[: bright.shape[0], : bright.shape[1]]
+    disc = np.hypot(ky - cy, kx - cx) <= radius
+    return {
+        "threshold": float(fraction * smooth.max()),
+        "center_px": [cy, cx],
+        "radius_px": radius,
+        "bright_pixels": int(bright.sum()),
+        "disc_pixels_on_detector": int(disc.sum()),
+        "overlap_iou": float((disc & bright).sum() / (disc | bright).sum()),
+    }
+
+
+def merlin_theta(path: Path, pixel_mrad: float, max_zernike: int = 15) -> dict:
+    """Leave-one-out Θ_bright on the Merlin file: bases from 7 patterns, Θ on the 8th, averaged over the 8.
+
+    The file has no calibration: ``pixel_mrad`` is assumed and the
+    semi-angle is the disc radius times it. Regions and bases are then
+    defined relative to the disc, so Θ does not depend on ``pixel_mrad``
+    (checked: a second calibration gives the same curves).
+    """
+    raw = stemdask.open_dataset(path)
+    values = np.asarray(raw.values)
+    ny, nx = values.shape[:2]
+    frames = values.reshape(ny * nx, *values.shape[2:])
+    disc = bright_field_disc(frames.astype(np.float64).mean(axis=0))
+
+    def calibrated(v: np.ndarray, pixel: float) -> xr.DataArray:
+        return stemdask.from_array(
+            v,
+            detector_pixel_mrad=pixel,
+            semiangle_mrad=disc["radius_px"] * pixel,
+            beam_center_px=tuple(disc["center_px"]),
+        )
+
+    def folds(pixel: float, kinds: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
+        curves: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+        for i in range(frames.shape[0]):
+            train = calibrated(np.delete(frames, i, axis=0)[None], pixel)
+            test = calibrated(frames[i][None, None], pixel)
+            regions = detector_regions(train)
+            df1 = bases.dark_field_mean(train, regions=regions)
+            n_train = frames.shape[0] - 1
+            made = {
+                "data": lambda: bases.data_basis(train, n_train, seed=i, regions=regions),
+                "pca": lambda: bases.pca(train, n_train, n_samples=n_train, seed=i, regions=regions),
+                "zernike": lambda: bases.zernike(train, max_zernike, regions=regions),
+            }
+            for kind in kinds:
+                c = compress(test, bases.combine(made[kind](), df1), precision="float64")
+                curves[kind].append(np.degrees(metrics.mean_theta_curve(c, "bf").values))
+        return curves
+
+    kinds = ("data", "pca", "zernike")
+    curves = folds(pixel_mrad, kinds)
+    check = folds(2.0 * pixel_mrad, ("zernike",))  # another assumed calibration: the same Θ
+    invariant = float(np.abs(np.array(check["zernike"]) - np.array(curves["zernike"])).max())
+    out: dict = {
+        "file": path.name,
+        "patterns": int(frames.shape[0]),
+        "max_count": int(frames.max()),
+        "saturated_fraction": float((frames == frames.max()).mean()),
+        "assumed_pixel_mrad": pixel_mrad,
+        "bf_disc": disc,
+        "theta_change_at_2x_pixel_mrad_deg": invariant,
+        "bright": {},
+    }
+    for kind in kinds:
+        per = np.array(curves[kind])
+        out["bright"][kind] = {
+            "n_masks": list(range(1, per.shape[1] + 1)),
+            "mean_theta_deg": per.mean(axis=0).tolist(),
+            "min_theta_deg": per.min(axis=0).tolist(),
+            "max_theta_deg": per.max(axis=0).tolist(),
+        }
+    points = []
+    for size in (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96):
+        thetas = []
+        for i in range(frames.shape[0]):
+            train = calibrated(np.delete(frames, i, axis=0)[None], pixel_mrad)
+            test = calibrated(frames[i][None, None], pixel_mrad)
+            regions = detector_regions(train)
+            binned = bases.binning(train, size, regions=regions)
+            c = compress(test, bases.combine(binned, bases.dark_field_mean(train, regions=regions)))
+            thetas.append(np.degrees(metrics.mean_theta(c, "bf")))
+        if int(binned.sizes["basis"]) not in [p[0] for p in points]:  # larger tiles cut to the same masks
+            points.append((int(binned.sizes["basis"]), size, float(np.mean(thetas))))
+    points.sort()
+    out["bright"]["binning"] = {
+        "n_masks": [p[0] for p in points],
+        "size_px": [p[1] for p in points],
+        "mean_theta_deg": [p[2] for p in points],
+    }
+    # the floor set by counting noise: Var sqrt(min(n, max_count)) summed over the BF for Poisson counts at
+    # the mean pattern (the 6-bit counter clips at max_count), against the mean BF norm^2 of sqrt(n); an
+    # estimate (a pixel's mean stands in for its rate, which saturation biases low)
+    from scipy.stats import poisson
+
+    lam = frames.astype(np.float64).mean(axis=0)
+    ky, kx = np.mgrid[: lam.shape[0], : lam.shape[1]]
+    bf = np.hypot(ky - disc["center_px"][0], kx - disc["center_px"][1]) <= disc["radius_px"]
+    k = np.arange(0, 400)[:, None]
+    clipped = np.minimum(k, out["max_count"]).astype(np.float64)
+    pmf = poisson.pmf(k, lam[bf][None, :])
+    var = (pmf * clipped).sum(0) - ((pmf * np.sqrt(clipped)).sum(0)) ** 2
+    norm_sq = frames.reshape(frames.shape[0], -1)[:, bf.ravel()].astype(np.float64).sum(axis=1).mean()
+    out["poisson_floor_theta_deg"] = float(np.degrees(np.arcsin(min(1.0, np.sqrt(var.sum() / norm_sq)))))
+    return out
+
+
 def storage(counts: xr.DataArray, workdir: Path) -> dict:
     basis = bases.make_basis(counts, "data", n_bf=15, n_df=1, seed=0)
     out = {}
     for precision in ("float64", "float32"):
         path = stemdask.save(compress(counts, basis, dtype=precision), workdir / f"c_{precision}.zarr")
         out[f"compressed_{precision}"] = metrics.storage_summary(stemdask.open_dataset(path), path)
+        parts = {
+            name: stemdask.io.store_nbytes(Path(path) / name) for name in ("coefficients", "c_perp_bf", "c_perp_df")
+        }
+        out[f"compressed_{precision}"]["per_pattern_bytes"] = int(sum(parts.values()))
+        out[f"compressed_{precision}"]["masks_bytes"] = stemdask.io.store_nbytes(Path(path) / "masks")
     lossless = stemdask.save(counts, workdir / "lossless.zarr")
     out["raw_uint16_bytes"] = int(counts.nbytes)
     out["lossless_blosc_bytes"] = stemdask.io.store_nbytes(lossless)
@@ -171,8 +366,9 @@ def plot(curves: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, region in zip(axes, ("bright", "dark")):
+    regions = [r for r in ("bright", "dark") if r in curves]
+    fig, axes = plt.subplots(1, len(regions), figsize=(4.5 * len(regions), 3.5), squeeze=False)
+    for ax, region in zip(axes[0], regions):
         shown = {
             k: xr.DataArray(np.radians(v["mean_theta_deg"]), dims="n_masks", coords={"n_masks": v["n_masks"]})
             for k, v in curves[region].items()
@@ -183,14 +379,35 @@ def plot(curves: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def merlin_part(args: argparse.Namespace, results: dict) -> None:
+    """Θ_bright on the real Merlin file by leave-one-out (skipped where ../shared/data is absent)."""
+    if not MERLIN.exists():
+        results["theta_merlin"] = f"skipped: {MERLIN} not found"
+        return
+    results["theta_merlin"] = merlin_theta(MERLIN, args.merlin_pixel_mrad)
+    plot(results["theta_merlin"], Path(args.out).with_name("compression_theta_merlin.png"), "Merlin 001_4x2 (LOO)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scan", type=int, default=20, help="simulated scan edge (positions)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "docs" / "compression_theta.png"))
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--only", choices=["all", "merlin"], default="all")
+    parser.add_argument(
+        "--merlin-pixel-mrad",
+        type=float,
+        default=1.0,
+        help="assumed detector pixel size of the (uncalibrated) Merlin file; Θ does not depend on it",
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
+    results: dict = {"load_average_start": os.getloadavg()}
+    if args.only == "merlin":
+        merlin_part(args, results)
+        finish(args, results, t0)
+        return
     sim, _ = simulate_4dstem(
         samples.mos2((4, 3)),
         energy_ev=80e3,
@@ -213,7 +430,7 @@ def main() -> None:
         chunks=(4, args.scan),
         **{k: sim.attrs[k] for k in ("energy_ev", "semiangle_mrad", "scan_step_A", "detector_pixel_mrad")},
     )
-    results: dict = {"load_average_start": os.getloadavg(), "simulate_s": simulate_s, "scan": args.scan}
+    results.update({"simulate_s": simulate_s, "scan": args.scan})
     # throughput on 2048 patterns (the simulated counts tiled), so graph building is not what is timed
     reps_y, reps_x = -(-32 // args.scan), -(-64 // args.scan)
     big = np.tile(counts.values, (reps_y, reps_x, 1, 1))[:32, :64]
@@ -225,21 +442,15 @@ def main() -> None:
         sim, sim, n_bf=30, n_df=22, n_samples=min(320, args.scan**2), same_scan=True
     )
     plot(results["theta_simulated_MoS2"], Path(args.out), "simulated MoS2")
-    if MERLIN.exists():
-        merlin = stemdask.open_dataset(MERLIN)
-        profile = merlin.mean(("scan_y", "scan_x")).values.astype(float)
-        ky, kx = np.mgrid[: profile.shape[0], : profile.shape[1]] - 128.0
-        r = np.hypot(ky, kx).astype(int)
-        radial = np.bincount(r.ravel(), profile.ravel()) / np.maximum(np.bincount(r.ravel()), 1)
-        edge = int(np.argmax(radial < 0.5 * radial[:5].mean())) or 40
-        # the file carries no calibration: 1 mrad per pixel assumed, BF radius where the mean falls to half
-        merlin = stemdask.calibrate(merlin, detector_pixel_mrad=1.0, semiangle_mrad=float(edge))
-        train, test = merlin.isel(scan_y=[0]), merlin.isel(scan_y=[1])
-        results["merlin_bf_radius_px"] = edge
-        results["theta_merlin"] = theta_curves(train, test, n_bf=4, n_df=4, n_samples=4, same_scan=False)
-        plot(results["theta_merlin"], Path(args.out).with_name("compression_theta_merlin.png"), "Merlin 001_4x2")
+    results["precision_simulated_MoS2"] = precision_errors(sim)
+    results["precision_counts"] = precision_errors(counts)
+    merlin_part(args, results)
     with tempfile.TemporaryDirectory() as tmp:
         results["storage"] = storage(counts, Path(tmp))
+    finish(args, results, t0)
+
+
+def finish(args: argparse.Namespace, results: dict, t0: float) -> None:
     results["load_average_end"] = os.getloadavg()
     results["total_s"] = time.perf_counter() - t0
     text = json.dumps(results, indent=1, default=float)

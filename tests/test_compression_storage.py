@@ -71,7 +71,7 @@ def test_writer_compresses_rows_as_they_arrive(tmp_path):
     values = _values(2, scan=(10, 8))
     store = tmp_path / "live.zarr"
     with CompressedWriter(
-        store, scan_x=8, detector_shape=(24, 24), basis="data", n_bf=6, n_first=24, seed=1, **CAL
+        store, scan_x=8, detector_shape=(24, 24), basis="data", n_bf=6, n_first=24, seed=1, precision="float64", **CAL
     ) as w:
         for row in values:
             w.append(row[None])

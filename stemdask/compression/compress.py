@@ -12,12 +12,24 @@ basis does not capture in a region has norm
 The per-block kernel :data:`compress_block` is a :class:`dask.utils.Dispatch`
 on the block type, as the engine's ``project_block``: numpy and cupy frames
 here (converted a few MiB at a time, never a whole chunk; uint8/uint16
-counts by one compiled pass that makes ``d`` and sums the regions' ``|d|^2``
-exactly in integers and their ``d``: masks constant on their region (the
-mean-DF mask) come from those sums, the others from one BLAS product over the
-band of detector rows they touch), electron-event
-blocks in :mod:`stemdask.compression.counted` (sqrt of each frame's per-pixel
-counts from the event indices, never a dense frame).
+counts by one compiled pass that sums the regions' ``|d|^2`` exactly in
+integers, gathers ``d`` on the pixels of the masks that vary over their
+region and, where there are masks constant on their region (the mean-DF
+mask), sums ``d`` over each region; those masks come from the sums, the
+others from the engine's forward operator on the gathered ``d``; the split
+is :class:`~stemdask.compression.plan.BasisOperator`), electron-event blocks in
+:mod:`stemdask.compression.counted` (sqrt of each frame's per-pixel counts
+from the event indices, never a dense frame).
+
+Precision (``precision="mixed"``, the default): ``d`` on the pixels of the
+masks that vary over their region (the BF masks) is made in float64 as the
+integers are read, and every product, sum and Eq. 11 is float64; only the
+whole-frame ``d`` whose region sums give the masks constant on their region
+(the mean-DF mask) is made in float32 (and summed in float64). A float32
+*product* would not do: its accumulated rounding, ~3e-7 of ``|d|`` per coefficient, is
+multiplied by ``|d|^2 / c_perp^2`` in Eq. 11 (errors up to 2.5 % in
+``c_perp`` measured, docs/compression.md). ``precision="float64"`` makes that
+whole-frame ``d`` in float64 too. ``dtype`` is only the stored dtype.
 
 ``decompress(compressed)`` applies the adjoint (:func:`stemdask.imaging.back_project`).
 """
@@ -37,14 +49,16 @@ from ..backend import array_module, to_numpy
 from ..checks import close
 from ..dataset import CALIBRATION_ATTRS, DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
-from ..imaging._blas import single_blas_thread
-from ..imaging.project import BATCH_BYTES, MaskWeights, back_project, mask_weights, resolve_dtype
+from ..imaging.project import BATCH_BYTES, back_project, resolve_dtype
 from ..imaging.project import _meta as engine_meta
 from .bases import basis_regions, check_mode
+from .plan import BasisOperator
 from .regions import REGIONS, require_calibrated_detector
 
 #: largest |M M^T - I| a basis may have
 ORTHONORMAL_ATOL = 1e-6
+#: precision of the whole-frame conversion whose region sums give the region-constant masks
+PRECISIONS = {"mixed": np.float32, "float64": np.float64}
 #: the names every compressed Dataset carries (see COMPRESSED_CONTRACT in the docs)
 COMPRESSED_VARS = ("coefficients", "c_perp_bf", "c_perp_df", "masks", "bf_region", "df_region")
 
@@ -84,6 +98,7 @@ def check_basis(basis: Any, data: xr.DataArray | None = None) -> xr.DataArray:
     n, pixels = values.shape[0], values.shape[1] * values.shape[2]
     if n > pixels:
         raise bad_value("basis", f"<{n} masks>", f"at most as many masks as detector pixels ({pixels})")
+    flat = values.reshape(n, -1)
     for region in REGIONS:
         inside = np.asarray(basis.coords[f"{region}_region"].values, dtype=bool)
         mine = np.array([label == region for label in labels])
@@ -91,12 +106,14 @@ def check_basis(basis: Any, data: xr.DataArray | None = None) -> xr.DataArray:
             raise bad_value(
                 "basis", f"<{int(mine.sum())} {region} masks>", f"at most the {int(inside.sum())} pixels of the region"
             )
+        # sum of |weight| off the region per mask (one BLAS pass; zero exactly when every weight there is zero)
+        if not np.any(np.abs(flat[mine]) @ (~inside).ravel().astype(np.float64)):
+            continue
         outside = np.abs(values[mine][:, ~inside]).max(initial=0.0)
         if outside > 0:
             raise bad_value(
                 "basis", f"<{region} masks with weights up to {outside:.3g} outside the {region} region>", "zero there"
             )
-    flat = values.reshape(n, -1)
     error = float(np.abs(flat @ flat.T - np.eye(n)).max())
     if error > ORTHONORMAL_ATOL:
         raise bad_value(
@@ -124,10 +141,14 @@ def require_compressed(compressed: Any, name: str = "compressed") -> xr.Dataset:
 # ----------------------------------------------------------------------------
 _COMPRESS_BLOCK_DOC = """Compress one block of whole frames.
 
-    Call as ``compress_block(block, basis, regions, *, amplitude, dtype, batch_bytes)``.
+    Call as ``compress_block(block, op, *, amplitude, dtype, batch_bytes)`` with ``op`` a
+    :class:`~stemdask.compression.plan.BasisOperator`.
 
-    Returns ``(scan_y, scan_x, n_basis + 2)`` on the block's backend: the
-    coefficients ``<m_i, d>`` then ``|d|^2`` summed over the BF and the DF region.
+    Returns float64 ``(scan_y, scan_x, n_basis + 2)`` on the block's backend:
+    the coefficients ``<m_i, d>`` then ``|d|^2`` summed over the BF and the DF
+    region. ``dtype`` is the precision of the whole-frame ``d`` whose region
+    sums give the masks constant on their region (float32: mixed precision);
+    every product and sum is float64.
     """
 
 
@@ -148,17 +169,20 @@ compress_block = _CompressDispatch("compress_block")
 
 
 @numba.njit(cache=True, nogil=True)
-def _fused_batch(raw, region_id, amplitude, out_d, out_norm, out_sum):  # pragma: no cover - compiled
-    # small-integer frames: d (sqrt or the counts, in out_d's dtype) and exact integer region sums of d**2;
-    # two simple loops per frame, so that both vectorise
+def _fused_batch(raw, region_id, support, amplitude, sums, out_d, out_support, out_norm, out_sum):  # pragma: no cover
+    # small-integer frames: exact integer region sums of d**2, d in float64 on the support pixels of the
+    # non-constant masks (gathered while the frame is in cache) and, with ``sums``, the whole-frame d (sqrt
+    # or the counts, in out_d's dtype) and its region sums; simple loops per frame, so that they vectorise
     n, p = raw.shape
     for f in range(n):
         row = raw[f]
-        dr = out_d[f]
-        for k in range(p):
-            dr[k] = row[k]
-            if amplitude:
-                dr[k] = np.sqrt(dr[k])
+        if sums:
+            dr = out_d[f]
+            for k in range(p):
+                dr[k] = row[k]
+                if amplitude:
+                    dr[k] = np.sqrt(dr[k])
+            _region_sums(dr, region_id, out_sum[f])
         s0 = np.int64(0)
         s1 = np.int64(0)
         for k in range(p):
@@ -170,7 +194,11 @@ def _fused_batch(raw, region_id, amplitude, out_d, out_norm, out_sum):  # pragma
             s1 += w * (r == 1)
         out_norm[f, 0] = s0
         out_norm[f, 1] = s1
-        _region_sums(dr, region_id, out_sum[f])
+        ds = out_support[f]
+        for q in range(support.shape[0]):
+            ds[q] = np.float64(row[support[q]])
+            if amplitude:
+                ds[q] = np.sqrt(ds[q])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -187,112 +215,65 @@ def _region_sums(dr, region_id, out):  # pragma: no cover - compiled
     out[1] = t1
 
 
-class _Plan:
-    """How the fused path applies a basis.
-
-    Masks constant on their whole region (the mean-DF mask) come from the
-    region sums of ``d``; the others from one product over the band of
-    detector rows they touch (the BF disc's rows, not the whole frame).
-    """
-
-    def __init__(self, basis: MaskWeights, region_id: np.ndarray):
-        matrix = basis.dense()
-        ky, kx = basis.frame_shape or (1, basis.n_pixels)
-        const, general = [], []
-        for j in range(basis.n_masks):
-            column = matrix[:, j]
-            support = column != 0
-            region = int(region_id[int(np.argmax(support))])
-            values = column[support]
-            if (
-                region in (0, 1)
-                and np.count_nonzero(support) == np.count_nonzero(region_id == region)
-                and not np.any(support & (region_id != region))
-                and values.min() == values.max()
-            ):
-                const.append((j, region, float(values[0])))
-            else:
-                general.append(j)
-        self.const_index = np.array([c[0] for c in const], dtype=np.int64)
-        self.const_region = np.array([c[1] for c in const], dtype=np.int64)
-        self.const_value = np.array([c[2] for c in const])
-        self.general_index = np.array(general, dtype=np.int64)
-        #: the other masks' weights on the band of rows they touch, ``(band pixels, n_general)``
-        self.general: np.ndarray | None = None
-        self.rows = (0, ky)
-        if general:
-            touched = np.flatnonzero(np.any(matrix[:, general].reshape(ky, kx, -1) != 0, axis=(1, 2)))
-            r0, r1 = int(touched.min()), int(touched.max()) + 1
-            self.general = np.ascontiguousarray(matrix[r0 * kx : r1 * kx, general])
-            self.rows = (r0, r1)
-        self._typed: dict[str, np.ndarray] = {}
-
-    def weights(self, dtype: Any) -> np.ndarray:
-        """The band weights in ``dtype`` (converted once)."""
-        assert self.general is not None
-        key = np.dtype(dtype).name
-        if key not in self._typed:
-            self._typed[key] = self.general.astype(dtype)
-        return self._typed[key]
-
-
-def _region_ids(regions: MaskWeights) -> Any:
-    """The region number of each pixel (0 BF, 1 DF, 2 neither), cached on the weights."""
-
-    def make() -> Any:
-        ind = regions.dense()
-        return np.where(ind[:, 0] > 0, 0, np.where(ind[:, 1] > 0, 1, 2)).astype(np.int8)
-
-    return regions.on_device("region-ids", np.int8, make)
-
-
 def _dense_block(
     block: Any,
-    basis: MaskWeights,
-    regions: MaskWeights,
+    op: BasisOperator,
     *,
     amplitude: bool,
     dtype: Any = np.float64,
     batch_bytes: int = BATCH_BYTES,
 ) -> Any:
-    """Dense frames: ``d`` a batch at a time, then the engine's forward operator on it."""
+    """Dense frames: ``d`` in ``dtype`` a batch at a time, then the engine's forward operator, in float64."""
     xp = array_module(block)
     ny, nx, ky, kx = (int(s) for s in block.shape)
     frames = block.reshape(1, ny * nx, ky, kx)
-    n = basis.n_masks
-    precision = np.dtype(dtype).name
-    out = xp.empty((ny * nx, n + 2), dtype=dtype)
+    n = op.n_masks
+    out = xp.empty((ny * nx, n + 2), dtype=np.float64)
     step = max(1, int(batch_bytes) // max(ky * kx * np.dtype(dtype).itemsize, 1))
     fused = xp is np and np.dtype(block.dtype).kind == "u" and np.dtype(block.dtype).itemsize <= 2
     if fused:  # uint8/uint16 counts: one compiled pass gives d and the region norms (no second conversion)
-        region_id = _region_ids(regions)
-        plan = basis.on_device("compress-plan", np.float64, lambda: _Plan(basis, region_id))
         flat = np.ascontiguousarray(block.reshape(ny * nx, ky * kx))
-        scratch = np.empty((min(step, ny * nx), ky * kx), dtype=dtype)
-        norms = np.empty((min(step, ny * nx), 2), dtype=np.float64)
-        sums = np.empty((min(step, ny * nx), 2), dtype=np.float64)
+        rows = min(step, ny * nx)
+        need = bool(op.const_index.size)  # the whole-frame d only for masks constant on their region
+        scratch = np.empty((rows, ky * kx) if need else (rows, 0), dtype=dtype)
+        on_support = np.empty((rows, op.support.size), dtype=np.float64)
+        norms = np.empty((rows, 2), dtype=np.float64)
+        sums = np.empty((rows, 2), dtype=np.float64)
     for a in range(0, ny * nx, step):
         b = min(a + step, ny * nx)
         if fused:
-            d = scratch[: b - a]
-            _fused_batch(flat[a:b], region_id, amplitude, d, norms[: b - a], sums[: b - a])
-            if plan.general is not None:
-                # the band of rows is a strided 2-D view, one BLAS product (the engine would gather the
-                # support pixels first, which costs more than it saves on float frames)
-                band = d[:, plan.rows[0] * kx : plan.rows[1] * kx]
-                with single_blas_thread():
-                    out[a:b, plan.general_index] = band @ plan.weights(dtype)
-            if plan.const_index.size:
-                out[a:b, plan.const_index] = sums[: b - a][:, plan.const_region] * plan.const_value
-            out[a:b, n:] = norms[: b - a]
+            m = b - a
+            d, ds = scratch[:m], on_support[:m]
+            _fused_batch(flat[a:b], op.region_id, op.support, amplitude, need, d, ds, norms[:m], sums[:m])
+            if op.general is not None:  # float64 d on the support through the engine's operator
+                out[a:b, op.general_index] = op.general.forward(
+                    ds.reshape(m, 1, -1), precision="float64", batch_bytes=batch_bytes
+                )
+            if op.const_index.size:
+                out[a:b, op.const_index] = sums[:m][:, op.const_region] * op.const_value
+            out[a:b, n:] = norms[:m]
             continue
-        raw = frames[:, a:b]
-        d = raw.astype(dtype, copy=True)
+        raw = frames[0, a:b].reshape(b - a, ky * kx)
+        if op.general is not None:  # float64 d on the support of the non-constant masks, as the fused pass
+            index = op.general.on_device("support-" + xp.__name__, np.int64, lambda: xp.asarray(op.support))
+            ds = xp.take(raw, index, axis=1).astype(np.float64)
+            if amplitude:
+                xp.sqrt(ds, out=ds)
+            out[a:b, op.general_index] = op.general.forward(
+                ds.reshape(b - a, 1, -1), precision="float64", batch_bytes=batch_bytes
+            )
+        if op.const_index.size:  # the region sums of d, in dtype (float32: mixed precision), summed in float64
+            d = raw.astype(dtype, copy=True)
+            if amplitude:
+                xp.sqrt(d, out=d)
+            sums = op.regions.forward(d.reshape(b - a, ky, kx), precision="float64", batch_bytes=batch_bytes)
+            out[a:b, op.const_index] = sums[:, op.const_region] * xp.asarray(op.const_value)
         if amplitude:
-            xp.sqrt(d, out=d)
-        out[a:b, :n] = basis.forward(d, precision=precision, batch_bytes=batch_bytes)[0]
-        squared = raw if amplitude else d * d
-        out[a:b, n:] = regions.forward(squared, precision=precision, batch_bytes=batch_bytes)[0]
+            squared = raw
+        else:  # |I|^2 from the data themselves, in float64 (not an integer square, which could overflow)
+            squared = raw.astype(np.float64)
+            squared *= squared
+        out[a:b, n:] = op.regions.forward(squared.reshape(b - a, ky, kx), precision="float64", batch_bytes=batch_bytes)
     return out.reshape(ny, nx, n + 2)
 
 
@@ -306,18 +287,21 @@ def _register_cupy() -> None:
     compress_block.register(cupy.ndarray, _dense_block)
 
 
-def _kernel(block: Any, basis: MaskWeights, regions: MaskWeights, amplitude: bool, dtype: Any, batch: int) -> Any:
-    return compress_block(block, basis, regions, amplitude=amplitude, dtype=dtype, batch_bytes=batch)
+def _kernel(block: Any, op: BasisOperator, amplitude: bool, dtype: Any, batch: int, out_dtype: Any) -> Any:
+    """One block: the coefficients, then c_perp of each region by Eq. 11, in ``out_dtype``.
 
-
-def _region_weights(basis: xr.DataArray) -> MaskWeights:
-    indicator = np.stack([np.asarray(basis.coords[f"{r}_region"].values, np.float64) for r in REGIONS])
-    return MaskWeights(
-        np.ascontiguousarray(indicator.reshape(len(REGIONS), -1).T),
-        n_masks=len(REGIONS),
-        n_pixels=indicator[0].size,
-        frame_shape=indicator.shape[1:],
-    )
+    Eq. 11 runs here on the float64 sums, before anything is rounded to the
+    stored dtype: c_perp is a small difference of large squares, so the
+    rounding of a float32 coefficient alone would be amplified.
+    """
+    out = compress_block(block, op, amplitude=amplitude, dtype=dtype, batch_bytes=batch)
+    xp = array_module(out)
+    n = op.n_masks
+    for i, region in enumerate(REGIONS):
+        inside = np.flatnonzero(op.labels == region)
+        captured = (out[..., inside] ** 2).sum(axis=-1) if inside.size else 0.0
+        out[..., n + i] = xp.sqrt(xp.maximum(out[..., n + i] - captured, 0))
+    return out.astype(out_dtype, copy=False)
 
 
 def _jsonable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +319,7 @@ def compress(
     *,
     mode: str = "amplitude",
     dtype: Any = "float64",
+    precision: str = "mixed",
     batch_bytes: int = BATCH_BYTES,
 ) -> xr.Dataset:
     """Compress every pattern of a dataset onto an orthonormal basis (lazy, chunk-parallel).
@@ -351,7 +336,16 @@ def compress(
         Project ``d = sqrt(I)`` (the paper's choice for ptychography) or
         ``d = I``. Negative intensities give NaN in amplitude mode.
     dtype : {"float64", "float32"}
-        Precision of the projection and of the stored coefficients.
+        dtype of the stored coefficients and ``c_perp`` (rounded once, at
+        the end: Eq. 11 is evaluated in float64 before).
+    precision : {"mixed", "float64"}
+        ``"mixed"`` (default): ``d`` on the pixels of the masks that vary
+        over their region (the BF masks), every product, every sum and the
+        region norms are float64; only the whole-frame ``d`` whose region sums
+        give the masks constant on their region (the mean-DF mask) is made in
+        float32 (summed in float64), which costs those coefficients a
+        relative error below ~1e-7. ``"float64"``: that ``d`` in float64 too.
+        Errors and throughput of both: docs/compression.md.
     batch_bytes : int
         Bytes of frames converted to floating point at a time.
 
@@ -362,7 +356,8 @@ def compress(
         ``c_perp_df`` ``(scan_y, scan_x)``, the ``masks``, ``bf_region`` and
         ``df_region``; the dataset's scan and detector coordinates, ``basis``
         and ``basis_region``; attrs: the calibration, ``compression_mode``,
-        ``basis_kind``, ``basis_attrs``, ``source_shape`` and ``source_dtype``.
+        ``compression_precision``, ``basis_kind``, ``basis_attrs``,
+        ``source_shape`` and ``source_dtype``.
 
     Raises
     ------
@@ -385,6 +380,9 @@ def compress(
     require_calibrated_detector(data)
     mode = check_mode(mode)
     dtype = np.dtype(resolve_dtype(dtype))
+    if not (isinstance(precision, str) and precision in PRECISIONS):
+        raise bad_value("precision", precision, f"one of {list(PRECISIONS)}")
+    convert = np.dtype(PRECISIONS[precision])
     if not (isinstance(batch_bytes, (int, np.integer)) and batch_bytes > 0):
         raise bad_value("batch_bytes", batch_bytes, "a positive number of bytes")
     basis = check_basis(basis, data)
@@ -392,33 +390,32 @@ def compress(
     require_whole_frames(arr, "compression")
     if np.dtype(data.dtype).kind == "c":
         raise bad_value("data", f"<dataset of dtype {data.dtype}>", "real intensities")
-    weights = mask_weights(basis.rename(basis="mask"))
-    regions = _region_weights(basis)
-    n = weights.n_masks
-    w = dask.delayed(weights, pure=True, traverse=False)
-    r = dask.delayed(regions, pure=True, traverse=False)
+    labels = np.asarray([str(v) for v in basis.coords["basis_region"].values])
+    op = BasisOperator(
+        np.asarray(basis.values, np.float64),
+        labels,
+        np.asarray(basis.coords["bf_region"].values, bool),
+        np.asarray(basis.coords["df_region"].values, bool),
+    )
+    n = op.n_masks
+    w = dask.delayed(op, pure=True, traverse=False)
     out = da.map_blocks(
         _kernel,
         arr,
         w,
-        r,
         mode == "amplitude",
-        dtype,
+        convert,
         int(batch_bytes),
+        dtype,
         drop_axis=(2, 3),
         new_axis=2,
         chunks=(arr.chunks[0], arr.chunks[1], (n + 2,)),
         dtype=dtype,
         meta=engine_meta(arr, 3, dtype),
-        name="compress-" + dask.base.tokenize(arr, w, r, mode, dtype, batch_bytes),
+        name="compress-" + dask.base.tokenize(arr, w, mode, convert, batch_bytes, dtype),
     )
     coefficients = out[..., :n]
-    labels = np.asarray([str(v) for v in basis.coords["basis_region"].values])
-    perp = {}
-    for i, region in enumerate(REGIONS):
-        inside = np.flatnonzero(labels == region)
-        captured = (coefficients[..., inside] ** 2).sum(axis=-1) if inside.size else 0.0
-        perp[region] = da.sqrt(da.maximum(out[..., n + i] - captured, 0)).astype(dtype)
+    perp = {region: out[..., n + i] for i, region in enumerate(REGIONS)}
     coords: dict[str, Any] = {d: data.coords[d] for d in (*SCAN_DIMS, *DETECTOR_DIMS)}
     coords["basis"] = np.arange(n)
     coords["basis_region"] = ("basis", labels)
@@ -427,6 +424,7 @@ def compress(
     attrs.update(
         {
             "compression_mode": mode,
+            "compression_precision": precision,
             "basis_kind": str(basis.attrs.get("basis_kind", "custom")),
             "basis_attrs": _jsonable_attrs(basis_attrs),
             "regions": _jsonable_attrs(dict(basis.attrs.get("regions", {}))),

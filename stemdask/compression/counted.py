@@ -19,8 +19,9 @@ import numba
 import numpy as np
 
 from ..events.block import EventBlock
-from ..imaging.project import BATCH_BYTES, MaskWeights
+from ..imaging.project import BATCH_BYTES
 from .compress import compress_block
+from .plan import BasisOperator
 
 
 @numba.njit(cache=True, nogil=True)
@@ -77,27 +78,30 @@ def runs_vectorised(block: EventBlock, weights: Any, regions: Any, amplitude: bo
 @compress_block.register(EventBlock)
 def _compress_events(
     block: EventBlock,
-    basis: MaskWeights,
-    regions: MaskWeights,
+    op: BasisOperator,
     *,
     amplitude: bool,
     dtype: Any = np.float64,
     batch_bytes: int = BATCH_BYTES,
 ) -> Any:
-    """``(scan_y, scan_x, n_basis + 2)`` from the events of a block (see the module docstring)."""
-    dtype = np.dtype(dtype)
+    """float64 ``(scan_y, scan_x, n_basis + 2)`` from the events of a block (see the module docstring).
+
+    ``dtype`` is accepted for the kernel's common signature: counts are exact,
+    and every product and sum here is float64.
+    """
+    basis, regions = op.weights, op.regions
     n = basis.n_masks + regions.n_masks
     if block.xp is not np:
-        weights = basis.on_device("cupy-dense", dtype, lambda: block.xp.asarray(basis.dense(dtype)))
-        region_w = regions.on_device("cupy-dense", dtype, lambda: block.xp.asarray(regions.dense(dtype)))
-        out = runs_vectorised(block, weights, region_w, amplitude, dtype)
+        f64 = np.float64
+        weights = basis.on_device("cupy-dense", f64, lambda: block.xp.asarray(basis.dense(f64)))
+        region_w = regions.on_device("cupy-dense", f64, lambda: block.xp.asarray(regions.dense(f64)))
+        out = runs_vectorised(block, weights, region_w, amplitude, f64)
     else:
         out = np.zeros((block.n_frames, n), dtype=np.float64)
         if block.n_events:
             _runs_kernel(
                 block.indices, np.asarray(block.offsets, np.int64), basis.dense(), regions.dense(), amplitude, out
             )
-        out = out.astype(dtype, copy=False)
     return out.reshape(*block.scan_shape, n)
 
 

@@ -31,7 +31,7 @@ from ..dataset import from_array
 from ..errors import IncompleteStoreError, bad_type, bad_value
 from ..io.publish import COMPLETE_ATTR, header, is_local
 from .bases import BASIS_KINDS, make_basis
-from .compress import check_basis, compress
+from .compress import PRECISIONS, check_basis, compress
 from .regions import detector_regions
 from .storage import FORMAT_VERSION, LAYOUT, array, create_arrays, write_tile
 
@@ -60,6 +60,8 @@ class CompressedWriter:
         Seed of the random draw of the data/PCA basis.
     dtype : {"float64", "float32"}
         Stored coefficient precision.
+    precision : {"mixed", "float64"}
+        Arithmetic of :func:`~stemdask.compression.compress` (default mixed).
     codec : str, optional
         Lossless codec of the stored arrays.
     bf_radius_mrad, df_outer_mrad : float, optional
@@ -83,6 +85,7 @@ class CompressedWriter:
         mode: str = "amplitude",
         seed: int = 0,
         dtype: Any = "float64",
+        precision: str = "mixed",
         codec: Any = None,
         overwrite: bool = False,
         bf_radius_mrad: float | None = None,
@@ -113,6 +116,9 @@ class CompressedWriter:
         first = max(4 * self.n_bf, 64) if n_first is None else integer("n_first", n_first)
         self.n_first_rows = -(-first // self.scan_x)
         self.mode, self.seed, self.dtype, self.codec = mode, int(seed), dtype, codec
+        if not (isinstance(precision, str) and precision in PRECISIONS):
+            raise bad_value("precision", precision, f"one of {list(PRECISIONS)}")
+        self.precision = precision
         self._buffer: list[np.ndarray] = []
         self._group: zarr.Group | None = None
         self.rows = 0
@@ -132,7 +138,9 @@ class CompressedWriter:
 
     def _write_rows(self, rows: np.ndarray) -> None:
         assert self.basis is not None
-        part = compress(self._rows_dataset(rows, self.rows), self.basis, mode=self.mode, dtype=self.dtype).compute()
+        part = compress(
+            self._rows_dataset(rows, self.rows), self.basis, mode=self.mode, dtype=self.dtype, precision=self.precision
+        ).compute()
         n = rows.shape[0]
         if self._group is None:
             group = zarr.open_group(self.path, mode="w-", zarr_format=3)
