@@ -8,10 +8,11 @@ The same experiment is simulated twice: by abTEM 1.0.11 (a subprocess in the
 abTEM venv, data exchanged as .npz) and by stemdask's simulator, on the same
 grid (the set-up of ``bench_simulate_abtem.py``: stemdask's window equals
 abTEM's periodic cell, detector pixel λ / cell, potential sampling cell / 96):
-MoS2 4 × 6 cells (21.9 × 19.0 Å), 80 kV, 25 mrad hard aperture, no
-aberrations, 20 × 20 positions at 0.5 Å centred on the cell, 64-pixel
-detector (61 × 71 mrad), in the projection approximation and with 0.9 Å
-slices. Poisson noise (``--doses``) is drawn here, with one seed, for both.
+MoS2 4 × 7 cells (21.9 × 22.1 Å: a nearly square grid, so stemdask's
+band limit, 2/3 of each axis's Nyquist, and abTEM's circular one are the same
+disc), 80 kV, 25 mrad hard aperture, no aberrations, 20 × 20 positions at
+0.5 Å centred on the cell, 64-pixel detector (61.0 × 60.4 mrad), in the
+projection approximation and with 0.9 Å slices. Poisson noise (``--doses``) is drawn here, with one seed, for both.
 Each dataset is reconstructed by the same single-slice call (known probe,
 Adam lr 0.05, full batch, amplitude loss noiseless / Poisson with counts) and
 scored against both truths: abTEM's projected potential (band-limited to the
@@ -40,7 +41,7 @@ SEMIANGLE_MRAD = 25.0
 SCAN = (20, 20)
 STEP_A = 0.5
 DETECTOR = 64
-CELLS = (4, 6)
+CELLS = (4, 7)
 #: the simulations: name and slice thickness (None: one slice, the projection approximation)
 CASES = (("projection", None), ("multislice 0.9 Å", 0.9))
 
