@@ -8,6 +8,9 @@ truth lives), cuts the illuminated region, finds the sub-pixel shift that
 best aligns the truth (cross-correlation peak, then a Nelder-Mead refinement
 of the correlation with cubic-spline interpolation of the truth) and returns
 the Pearson correlation, which removes the mean, i.e. the global phase.
+:func:`registered_fsc` gives the Fourier shell correlation of the same
+registered pair (:func:`stemdask.metrics.fourier_shell_correlation`, the one
+FSC of the package).
 """
 
 from __future__ import annotations
@@ -114,3 +117,49 @@ def phase_correlation(
     s = best.x
     shift = (float(truth.y[0]) + s[0] * dy - float(y[iy[0]]), float(truth.x[0]) + s[1] * dx - float(x[ix[0]]))
     return {"r": -float(best.fun), "shift_A": shift, "aligned_truth": aligned(s), "region": roi}
+
+
+def registered_fsc(
+    phase: xr.DataArray,
+    truth: xr.DataArray,
+    *,
+    region_A: tuple[float, float, float, float] | None = None,
+    margin_A: float = 1.0,
+    n_shells: int | None = None,
+) -> xr.Dataset:
+    """Fourier shell correlation of a reconstructed phase with the truth, registered as in :func:`phase_correlation`.
+
+    The band-limited reconstruction on the region and the truth resampled on
+    it (the sub-pixel shift of :func:`phase_correlation`), each less its mean
+    (the global phase is not measured), go to
+    :func:`stemdask.metrics.fourier_shell_correlation` (rings in 1/Å).
+
+    Parameters
+    ----------
+    phase, truth, region_A, margin_A
+        As for :func:`phase_correlation`.
+    n_shells : int, optional
+        Rings up to Nyquist (default half the region's smaller size).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``fsc``, ``half_bit`` and ``n_pixels`` per ring ``q`` (1/Å); attrs
+        ``r`` (the phase correlation) and ``shift_A``.
+    """
+    from ..metrics import fourier_shell_correlation
+
+    match = phase_correlation(phase, truth, region_A=region_A, margin_A=margin_A)
+    dy = float(phase.y[1] - phase.y[0])
+    dx = float(phase.x[1] - phase.x[0])
+    images = []
+    for image in (match["region"], match["aligned_truth"]):
+        ny, nx = image.shape
+        coords = {
+            "y": xr.Variable("y", np.arange(ny) * dy, {"units": "Å"}),
+            "x": xr.Variable("x", np.arange(nx) * dx, {"units": "Å"}),
+        }
+        images.append(xr.DataArray(image - image.mean(), coords=coords, dims=("y", "x")))
+    out = fourier_shell_correlation(images[0], images[1], n_shells=n_shells)
+    out.attrs.update({"r": match["r"], "shift_A": list(match["shift_A"])})
+    return out

@@ -92,9 +92,12 @@ def compressed_basis(ds: xr.Dataset, weights: Mapping[str, float] | None = None)
 
 def measured_vectors(ds: xr.Dataset) -> xr.DataArray:
     """Per position ``[c_0 … c_{n-1}, c⊥,bf, c⊥,df]``: ``(scan_y, scan_x, value)``, lazy when the data are."""
+    # the basis coordinates (``basis``, and ``basis_region`` of stemdask.compression.compress) name masks,
+    # which the two perpendicular norms appended here are not
     coeff = ds["coefficients"].transpose("scan_y", "scan_x", "basis")
+    coeff = coeff.drop_vars([n for n in coeff.coords if "basis" in coeff[n].dims])
     perp = xr.concat([ds["c_perp_bf"], ds["c_perp_df"]], dim="basis").transpose("scan_y", "scan_x", "basis")
-    return xr.concat([coeff.drop_vars("basis", errors="ignore"), perp], dim="basis")
+    return xr.concat([coeff, perp], dim="basis")
 
 
 class CompressedLoss:
