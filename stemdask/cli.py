@@ -214,7 +214,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             n_samples=args.samples,
             regions=regions,
         )
-        compressed = compress(data, basis, mode=args.mode, dtype=args.precision)
+        compressed = compress(data, basis, mode=args.mode, dtype=args.coefficient_dtype, precision=args.precision)
         out = save(compressed, args.output, overwrite=args.overwrite, progress=not args.quiet)
     seconds = time.perf_counter() - started
     info = storage_summary(compressed, out)
@@ -352,7 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--df", type=int, default=1, help="dark-field masks (1: the mean DF signal)")
     comp.add_argument("--mode", choices=["amplitude", "intensity"], default="amplitude")
     comp.add_argument(
-        "--precision", choices=["float64", "float32"], default="float64", help="of the stored coefficients"
+        "--coefficient-dtype",
+        dest="coefficient_dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="dtype of the stored coefficients and c_perp",
+    )
+    comp.add_argument(
+        "--precision",
+        choices=["mixed", "float64"],
+        default="mixed",
+        help="arithmetic of the projection (mixed: float64 sums and c_perp, float32 only for region-constant masks)",
     )
     comp.add_argument("--seed", type=int, default=0, help="seed of the sampled patterns (data, pca)")
     comp.add_argument("--samples", type=int, default=320, help="patterns sampled for pca")

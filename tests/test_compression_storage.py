@@ -109,3 +109,11 @@ def test_cli_compress_and_info(tmp_path, capsys):
     assert "ratio C (Eq. 17): 72.0" in capsys.readouterr().out
     assert cli.main(["compress", src, str(out), "--basis", "zernike", "--bf", "500", "--quiet"]) == 2
     assert "n_masks" in capsys.readouterr().err
+    # stored dtype and arithmetic are separate flags, as in compress(dtype=, precision=)
+    out32 = tmp_path / "out32.zarr"
+    args = ["compress", src, str(out32), "--basis", "pca", "--bf", "5", "--samples", "20", "--quiet"]
+    assert cli.main([*args, "--coefficient-dtype", "float32", "--precision", "float64"]) == 0
+    back = stemdask.open_dataset(out32)
+    assert back["coefficients"].dtype == np.float32
+    ref = stemdask.open_dataset(out)
+    np.testing.assert_allclose(back["coefficients"].values, ref["coefficients"].values, rtol=1e-6, atol=1e-6)
