@@ -272,10 +272,10 @@ def encode_chunk(
         out = np.empty(cap, dtype=np.uint8)
         # the symbol range and the output buffer are the same for every kernel
         tail = (np.int64(k), np.int64(base + bias), np.int64(emin + bias), out)
-        if mode == MODE_LOCAL and version == 2:
-            size = _k.encode_local2(raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail, _k.GAP_CUM, _k.GAP_COUNT)
-        elif mode == MODE_LOCAL:
-            size = _k.encode_local(raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail)
+        if mode == MODE_LOCAL:
+            size = _k.encode_local(
+                raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail, _k.GAP_CUM, _k.GAP_COUNT, version >= 2
+            )
         else:
             size = _k.encode_shared(raw, np.int64(flip), model._cumtab, *tail)  # type: ignore[attr-defined]
         if size >= 0:
@@ -357,78 +357,79 @@ def decode_chunk(
     """Decode bytes written by :func:`encode_chunk` (checking shape/dtype if given)."""
     h = _checked_header(data, shape, dtype)
     dt = h["dtype"]
-    k, base, emin = h["n_symbols"], h["base"], h["emin"]
     n, ny, nx = _detector(h["shape"])
+    # filled with the chunk's minimum (bin 0) once: the decoder writes only the other values of sparse pixels
+    result = np.zeros((n, ny * nx), dtype=dt) if h["base"] == 0 else np.full((n, ny * nx), h["base"], dtype=dt)
+    out = result.view(f"u{dt.itemsize}")
+    if h["mode"] == MODE_LOCAL:
+        status = _decode_local(h, out, events=None)
+    else:
+        status = _decode_shared(h, out, model)
+    if status != 0:
+        raise _inconsistent()
+    return result.reshape(h["shape"])
+
+
+def _biased(h: dict[str, Any]) -> tuple[np.int64, ...]:
+    """(flip, K, base, emin, vmin, vmax) of a chunk header as the kernels take them (biased values)."""
+    dt = h["dtype"]
+    bits = 8 * dt.itemsize
+    flip = (1 << (bits - 1)) if dt.kind == "i" else 0  # also the bias of signed values
+    return tuple(np.int64(v) for v in (flip, h["n_symbols"], h["base"] + flip, h["emin"] + flip, 0, (1 << bits) - 1))
+
+
+def _decode_local(h: dict[str, Any], out: np.ndarray, events: tuple[np.ndarray, ...] | None) -> int:
+    """Run the self-contained decoder (either format version) on a checked chunk: into ``out`` or to events."""
+    n, ny, nx = _detector(h["shape"])
+    flip, k, base, emin, vmin, vmax = _biased(h)
     payload = np.frombuffer(h["payload"], dtype=np.uint8)
-    isz = dt.itemsize
-    flip = bias = (1 << (8 * isz - 1)) if dt.kind == "i" else 0
-    span = (np.int64(0), np.int64((1 << (8 * isz)) - 1))  # the biased value range
-    if h["mode"] == MODE_LOCAL and h["version"] == 2:
-        result = np.empty((n, ny * nx), dtype=dt)
-        out = result.view(f"u{isz}")
-        status = _k.decode_local2(
+    return int(
+        _k.decode_local(
             payload,
             out,
             np.int64(n),
             np.int64(ny * nx),
-            np.int64(flip),
+            flip,
             np.int64(nx),
-            np.int64(k),
-            np.int64(base + bias),
-            np.int64(emin + bias),
-            *span,
+            k,
+            base,
+            emin,
+            vmin,
+            vmax,
             _k.GAP_CUM,
             _k.GAP_COUNT,
             _k.GAP_START,
-            False,
-            *_NO_EVENTS,
+            h["version"] >= 2,
+            events is not None,
+            *(events if events is not None else _NO_EVENTS),
         )
-        if status != 0:
-            raise _inconsistent()
-        return result.reshape(h["shape"])
-    result = np.empty((n, ny * nx), dtype=dt)
-    out = result.view(f"u{isz}")
-    if h["mode"] == MODE_LOCAL:
-        status = _k.decode_local(
-            payload,
-            out,
-            np.int64(flip),
-            np.int64(ny),
-            np.int64(nx),
-            np.int64(k),
-            np.int64(base + bias),
-            np.int64(emin + bias),
-            *span,
+    )
+
+
+def _decode_shared(h: dict[str, Any], out: np.ndarray, model: HistogramModel | None) -> int:
+    """Run the shared-model decoder on a checked chunk, after checking that ``model`` is the one it was coded with."""
+    _, ny, nx = _detector(h["shape"])
+    k, base = h["n_symbols"], h["base"]
+    if model is None:
+        raise ChunkCorruptError(
+            "stemdask.histogram chunk was coded with a shared model, but the codec "
+            "has none (was the array's metadata edited?)"
         )
-    else:
-        if model is None:
-            raise ChunkCorruptError(
-                "stemdask.histogram chunk was coded with a shared model, but the codec "
-                "has none (was the array's metadata edited?)"
-            )
-        if (
-            h["fingerprint"] != model.fingerprint
-            or (ny, nx) != model.detector_shape
-            or k != model.n_symbols
-            or base != model.offset
-        ):
-            raise ChunkCorruptError(
-                "stemdask.histogram chunk was coded with another shared model "
-                f"(fingerprint {h['fingerprint']:#010x}, codec's {model.fingerprint:#010x})"
-            )
-        status = _k.decode_shared(
-            payload,
-            out,
-            np.int64(flip),
-            model._cumtab,  # type: ignore[attr-defined]
-            np.int64(k),
-            np.int64(base + bias),
-            np.int64(emin + bias),
-            *span,
+    if (
+        h["fingerprint"] != model.fingerprint
+        or (ny, nx) != model.detector_shape
+        or k != model.n_symbols
+        or base != model.offset
+    ):
+        raise ChunkCorruptError(
+            "stemdask.histogram chunk was coded with another shared model "
+            f"(fingerprint {h['fingerprint']:#010x}, codec's {model.fingerprint:#010x})"
         )
-    if status != 0:
-        raise _inconsistent()
-    return result.reshape(h["shape"])
+    flip, k64, base64, emin64, vmin, vmax = _biased(h)
+    payload = np.frombuffer(h["payload"], dtype=np.uint8)
+    return int(
+        _k.decode_shared(payload, out, flip, model._cumtab, k64, base64, emin64, vmin, vmax)  # type: ignore[attr-defined]
+    )
 
 
 _NO_EVENTS = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
@@ -469,10 +470,12 @@ def decode_chunk_events(
 ) -> EventBlock:
     """Decode a chunk of counts of shape ``(scan_y, scan_x, k_y, k_x)`` into an :class:`EventBlock`.
 
-    A self-contained version-2 chunk whose minimum is 0 (counted data) goes
-    straight to events, in O(non-zero values) time and memory: the dense
-    chunk never exists.  Any other chunk (version 1, a shared model, a
-    minimum above 0) is decoded dense and converted; the result is the same.
+    A self-contained chunk whose minimum is 0 (counted data) goes straight to
+    events: the dense chunk never exists, and a version-2 chunk costs time and
+    memory in proportion to its non-zero values (a version-1 chunk codes
+    every frame, so decoding it still visits every frame).  A chunk coded
+    with a shared model, or whose minimum is above 0, is decoded dense and
+    converted; the result is the same.
 
     Raises
     ------
@@ -487,34 +490,16 @@ def decode_chunk_events(
     if h["base"] < 0:
         raise bad_value("chunk minimum", h["base"], "counts >= 0 to decode into events")
     dt = h["dtype"]
-    if h["mode"] != MODE_LOCAL or h["version"] < 2 or h["base"] != 0:
+    if h["mode"] != MODE_LOCAL or h["base"] != 0:
         dense = decode_chunk(data, model=model)
         return EventBlock.from_dense(dense, dtype=dt)
     sy, sx, ny, nx = h["shape"]
     n, pixels = sy * sx, ny * nx
-    payload = np.frombuffer(h["payload"], dtype=np.uint8)
-    bias = (1 << (8 * dt.itemsize - 1)) if dt.kind == "i" else 0
-    cap = min(n * pixels, 8 * payload.size + 1024)
+    cap = min(n * pixels, 8 * len(h["payload"]) + 1024)
+    unused = np.empty((1, 1), dtype=f"u{dt.itemsize}")
     while True:
         ev = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
-        status = _k.decode_local2(
-            payload,
-            np.empty((1, 1), dtype=f"u{dt.itemsize}"),
-            np.int64(n),
-            np.int64(pixels),
-            np.int64(bias),
-            np.int64(nx),
-            np.int64(h["n_symbols"]),
-            np.int64(bias),
-            np.int64(h["emin"] + bias),
-            np.int64(0),
-            np.int64((1 << (8 * dt.itemsize)) - 1),
-            _k.GAP_CUM,
-            _k.GAP_COUNT,
-            _k.GAP_START,
-            True,
-            *ev,
-        )
+        status = _decode_local(h, unused, events=ev)
         if status != _k.NEED_SPACE:
             break
         cap = min(n * pixels, 2 * cap)
