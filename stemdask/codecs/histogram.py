@@ -277,7 +277,7 @@ def encode_chunk(
                 raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail, _k.GAP_CUM, _k.GAP_COUNT, version >= 2
             )
         else:
-            size = _k.encode_shared(raw, np.int64(flip), model._cumtab, *tail)  # type: ignore[attr-defined]
+            size = _k.encode_shared(raw, np.int64(flip), model._cumtab, *tail)  # type: ignore[union-attr]
         if size >= 0:
             break
         cap *= 2
@@ -303,7 +303,7 @@ def _pack_header(
     )
 
 
-def read_header(data: bytes | memoryview) -> dict[str, Any]:
+def read_header(data: bytes | memoryview | np.ndarray) -> dict[str, Any]:
     """Parse and check a chunk's header and checksum.
 
     Raises
@@ -312,7 +312,7 @@ def read_header(data: bytes | memoryview) -> dict[str, Any]:
         On a wrong magic, an unknown format version, a truncated chunk or a
         checksum mismatch.
     """
-    buf = memoryview(data).cast("B")
+    buf = memoryview(data).cast("B")  # type: ignore[arg-type]
     size = len(buf)
     if size < 12 or bytes(buf[:4]) != MAGIC:
         raise ChunkCorruptError(
@@ -348,7 +348,7 @@ def read_header(data: bytes | memoryview) -> dict[str, Any]:
 
 
 def decode_chunk(
-    data: bytes | memoryview,
+    data: bytes | memoryview | np.ndarray,
     *,
     model: HistogramModel | None = None,
     shape: tuple[int, ...] | None = None,
@@ -441,7 +441,7 @@ def _inconsistent() -> ChunkCorruptError:
     )
 
 
-def _checked_header(data: bytes | memoryview, shape: tuple[int, ...] | None, dtype: Any) -> dict[str, Any]:
+def _checked_header(data: bytes | memoryview | np.ndarray, shape: tuple[int, ...] | None, dtype: Any) -> dict[str, Any]:
     """:func:`read_header`, plus the checks of shape, dtype and value range every decoder needs."""
     h = read_header(data)
     dt = h["dtype"]
@@ -462,7 +462,7 @@ def _checked_header(data: bytes | memoryview, shape: tuple[int, ...] | None, dty
 
 
 def decode_chunk_events(
-    data: bytes | memoryview,
+    data: bytes | memoryview | np.ndarray,
     *,
     model: HistogramModel | None = None,
     shape: tuple[int, ...] | None = None,
