@@ -512,8 +512,10 @@ def _gap_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 GAP_CUM, GAP_COUNT = _gap_tables()
+# int32 (every entry <= GAP_TOT): half the cache footprint of int64 for the tables read per gap
+GAP_CUM = GAP_CUM.astype(np.int32)
 #: GAP_START[lev, v >> 8]: the first gap whose range of cumulative frequencies can hold v
-GAP_START = np.zeros((GAP_LEVELS, GAP_TOT >> 8), dtype=np.int64)
+GAP_START = np.zeros((GAP_LEVELS, GAP_TOT >> 8), dtype=np.int16)
 for _lev in range(1, GAP_LEVELS):
     _edges = GAP_CUM[_lev, 1 : GAP_COUNT[_lev] + 1]
     GAP_START[_lev] = np.searchsorted(_edges, np.arange(0, GAP_TOT, 256), side="right")
@@ -706,7 +708,7 @@ def encode_local(x, flip, H, W, K, base, emin, out, gcum, gcount, sparse_ok):
 
 @njit(cache=True, nogil=True)
 def decode_local(
-    inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcount, gstart, sparse_ok, events, ev_t, ev_p, ev_v
+    inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcount, gstart, sparse_ok, events, ev_t, ev_p, counts
 ):
     """Inverse of :func:`encode_local` (``sparse_ok`` as it was coded: True for format version 2).
 
@@ -716,10 +718,11 @@ def decode_local(
     pixel are all written (pixel after pixel, down a column: the rows of
     ``out`` that one column touches stay in cache for the next columns).
     Returns 0.  With ``events`` True (for chunks whose minimum ``base`` is 0)
-    it writes nothing to ``out`` and appends every frame of every pixel whose
-    value is not ``base``, in pixel-major order, to ``ev_t`` (frame), ``ev_p``
-    (pixel) and ``ev_v`` (value - base); it returns their number, or
-    NEED_SPACE when they do not fit.  CORRUPT on an inconsistent stream.
+    it writes nothing to ``out``: for every frame of every pixel whose value
+    is not ``base`` it appends ``value - base`` electrons (frame ``ev_t``,
+    pixel ``ev_p``), in pixel-major order, and adds them to ``counts[frame]``
+    (zeros on entry); it returns the number of electrons, or NEED_SPACE when
+    they do not fit.  CORRUPT on an inconsistent stream.
     """
     freq, tot = _init_tables()
     rows = np.zeros((2, W, K + 1), dtype=np.int64)
@@ -768,8 +771,6 @@ def decode_local(
         for b in range(lastb + 1):
             hist[b] = 0
         _sort_bins(binval, bincnt, m)
-        if events and ne + (k if sparse else n) > cap:
-            return NEED_SPACE
         # the non-zero frames of a sparse pixel (all its gaps come first), then their bins
         if sparse:
             nleft = np.int64(n)
@@ -786,11 +787,10 @@ def decode_local(
             value = base + binval[0]
             if events:
                 if value != base:
+                    if ne + (value - base) * steps > cap:
+                        return NEED_SPACE
                     for j in range(steps):
-                        ev_t[ne] = frames[j] if sparse else j
-                        ev_p[ne] = p
-                        ev_v[ne] = value - base
-                        ne += 1
+                        ne = _append(ev_t, ev_p, counts, ne, frames[j] if sparse else j, p, value - base)
             elif sparse:
                 for j in range(steps):
                     out[frames[j], p] = value ^ flip
@@ -836,10 +836,9 @@ def decode_local(
                 value = base + s
             if events:
                 if value != base:
-                    ev_t[ne] = t
-                    ev_p[ne] = p
-                    ev_v[ne] = value - base
-                    ne += 1
+                    if ne + (value - base) > cap:
+                        return NEED_SPACE
+                    ne = _append(ev_t, ev_p, counts, ne, t, p, value - base)
             else:
                 out[t, p] = value ^ flip
     if ipos != inp.size:
@@ -847,21 +846,31 @@ def decode_local(
     return ne
 
 
+@njit(cache=True, inline="always")
+def _append(ev_t, ev_p, counts, ne, t, p, c):
+    """Append ``c`` electrons at pixel ``p`` of frame ``t``; return the new number of electrons."""
+    for _ in range(c):
+        ev_t[ne] = t
+        ev_p[ne] = p
+        ne += 1
+    counts[t] += c
+    return ne
+
+
 @njit(cache=True, nogil=True)
-def scatter_events(ev_t, ev_p, ev_v, n_events, n_frames):
-    """CSR events (offsets per frame, pixel indices repeated by count) from pixel-major triples."""
+def scatter_events(ev_t, ev_p, counts, n_events, indices):
+    """CSR events from pixel-major (frame, pixel) pairs: fills ``indices`` frame by frame, returns the offsets.
+
+    ``counts`` are the electrons of each frame (their sum is ``n_events``, the
+    size of ``indices``); within a frame the pixels stay in increasing order.
+    """
+    n_frames = counts.size
     offsets = np.zeros(n_frames + 1, dtype=np.int64)
-    for i in range(n_events):
-        offsets[ev_t[i] + 1] += ev_v[i]
     for f in range(n_frames):
-        offsets[f + 1] += offsets[f]
+        offsets[f + 1] = offsets[f] + counts[f]
     cursor = offsets[:-1].copy()
-    indices = np.empty(offsets[n_frames], dtype=np.int64)
     for i in range(n_events):
         t = ev_t[i]
-        c = cursor[t]
-        for _ in range(ev_v[i]):
-            indices[c] = ev_p[i]
-            c += 1
-        cursor[t] = c
-    return indices, offsets
+        indices[cursor[t]] = ev_p[i]
+        cursor[t] += 1
+    return offsets

@@ -432,7 +432,7 @@ def _decode_shared(h: dict[str, Any], out: np.ndarray, model: HistogramModel | N
     )
 
 
-_NO_EVENTS = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+_NO_EVENTS = (np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64))
 
 
 def _inconsistent() -> ChunkCorruptError:
@@ -482,7 +482,7 @@ def decode_chunk_events(
     InvalidArgumentError
         For a chunk that is not 4-D or holds negative values (not counts).
     """
-    from ..events.block import EventBlock
+    from ..events.block import EventBlock, index_dtype
 
     h = _checked_header(data, shape, dtype)
     if len(h["shape"]) != 4:
@@ -495,17 +495,20 @@ def decode_chunk_events(
         return EventBlock.from_dense(dense, dtype=dt)
     sy, sx, ny, nx = h["shape"]
     n, pixels = sy * sx, ny * nx
-    cap = min(n * pixels, 8 * len(h["payload"]) + 1024)
+    # (frame, pixel) of every electron, pixel-major, then sorted into frames (CSR); room for
+    # 1 e-/px (np.empty: only the pages written are touched), retried larger when more
+    cap = max(n * pixels, 8 * len(h["payload"])) + 1024
     unused = np.empty((1, 1), dtype=f"u{dt.itemsize}")
     while True:
-        ev = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
+        ev = (np.empty(cap, np.int32), np.empty(cap, np.int32), np.zeros(n, np.int64))
         status = _decode_local(h, unused, events=ev)
         if status != _k.NEED_SPACE:
             break
-        cap = min(n * pixels, 2 * cap)
+        cap *= 2
     if status < 0:
         raise _inconsistent()
-    indices, offsets = _k.scatter_events(ev[0], ev[1], ev[2], np.int64(status), np.int64(n))
+    indices = np.empty(status, dtype=index_dtype(pixels))
+    offsets = _k.scatter_events(ev[0], ev[1], ev[2], np.int64(status), indices)
     return EventBlock(indices, offsets, (sy, sx), (ny, nx), dtype=dt, check=False)
 
 
