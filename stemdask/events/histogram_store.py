@@ -184,7 +184,7 @@ class HistogramEventSource:
             prototype=default_buffer_prototype(),
         )
 
-    async def _chunk_bytes(self, chunks: list[tuple[int, ...]]) -> list[bytes | None]:
+    async def _chunk_bytes(self, chunks: list[tuple[int, ...]]) -> list[np.ndarray | None]:
         """Raw histogram bytes of ``chunks`` (inner-chunk indices), None for an empty chunk."""
         array, coding = self.array(), self.coding
         store, proto = array.store, default_buffer_prototype()
@@ -197,7 +197,7 @@ class HistogramEventSource:
         decoded = await _decode_bytes(
             coding.chunk_codecs, [raw[i] for i in present], self._spec(coding.chunk_shape, array.metadata.dtype)
         )
-        out: list[bytes | None] = [None] * len(chunks)
+        out: list[np.ndarray | None] = [None] * len(chunks)
         for i, buf in zip(present, decoded):
             out[i] = buf.as_numpy_array()
         return out
