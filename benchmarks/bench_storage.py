@@ -22,7 +22,12 @@ Rows:
 * raw read of an uncompressed sharded store with zarr-python, one thread,
   against reading the same bytes from the page cache (``np.fromfile``), for
   zarr's default settings and a tuned ``zarr.config``;
-* ``stemdask.save`` on a 2-worker LocalCluster with the default codec.
+* ``stemdask.save`` on a 2-worker LocalCluster with the default codec;
+* ``--parts events``: a virtual image from a histogram-coded counted store
+  opened as events (each chunk decoded straight into an EventBlock) against
+  the same store opened dense, in GB/s of equivalent dense bytes: per core
+  (dask's sync scheduler, process CPU time), and wall time with dask's
+  threads (2) and on a 2-worker LocalCluster.
 """
 
 from __future__ import annotations
@@ -54,6 +59,17 @@ def cpu_median(fn, repeat: int) -> float:
         t0 = time.thread_time()
         fn()
         times.append(time.thread_time() - t0)
+    return statistics.median(times)
+
+
+def process_median(fn, repeat: int) -> float:
+    """Median process CPU seconds (all threads) of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
     return statistics.median(times)
 
 
@@ -186,6 +202,60 @@ def write_rows(tmp, repeat, quick):
     return rows
 
 
+def events_store_rows(tmp, repeat, quick):
+    """Virtual image from a histogram-coded counted store: opened as events vs opened dense, wall GB/s."""
+    import dask
+    from bench_codec import rates
+    from distributed import Client, LocalCluster
+
+    import stemdask
+    from stemdask import events, imaging
+
+    scan, det = ((64, 64) if quick else (128, 128)), (128, 128)
+    rows = []
+    had = "MALLOC_TRIM_THRESHOLD_" in os.environ
+    for dose in (0.01, 0.1):
+        # simulated a scan row block at a time (the rates alone of a whole scan are 8 bytes a pixel)
+        rng = np.random.default_rng(0)
+        lam = rates((16, scan[1]), det, dose)
+        frames = np.concatenate([rng.poisson(lam).astype(np.uint16) for _ in range(scan[0] // 16)])
+        path = stemdask.save(stemdask.from_array(frames), os.path.join(tmp, f"h{dose}.zarr"), codec="histogram")
+        dense = stemdask.open_dataset(path)
+        mask = imaging.detectors.annulus(dense, 20.0, 60.0)
+        ref = (frames * mask.values).sum(axis=(2, 3))
+        del frames
+        gb = dense.nbytes / 1e9
+        counted = stemdask.open_dataset(path, representation="events")
+        assert events.is_counted(counted)
+
+        def run(data):
+            return imaging.virtual_image(data, mask).values
+
+        # per core, steady under load: process CPU time (zarr decodes on its own threads) with dask's sync scheduler
+        with dask.config.set(scheduler="sync"):
+            for kind, data in (("events", counted), ("dense", dense)):
+                rows.append((dose, "sync, process CPU time", kind, gb / process_median(lambda d=data: run(d), repeat)))
+        for label in ("threads (2)", "2-worker LocalCluster"):
+            if label.startswith("threads"):
+                ctx = dask.config.set(scheduler="threads", num_workers=2)
+                cluster = client = None
+            else:
+                cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+                client = Client(cluster)
+                ctx = dask.config.set(scheduler=client.get)
+            with ctx:
+                for kind, data in (("events", counted), ("dense", dense)):
+                    np.testing.assert_allclose(run(data), ref, rtol=1e-12)
+                    t = wall_median(lambda d=data: run(d), repeat)
+                    rows.append((dose, label, kind, gb / t))
+            if client is not None:
+                client.close()
+                cluster.close()
+    if not had:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return rows
+
+
 def merlin_samples():
     out = []
     try:
@@ -202,7 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--parts", default="codecs,histogram,read,write", help="comma-separated subset")
+    parser.add_argument(
+        "--parts", default="codecs,histogram,read,write,events", help="comma-separated subset (events: see above)"
+    )
     args = parser.parse_args()
     from bench_codec import simulate
 
@@ -228,6 +300,15 @@ def main() -> None:
         lines += ["", "| stemdask.save, 2-worker LocalCluster (wall) | MB/s |", "|---|---|"]
         if "write" in parts:
             lines += [f"| {codec} | {v:.0f} |" for codec, v in write_rows(tmp, 3, args.quick)]
+        if "events" in parts:
+            lines += [
+                "",
+                "| dose e-/px | scheduler | histogram store opened as | virtual image, GB/s of dense bytes |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {d} | {sched} | {kind} | {v:.2f} |" for d, sched, kind, v in events_store_rows(tmp, 3, args.quick)
+            ]
     lines += ["", f"load average at end {os.getloadavg()[0]:.2f}"]
     text = "\n".join(lines)
     print(text)

@@ -224,6 +224,16 @@ def test_decode_to_events_equals_dense_decode_then_counting(rng, rate):
         np.testing.assert_array_equal(events.indices, indices)
         np.testing.assert_array_equal(events.offsets, offsets)
         assert isinstance(events, EventBlock)
+    # more electrons than the first guess of room (a retry), and signed counts
+    hot = np.zeros((2, 2, 4, 4), np.int16)
+    hot[..., 1, 2] = 5000
+    hot[0, 1, 3, 3] = 2
+    for chunk in (hot, hot.astype(np.uint16)):
+        events = decode_chunk_events(encode_chunk(chunk))
+        frames = chunk.reshape(4, 16).astype(np.int64)
+        np.testing.assert_array_equal(events.indices, np.concatenate([np.repeat(np.arange(16), f) for f in frames]))
+        np.testing.assert_array_equal(events.offsets, np.concatenate([[0], np.cumsum(frames.sum(axis=1))]))
+        assert events.dtype == chunk.dtype
     with pytest.raises(InvalidArgumentError, match="4 axes"):
         decode_chunk_events(encode_chunk(x[0]))
     with pytest.raises(InvalidArgumentError, match="counts"):

@@ -361,176 +361,7 @@ def _sort_bins(binval, bincnt, m):
         bincnt[j + 1] = c
 
 
-# -- self-contained chunks ---------------------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def encode_local(x, flip, H, W, K, base, emin, out):
-    """Code ``x`` (frames x pixels), in pixel-major order with one histogram per pixel.
-
-    Symbols are ``u = value - base`` for ``0 <= u < K`` and the escape ``K``
-    otherwise (the escaped value is coded as ``value - emin``).  Returns the
-    number of bytes written or NEED_SPACE.
-    """
-    n, P = x.shape
-    freq, tot = _init_tables()
-    rows = np.zeros((2, W, K + 1), dtype=np.int64)
-    last = np.zeros((2, W), dtype=np.int64)
-    hist = np.zeros(K + 1, dtype=np.int64)
-    syms = np.empty(n, dtype=np.int64)
-    binval = np.empty(K + 1, dtype=np.int64)
-    bincnt = np.empty(K + 1, dtype=np.int64)
-    slot = np.empty(K + 1, dtype=np.int64)
-    rec = _reciprocals(n)
-    margin = 10 * n + 12 * (K + 2) + 64
-    low = np.int64(0)
-    rng = ONE40
-    pos = 0
-    for p in range(P):
-        if pos + margin > out.size:
-            return NEED_SPACE
-        y = p // W
-        xx = p - y * W
-        cur = y & 1
-        for t in range(n):
-            u = _load(x, t, p, flip) - base
-            s = u if (u >= 0 and u < K) else K
-            syms[t] = s
-            hist[s] += 1
-        # the histogram: the highest non-empty bin L, then the counts of bins
-        # 1..L (that of L minus one, as it is non-empty); bin 0 takes the rest
-        lastb = 0
-        for b in range(K, 0, -1):
-            if hist[b] > 0:
-                lastb = b
-                break
-        low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, _last_ctx(last, cur, y, xx, W), lastb)
-        remaining = np.int64(n)
-        for b in range(1, lastb + 1):
-            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
-            c = hist[b] - 1 if b == lastb else hist[b]
-            low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ctx, c)
-            remaining -= hist[b]
-            rows[cur, xx, b] = hist[b]
-        rows[cur, xx, 0] = hist[0]
-        last[cur, xx] = lastb
-        # the frames, with decrementing counts over the non-empty bins
-        m = 0
-        for b in range(lastb + 1):
-            if hist[b] > 0:
-                binval[m] = b
-                bincnt[m] = hist[b]
-                m += 1
-        _sort_bins(binval, bincnt, m)
-        for j in range(m):
-            slot[binval[j]] = j
-        nz = m
-        left = np.int64(n)
-        for t in range(n):
-            s = syms[t]
-            if nz > 1:
-                j = slot[s]
-                cum = np.int64(0)
-                for i in range(j):
-                    cum += bincnt[i]
-                low, rng, pos = _enc_r(low, rng, pos, out, cum, bincnt[j], _scale(rng, left, rec))
-                bincnt[j] -= 1
-                if bincnt[j] == 0:
-                    nz -= 1
-                left -= 1
-            if s == K:
-                low, rng, pos = _enc_number(low, rng, pos, out, freq, tot, ESC_CTX, _load(x, t, p, flip) - emin)
-        for b in range(lastb + 1):
-            hist[b] = 0
-    pos = _flush(low, pos, out)
-    return pos
-
-
-@njit(cache=True, nogil=True)
-def decode_local(inp, out, flip, H, W, K, base, emin, vmin, vmax):
-    """Inverse of :func:`encode_local`; fills ``out`` (frames x pixels).
-
-    Returns 0, or CORRUPT when the stream is inconsistent (a count larger than
-    the frames left, an escaped value outside [vmin, vmax], or a stream length
-    that differs from what was consumed).
-    """
-    n, P = out.shape
-    freq, tot = _init_tables()
-    rows = np.zeros((2, W, K + 1), dtype=np.int64)
-    last = np.zeros((2, W), dtype=np.int64)
-    binval = np.empty(K + 1, dtype=np.int64)
-    bincnt = np.empty(K + 1, dtype=np.int64)
-    hist = np.zeros(K + 1, dtype=np.int64)
-    rec = _reciprocals(n)
-    code, rng, ipos = _dec_start(inp)
-    for p in range(P):
-        y = p // W
-        xx = p - y * W
-        cur = y & 1
-        code, rng, ipos, lastb = _dec_number(code, rng, ipos, inp, freq, tot, _last_ctx(last, cur, y, xx, W))
-        if lastb > K:
-            return CORRUPT
-        remaining = np.int64(n)
-        for b in range(1, lastb + 1):
-            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
-            code, rng, ipos, c = _dec_number(code, rng, ipos, inp, freq, tot, ctx)
-            if b == lastb:
-                c += 1
-            if c > remaining:
-                return CORRUPT
-            hist[b] = c
-            remaining -= c
-            rows[cur, xx, b] = c
-        hist[0] = remaining
-        rows[cur, xx, 0] = remaining
-        last[cur, xx] = lastb
-        m = 0
-        for b in range(lastb + 1):
-            if hist[b] > 0:
-                binval[m] = b
-                bincnt[m] = hist[b]
-                m += 1
-            hist[b] = 0
-        _sort_bins(binval, bincnt, m)
-        nz = m
-        left = np.int64(n)
-        only = 0  # index of the single non-empty bin once nz == 1 (0 after sorting)
-        for t in range(n):
-            if nz > 1:
-                # find the bin whose scaled cumulative range holds code by
-                # multiplications (code >= k * r <=> code // r >= k) instead of a
-                # division; the bins are sorted by count, so this usually stops at once
-                r = _scale(rng, left, rec)
-                j = 0
-                cum = np.int64(0)
-                while j < m - 1 and (cum + bincnt[j]) * r <= code:
-                    cum += bincnt[j]
-                    j += 1
-                if bincnt[j] == 0:  # only on corrupted input (code beyond the range)
-                    return CORRUPT
-                code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, bincnt[j])
-                bincnt[j] -= 1
-                left -= 1
-                if bincnt[j] == 0:
-                    nz -= 1
-                    if nz == 1:
-                        only = 0
-                        while bincnt[only] == 0:
-                            only += 1
-                s = binval[j]
-            else:
-                s = binval[only]
-            if s == K:
-                code, rng, ipos, e = _dec_number(code, rng, ipos, inp, freq, tot, ESC_CTX)
-                value = emin + e
-                if value < vmin or value > vmax or (value - base >= 0 and value - base < K):
-                    return CORRUPT
-                _store(out, t, p, flip, value)
-            else:
-                _store(out, t, p, flip, base + s)
-    if ipos != inp.size:
-        return CORRUPT
-    return 0
+# -- self-contained chunks: see encode_local / decode_local below (after the gap coder) ------------
 
 
 # -- chunks coded with a model shared across chunks -------------------------
@@ -681,8 +512,10 @@ def _gap_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 GAP_CUM, GAP_COUNT = _gap_tables()
+# int32 (every entry <= GAP_TOT): half the cache footprint of int64 for the tables read per gap
+GAP_CUM = GAP_CUM.astype(np.int32)
 #: GAP_START[lev, v >> 8]: the first gap whose range of cumulative frequencies can hold v
-GAP_START = np.zeros((GAP_LEVELS, GAP_TOT >> 8), dtype=np.int64)
+GAP_START = np.zeros((GAP_LEVELS, GAP_TOT >> 8), dtype=np.int16)
 for _lev in range(1, GAP_LEVELS):
     _edges = GAP_CUM[_lev, 1 : GAP_COUNT[_lev] + 1]
     GAP_START[_lev] = np.searchsorted(_edges, np.arange(0, GAP_TOT, 256), side="right")
@@ -777,8 +610,16 @@ def _dec_gap(code, rng, ipos, inp, k, n, gcum, gcount, gstart, rec):
 
 
 @njit(cache=True, nogil=True)
-def encode_local2(x, flip, H, W, K, base, emin, out, gcum, gcount):
-    """Format version 2 of :func:`encode_local` (sparse pixels coded by their non-zero frames)."""
+def encode_local(x, flip, H, W, K, base, emin, out, gcum, gcount, sparse_ok):
+    """Code ``x`` (frames x pixels), in pixel-major order with one histogram per pixel.
+
+    Symbols are ``u = value - base`` for ``0 <= u < K`` and the escape ``K``
+    otherwise (the escaped value is coded as ``value - emin``).  With
+    ``sparse_ok`` (format version 2) a pixel with at most a third of its
+    frames outside bin 0 is coded by its non-zero frames (their gaps, then
+    their bins); without (version 1) every pixel codes all its frames.
+    Returns the number of bytes written or NEED_SPACE.
+    """
     n, P = x.shape
     freq, tot = _init_tables()
     rows = np.zeros((2, W, K + 1), dtype=np.int64)
@@ -820,7 +661,7 @@ def encode_local2(x, flip, H, W, K, base, emin, out, gcum, gcount):
         rows[cur, xx, 0] = hist[0]
         last[cur, xx] = lastb
         k = n - hist[0]
-        sparse = SPARSE_RATIO * k <= n
+        sparse = sparse_ok and SPARSE_RATIO * k <= n
         first = 1 if sparse else 0
         m = 0
         for b in range(first, lastb + 1):
@@ -866,18 +707,22 @@ def encode_local2(x, flip, H, W, K, base, emin, out, gcum, gcount):
 
 
 @njit(cache=True, nogil=True)
-def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcount, gstart, events, ev_t, ev_p, ev_v):
-    """Inverse of :func:`encode_local2`.
+def decode_local(
+    inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcount, gstart, sparse_ok, events, ev_t, ev_p, counts
+):
+    """Inverse of :func:`encode_local` (``sparse_ok`` as it was coded: True for format version 2).
 
-    With ``events`` False it fills ``out`` (frames x pixels) and returns 0:
-    pixels are decoded into a pixel-major tile of a few hundred pixels (in
-    cache), which is then copied into ``out`` one frame row at a time, so that
-    ``out`` is written in long contiguous runs.  With ``events`` True (for
-    chunks whose minimum ``base`` is 0) it writes nothing to ``out`` and
-    appends every frame of every pixel whose value is not ``base``, in
-    pixel-major order, to ``ev_t`` (frame), ``ev_p`` (pixel) and ``ev_v``
-    (value - base); it returns their number, or NEED_SPACE when they do not
-    fit.  CORRUPT on an inconsistent stream.
+    With ``events`` False it writes into ``out`` (frames x pixels), which the
+    caller has filled with the biased value of bin 0 (``base ^ flip``): the
+    frames of a sparse pixel cost only its non-zero values, those of a dense
+    pixel are all written (pixel after pixel, down a column: the rows of
+    ``out`` that one column touches stay in cache for the next columns).
+    Returns 0.  With ``events`` True (for chunks whose minimum ``base`` is 0)
+    it writes nothing to ``out``: for every frame of every pixel whose value
+    is not ``base`` it appends ``value - base`` electrons (frame ``ev_t``,
+    pixel ``ev_p``), in pixel-major order, and adds them to ``counts[frame]``
+    (zeros on entry); it returns the number of electrons, or NEED_SPACE when
+    they do not fit.  CORRUPT on an inconsistent stream.
     """
     freq, tot = _init_tables()
     rows = np.zeros((2, W, K + 1), dtype=np.int64)
@@ -888,18 +733,9 @@ def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcou
     rec = _reciprocals(n)
     cap = ev_t.size
     ne = 0
-    group = max(64, (1 << 17) // max(n, 1))
-    tile = np.empty((1 if events else min(group, P), n), dtype=out.dtype)
     frames = np.empty(n, dtype=np.int64)
-    zero = (base ^ flip) if not events else 0
-    p0 = 0
     code, rng, ipos = _dec_start(inp)
     for p in range(P):
-        if not events:
-            if p - p0 == tile.shape[0]:
-                _tile_out(tile, out, p0, p - p0)
-                p0 = p
-            row = tile[p - p0]
         y = p // W
         xx = p - y * W
         cur = y & 1
@@ -921,7 +757,10 @@ def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcou
         rows[cur, xx, 0] = remaining
         last[cur, xx] = lastb
         k = n - remaining
-        sparse = SPARSE_RATIO * k <= n
+        sparse = sparse_ok and SPARSE_RATIO * k <= n
+        if k == 0:  # every frame in bin 0: nothing else is coded, and out holds it already
+            hist[0] = 0
+            continue
         first = 1 if sparse else 0
         m = 0
         for b in range(first, lastb + 1):
@@ -932,10 +771,6 @@ def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcou
         for b in range(lastb + 1):
             hist[b] = 0
         _sort_bins(binval, bincnt, m)
-        if events and ne + (k if sparse else n) > cap:
-            return NEED_SPACE
-        if sparse and not events:
-            row[:] = zero
         # the non-zero frames of a sparse pixel (all its gaps come first), then their bins
         if sparse:
             nleft = np.int64(n)
@@ -948,22 +783,20 @@ def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcou
                 nleft -= g + 1
                 frames[j] = t
         steps = k if sparse else np.int64(n)
-        if m == 0:
-            if steps > 0:
-                return CORRUPT
-            continue
         if m == 1 and binval[0] != K:  # one value for all of them: nothing coded
             value = base + binval[0]
-            for j in range(steps):
-                t = frames[j] if sparse else j
-                if events:
-                    if value != base:
-                        ev_t[ne] = t
-                        ev_p[ne] = p
-                        ev_v[ne] = value - base
-                        ne += 1
-                else:
-                    row[t] = value ^ flip
+            if events:
+                if value != base:
+                    if ne + (value - base) * steps > cap:
+                        return NEED_SPACE
+                    for j in range(steps):
+                        ne = _append(ev_t, ev_p, counts, ne, frames[j] if sparse else j, p, value - base)
+            elif sparse:
+                for j in range(steps):
+                    out[frames[j], p] = value ^ flip
+            elif value != base:
+                for j in range(steps):
+                    out[j, p] = value ^ flip
             continue
         nz = m
         left = steps
@@ -971,13 +804,16 @@ def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcou
         for j in range(steps):
             t = frames[j] if sparse else j
             if nz > 1:
+                # find the bin whose scaled cumulative range holds code by
+                # multiplications (code >= k * r <=> code // r >= k) instead of a
+                # division; the bins are sorted by count, so this usually stops at once
                 r = _scale(rng, left, rec)
                 i = 0
                 cum = np.int64(0)
                 while i < m - 1 and (cum + bincnt[i]) * r <= code:
                     cum += bincnt[i]
                     i += 1
-                if bincnt[i] == 0:
+                if bincnt[i] == 0:  # only on corrupted input (code beyond the range)
                     return CORRUPT
                 code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, bincnt[i])
                 bincnt[i] -= 1
@@ -1000,48 +836,41 @@ def decode_local2(inp, out, n, P, flip, W, K, base, emin, vmin, vmax, gcum, gcou
                 value = base + s
             if events:
                 if value != base:
-                    ev_t[ne] = t
-                    ev_p[ne] = p
-                    ev_v[ne] = value - base
-                    ne += 1
+                    if ne + (value - base) > cap:
+                        return NEED_SPACE
+                    ne = _append(ev_t, ev_p, counts, ne, t, p, value - base)
             else:
-                row[t] = value ^ flip
-    if not events and P > 0:
-        _tile_out(tile, out, p0, P - p0)
+                out[t, p] = value ^ flip
     if ipos != inp.size:
         return CORRUPT
     return ne
 
 
-@njit(cache=True)
-def _tile_out(tile, out, p0, count):
-    """out[:, p0:p0 + count] = tile[:count].T, in blocks of 32 frames x 64 pixels (in L1 cache)."""
-    n = out.shape[0]
-    for t0 in range(0, n, 32):
-        t1 = min(t0 + 32, n)
-        for i0 in range(0, count, 64):
-            i1 = min(i0 + 64, count)
-            for t in range(t0, t1):
-                row = out[t]
-                for i in range(i0, i1):
-                    row[p0 + i] = tile[i, t]
+@njit(cache=True, inline="always")
+def _append(ev_t, ev_p, counts, ne, t, p, c):
+    """Append ``c`` electrons at pixel ``p`` of frame ``t``; return the new number of electrons."""
+    for _ in range(c):
+        ev_t[ne] = t
+        ev_p[ne] = p
+        ne += 1
+    counts[t] += c
+    return ne
 
 
 @njit(cache=True, nogil=True)
-def scatter_events(ev_t, ev_p, ev_v, n_events, n_frames):
-    """CSR events (offsets per frame, pixel indices repeated by count) from pixel-major triples."""
+def scatter_events(ev_t, ev_p, counts, n_events, indices):
+    """CSR events from pixel-major (frame, pixel) pairs: fills ``indices`` frame by frame, returns the offsets.
+
+    ``counts`` are the electrons of each frame (their sum is ``n_events``, the
+    size of ``indices``); within a frame the pixels stay in increasing order.
+    """
+    n_frames = counts.size
     offsets = np.zeros(n_frames + 1, dtype=np.int64)
-    for i in range(n_events):
-        offsets[ev_t[i] + 1] += ev_v[i]
     for f in range(n_frames):
-        offsets[f + 1] += offsets[f]
+        offsets[f + 1] = offsets[f] + counts[f]
     cursor = offsets[:-1].copy()
-    indices = np.empty(offsets[n_frames], dtype=np.int64)
     for i in range(n_events):
         t = ev_t[i]
-        c = cursor[t]
-        for _ in range(ev_v[i]):
-            indices[c] = ev_p[i]
-            c += 1
-        cursor[t] = c
-    return indices, offsets
+        indices[cursor[t]] = ev_p[i]
+        cursor[t] += 1
+    return offsets

@@ -272,12 +272,12 @@ def encode_chunk(
         out = np.empty(cap, dtype=np.uint8)
         # the symbol range and the output buffer are the same for every kernel
         tail = (np.int64(k), np.int64(base + bias), np.int64(emin + bias), out)
-        if mode == MODE_LOCAL and version == 2:
-            size = _k.encode_local2(raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail, _k.GAP_CUM, _k.GAP_COUNT)
-        elif mode == MODE_LOCAL:
-            size = _k.encode_local(raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail)
+        if mode == MODE_LOCAL:
+            size = _k.encode_local(
+                raw, np.int64(flip), np.int64(ny), np.int64(nx), *tail, _k.GAP_CUM, _k.GAP_COUNT, version >= 2
+            )
         else:
-            size = _k.encode_shared(raw, np.int64(flip), model._cumtab, *tail)  # type: ignore[attr-defined]
+            size = _k.encode_shared(raw, np.int64(flip), model._cumtab, *tail)  # type: ignore[union-attr]
         if size >= 0:
             break
         cap *= 2
@@ -303,7 +303,7 @@ def _pack_header(
     )
 
 
-def read_header(data: bytes | memoryview) -> dict[str, Any]:
+def read_header(data: bytes | memoryview | np.ndarray) -> dict[str, Any]:
     """Parse and check a chunk's header and checksum.
 
     Raises
@@ -312,7 +312,7 @@ def read_header(data: bytes | memoryview) -> dict[str, Any]:
         On a wrong magic, an unknown format version, a truncated chunk or a
         checksum mismatch.
     """
-    buf = memoryview(data).cast("B")
+    buf = memoryview(data).cast("B")  # type: ignore[arg-type]
     size = len(buf)
     if size < 12 or bytes(buf[:4]) != MAGIC:
         raise ChunkCorruptError(
@@ -348,7 +348,7 @@ def read_header(data: bytes | memoryview) -> dict[str, Any]:
 
 
 def decode_chunk(
-    data: bytes | memoryview,
+    data: bytes | memoryview | np.ndarray,
     *,
     model: HistogramModel | None = None,
     shape: tuple[int, ...] | None = None,
@@ -357,81 +357,82 @@ def decode_chunk(
     """Decode bytes written by :func:`encode_chunk` (checking shape/dtype if given)."""
     h = _checked_header(data, shape, dtype)
     dt = h["dtype"]
-    k, base, emin = h["n_symbols"], h["base"], h["emin"]
     n, ny, nx = _detector(h["shape"])
-    payload = np.frombuffer(h["payload"], dtype=np.uint8)
-    isz = dt.itemsize
-    flip = bias = (1 << (8 * isz - 1)) if dt.kind == "i" else 0
-    span = (np.int64(0), np.int64((1 << (8 * isz)) - 1))  # the biased value range
-    if h["mode"] == MODE_LOCAL and h["version"] == 2:
-        result = np.empty((n, ny * nx), dtype=dt)
-        out = result.view(f"u{isz}")
-        status = _k.decode_local2(
-            payload,
-            out,
-            np.int64(n),
-            np.int64(ny * nx),
-            np.int64(flip),
-            np.int64(nx),
-            np.int64(k),
-            np.int64(base + bias),
-            np.int64(emin + bias),
-            *span,
-            _k.GAP_CUM,
-            _k.GAP_COUNT,
-            _k.GAP_START,
-            False,
-            *_NO_EVENTS,
-        )
-        if status != 0:
-            raise _inconsistent()
-        return result.reshape(h["shape"])
-    result = np.empty((n, ny * nx), dtype=dt)
-    out = result.view(f"u{isz}")
+    # filled with the chunk's minimum (bin 0) once: the decoder writes only the other values of sparse pixels
+    result = np.zeros((n, ny * nx), dtype=dt) if h["base"] == 0 else np.full((n, ny * nx), h["base"], dtype=dt)
+    out = result.view(f"u{dt.itemsize}")
     if h["mode"] == MODE_LOCAL:
-        status = _k.decode_local(
-            payload,
-            out,
-            np.int64(flip),
-            np.int64(ny),
-            np.int64(nx),
-            np.int64(k),
-            np.int64(base + bias),
-            np.int64(emin + bias),
-            *span,
-        )
+        status = _decode_local(h, out, events=None)
     else:
-        if model is None:
-            raise ChunkCorruptError(
-                "stemdask.histogram chunk was coded with a shared model, but the codec "
-                "has none (was the array's metadata edited?)"
-            )
-        if (
-            h["fingerprint"] != model.fingerprint
-            or (ny, nx) != model.detector_shape
-            or k != model.n_symbols
-            or base != model.offset
-        ):
-            raise ChunkCorruptError(
-                "stemdask.histogram chunk was coded with another shared model "
-                f"(fingerprint {h['fingerprint']:#010x}, codec's {model.fingerprint:#010x})"
-            )
-        status = _k.decode_shared(
-            payload,
-            out,
-            np.int64(flip),
-            model._cumtab,  # type: ignore[attr-defined]
-            np.int64(k),
-            np.int64(base + bias),
-            np.int64(emin + bias),
-            *span,
-        )
+        status = _decode_shared(h, out, model)
     if status != 0:
         raise _inconsistent()
     return result.reshape(h["shape"])
 
 
-_NO_EVENTS = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+def _biased(h: dict[str, Any]) -> tuple[np.int64, ...]:
+    """(flip, K, base, emin, vmin, vmax) of a chunk header as the kernels take them (biased values)."""
+    dt = h["dtype"]
+    bits = 8 * dt.itemsize
+    flip = (1 << (bits - 1)) if dt.kind == "i" else 0  # also the bias of signed values
+    return tuple(np.int64(v) for v in (flip, h["n_symbols"], h["base"] + flip, h["emin"] + flip, 0, (1 << bits) - 1))
+
+
+def _decode_local(h: dict[str, Any], out: np.ndarray, events: tuple[np.ndarray, ...] | None) -> int:
+    """Run the self-contained decoder (either format version) on a checked chunk: into ``out`` or to events."""
+    n, ny, nx = _detector(h["shape"])
+    flip, k, base, emin, vmin, vmax = _biased(h)
+    payload = np.frombuffer(h["payload"], dtype=np.uint8)
+    return int(
+        _k.decode_local(
+            payload,
+            out,
+            np.int64(n),
+            np.int64(ny * nx),
+            flip,
+            np.int64(nx),
+            k,
+            base,
+            emin,
+            vmin,
+            vmax,
+            _k.GAP_CUM,
+            _k.GAP_COUNT,
+            _k.GAP_START,
+            h["version"] >= 2,
+            events is not None,
+            *(events if events is not None else _NO_EVENTS),
+        )
+    )
+
+
+def _decode_shared(h: dict[str, Any], out: np.ndarray, model: HistogramModel | None) -> int:
+    """Run the shared-model decoder on a checked chunk, after checking that ``model`` is the one it was coded with."""
+    _, ny, nx = _detector(h["shape"])
+    k, base = h["n_symbols"], h["base"]
+    if model is None:
+        raise ChunkCorruptError(
+            "stemdask.histogram chunk was coded with a shared model, but the codec "
+            "has none (was the array's metadata edited?)"
+        )
+    if (
+        h["fingerprint"] != model.fingerprint
+        or (ny, nx) != model.detector_shape
+        or k != model.n_symbols
+        or base != model.offset
+    ):
+        raise ChunkCorruptError(
+            "stemdask.histogram chunk was coded with another shared model "
+            f"(fingerprint {h['fingerprint']:#010x}, codec's {model.fingerprint:#010x})"
+        )
+    flip, k64, base64, emin64, vmin, vmax = _biased(h)
+    payload = np.frombuffer(h["payload"], dtype=np.uint8)
+    return int(
+        _k.decode_shared(payload, out, flip, model._cumtab, k64, base64, emin64, vmin, vmax)  # type: ignore[attr-defined]
+    )
+
+
+_NO_EVENTS = (np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64))
 
 
 def _inconsistent() -> ChunkCorruptError:
@@ -440,7 +441,7 @@ def _inconsistent() -> ChunkCorruptError:
     )
 
 
-def _checked_header(data: bytes | memoryview, shape: tuple[int, ...] | None, dtype: Any) -> dict[str, Any]:
+def _checked_header(data: bytes | memoryview | np.ndarray, shape: tuple[int, ...] | None, dtype: Any) -> dict[str, Any]:
     """:func:`read_header`, plus the checks of shape, dtype and value range every decoder needs."""
     h = read_header(data)
     dt = h["dtype"]
@@ -461,7 +462,7 @@ def _checked_header(data: bytes | memoryview, shape: tuple[int, ...] | None, dty
 
 
 def decode_chunk_events(
-    data: bytes | memoryview,
+    data: bytes | memoryview | np.ndarray,
     *,
     model: HistogramModel | None = None,
     shape: tuple[int, ...] | None = None,
@@ -469,17 +470,19 @@ def decode_chunk_events(
 ) -> EventBlock:
     """Decode a chunk of counts of shape ``(scan_y, scan_x, k_y, k_x)`` into an :class:`EventBlock`.
 
-    A self-contained version-2 chunk whose minimum is 0 (counted data) goes
-    straight to events, in O(non-zero values) time and memory: the dense
-    chunk never exists.  Any other chunk (version 1, a shared model, a
-    minimum above 0) is decoded dense and converted; the result is the same.
+    A self-contained chunk whose minimum is 0 (counted data) goes straight to
+    events: the dense chunk never exists, and a version-2 chunk costs time and
+    memory in proportion to its non-zero values (a version-1 chunk codes
+    every frame, so decoding it still visits every frame).  A chunk coded
+    with a shared model, or whose minimum is above 0, is decoded dense and
+    converted; the result is the same.
 
     Raises
     ------
     InvalidArgumentError
         For a chunk that is not 4-D or holds negative values (not counts).
     """
-    from ..events.block import EventBlock
+    from ..events.block import EventBlock, index_dtype
 
     h = _checked_header(data, shape, dtype)
     if len(h["shape"]) != 4:
@@ -487,40 +490,25 @@ def decode_chunk_events(
     if h["base"] < 0:
         raise bad_value("chunk minimum", h["base"], "counts >= 0 to decode into events")
     dt = h["dtype"]
-    if h["mode"] != MODE_LOCAL or h["version"] < 2 or h["base"] != 0:
+    if h["mode"] != MODE_LOCAL or h["base"] != 0:
         dense = decode_chunk(data, model=model)
         return EventBlock.from_dense(dense, dtype=dt)
     sy, sx, ny, nx = h["shape"]
     n, pixels = sy * sx, ny * nx
-    payload = np.frombuffer(h["payload"], dtype=np.uint8)
-    bias = (1 << (8 * dt.itemsize - 1)) if dt.kind == "i" else 0
-    cap = min(n * pixels, 8 * payload.size + 1024)
+    # (frame, pixel) of every electron, pixel-major, then sorted into frames (CSR); room for
+    # 1 e-/px (np.empty: only the pages written are touched), retried larger when more
+    cap = max(n * pixels, 8 * len(h["payload"])) + 1024
+    unused = np.empty((1, 1), dtype=f"u{dt.itemsize}")
     while True:
-        ev = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
-        status = _k.decode_local2(
-            payload,
-            np.empty((1, 1), dtype=f"u{dt.itemsize}"),
-            np.int64(n),
-            np.int64(pixels),
-            np.int64(bias),
-            np.int64(nx),
-            np.int64(h["n_symbols"]),
-            np.int64(bias),
-            np.int64(h["emin"] + bias),
-            np.int64(0),
-            np.int64((1 << (8 * dt.itemsize)) - 1),
-            _k.GAP_CUM,
-            _k.GAP_COUNT,
-            _k.GAP_START,
-            True,
-            *ev,
-        )
+        ev = (np.empty(cap, np.int32), np.empty(cap, np.int32), np.zeros(n, np.int64))
+        status = _decode_local(h, unused, events=ev)
         if status != _k.NEED_SPACE:
             break
-        cap = min(n * pixels, 2 * cap)
+        cap *= 2
     if status < 0:
         raise _inconsistent()
-    indices, offsets = _k.scatter_events(ev[0], ev[1], ev[2], np.int64(status), np.int64(n))
+    indices = np.empty(status, dtype=index_dtype(pixels))
+    offsets = _k.scatter_events(ev[0], ev[1], ev[2], np.int64(status), indices)
     return EventBlock(indices, offsets, (sy, sx), (ny, nx), dtype=dt, check=False)
 
 

@@ -13,6 +13,7 @@ from .array import events_per_frame, from_dense, is_counted, to_dense
 from .block import EventBlock, index_dtype
 from .choose import CROSSOVER_E_PER_PIXEL, as_representation, choose_representation, electrons_per_pixel
 from .count import count_electrons
+from .histogram_store import open_histogram_events
 from .ops import (
     bin_detector,
     bin_scan,
@@ -42,6 +43,7 @@ __all__ = [
     "index_dtype",
     "is_counted",
     "open_event_store",
+    "open_histogram_events",
     "open_stempy",
     "radial_sum",
     "rle_decode",

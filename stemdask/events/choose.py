@@ -97,7 +97,17 @@ def as_representation(data: xr.DataArray, representation: str = "auto", **kwargs
     if representation == "auto":
         representation = choose_representation(data, **kwargs)
     if representation == "events":
-        return data if is_counted(data) else from_dense(data)
+        if is_counted(data):
+            return data
+        if isinstance(data, xr.DataArray) and data.dtype.kind not in "ui":
+            raise bad_value(
+                "representation",
+                representation,
+                f"'dense' or None for data of dtype {data.dtype} (source {data.attrs.get('source', '?')!r}): "
+                "electron events need integer counts (a histogram-coded store of counts decodes straight "
+                "to events; count raw frames with stemdask.events.count_electrons)",
+            )
+        return from_dense(data)
     return to_dense(data)
 
 

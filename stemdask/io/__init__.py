@@ -20,6 +20,12 @@ anything RosettaSciIO reads  :func:`stemdask.io.rsciio_reader.open_rsciio`
 ``.xml``, ...)
 ===========================  ==============================================
 
+``representation=`` first asks the readers registered with
+:func:`stemdask.io.layouts.register_store_reader` whether one opens the store
+straight into that representation (a histogram-coded dense store of counts
+decodes into electron events chunk by chunk, never dense); otherwise the
+stored representation is opened and converted lazily.
+
 ``io`` imports nothing from ``stemdask.events``: the event store, the stempy
 reader and the representations are registered by ``stemdask.events`` through
 :mod:`stemdask.io.layouts`.
@@ -37,11 +43,12 @@ import xarray as xr
 
 from ..errors import FileFormatError, InvalidArgumentError
 from .hdf5 import open_hdf5
-from .layouts import convert_representation, file_reader_for
-from .publish import describe_interrupted
+from .layouts import convert_representation, file_reader_for, get_layout, store_reader_for
+from .publish import LAYOUT_ATTR, check_header, describe_interrupted, is_stemdask_store
 from .raw import open_npy, open_raw
 from .rsciio_reader import open_rsciio, rsciio_plugin
-from .zarr_store import DatasetWriter, open_zarr, save, store_nbytes
+from .zarr_store import LAYOUT as DENSE_LAYOUT
+from .zarr_store import DatasetWriter, open_zarr, read_group_attrs, save, store_nbytes
 
 _HDF5 = {".h5", ".hdf5", ".hdf", ".nxs"}
 _RAW = {".raw", ".bin", ".dat"}
@@ -62,7 +69,9 @@ def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = 
         None keeps the stored representation; ``"dense"`` or ``"events"``
         converts lazily (events need integer counts); ``"auto"`` picks the
         cheaper one from the measured sparsity (see
-        :func:`stemdask.events.choose_representation`).
+        :func:`stemdask.events.choose_representation`). A store coded with
+        the histogram codec opens as ``"events"`` without being dense: each
+        inner chunk decodes straight into an event block.
     **kwargs
         Passed to the reader: ``chunks`` for all; calibration keywords
         (``energy_ev``, ``semiangle_mrad``, ``scan_step_A``,
@@ -83,10 +92,40 @@ def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = 
     FileFormatError
         When the file cannot be read as 4D-STEM data, with the reason.
     """
+    if representation is not None:
+        direct = _open_as(path, representation, kwargs)
+        if direct is not None:
+            return direct
     data = _open(path, **kwargs)
     if representation is None:
         return data
     return convert_representation(data, representation)
+
+
+#: keywords a store reader takes (those of a layout's opener)
+_STORE_READER_KEYWORDS = {"chunks", "allow_incomplete"}
+
+
+def _open_as(path: str | os.PathLike | Any, representation: str, kwargs: dict[str, Any]) -> xr.DataArray | None:
+    """A stemdask store opened straight into ``representation`` by a registered store reader, or None."""
+    if not isinstance(representation, str) or not set(kwargs) <= _STORE_READER_KEYWORDS:
+        return None  # the generic path names what is wrong
+    if isinstance(path, (str, os.PathLike)) and "://" not in str(path):
+        p = Path(str(path)).expanduser()
+        if not _is_zarr(p):
+            return None
+        store: Any = p
+    else:
+        store = path
+    attrs = read_group_attrs(store)
+    if not is_stemdask_store(attrs):
+        return None
+    layout = get_layout(attrs.get(LAYOUT_ATTR, DENSE_LAYOUT), store)
+    reader = store_reader_for(layout.name, representation, store, attrs)
+    if reader is None:
+        return None
+    check_header(store, attrs, layout.version, allow_incomplete=bool(kwargs.get("allow_incomplete", False)))
+    return reader.open(store, attrs, **kwargs)
 
 
 def _keywords(reader: Any) -> set[str]:

@@ -46,6 +46,14 @@ the generic readers. Representations (``open_dataset(..., representation=...)``)
 are a third: :func:`register_representation` maps a name to a
 function ``convert(data) -> data``; ``stemdask.events`` registers
 ``"events"``, ``"dense"`` and ``"auto"``.
+
+A representation that a store can give without passing through another
+(histogram-coded dense stores decode straight into electron events) is a
+fourth: :func:`register_store_reader` adds a :class:`StoreReader` for a
+(layout, representation) pair, with a cheap ``detect(store, attrs)`` that
+looks at the store's metadata only. ``open_dataset(store, representation=r)``
+asks it first and converts the stored representation only when no reader
+detects the store.
 """
 
 from __future__ import annotations
@@ -110,7 +118,35 @@ class FileReader:
     open: Callable[..., xr.DataArray]
 
 
+@dataclass(frozen=True)
+class StoreReader:
+    """A reader that opens stores of one layout straight into another representation.
+
+    Attributes
+    ----------
+    name : str
+        The reader's name.
+    layout : str
+        The layout of the stores it reads (``"dense"``).
+    representation : str
+        What it opens them as (``"events"``).
+    detect : callable
+        ``detect(store, attrs) -> bool``: whether it can read this store
+        (metadata only; ``attrs`` are the checked group attrs).
+    open : callable
+        ``open(store, attrs, *, chunks=None, allow_incomplete=False) -> DataArray``,
+        as :attr:`Layout.open`.
+    """
+
+    name: str
+    layout: str
+    representation: str
+    detect: Callable[[Any, dict[str, Any]], bool]
+    open: Callable[..., xr.DataArray]
+
+
 _LAYOUTS: dict[str, Layout] = {}
+_STORE_READERS: dict[str, StoreReader] = {}
 _FILE_READERS: dict[str, FileReader] = {}
 _REPRESENTATIONS: dict[str, Callable[[xr.DataArray], xr.DataArray]] = {}
 
@@ -229,6 +265,27 @@ def register_representation(
     _REPRESENTATIONS[name] = convert
 
 
+def register_store_reader(reader: StoreReader, *, replace: bool = False) -> StoreReader:
+    """Add ``reader`` to those :func:`stemdask.open_dataset` asks for a representation; return it."""
+    if not isinstance(reader, StoreReader):
+        raise bad_type("reader", reader, "a stemdask.io.layouts.StoreReader")
+    if reader.name in _STORE_READERS and not replace:
+        raise bad_value(
+            "reader.name", reader.name, f"a name not yet registered (known: {sorted(_STORE_READERS)}), or replace=True"
+        )
+    _STORE_READERS[reader.name] = reader
+    return reader
+
+
+def store_reader_for(layout: str, representation: str, store: Any, attrs: dict[str, Any]) -> StoreReader | None:
+    """The registered reader that opens this ``layout`` store as ``representation``, if one detects it."""
+    _load_plugins()
+    for reader in _STORE_READERS.values():
+        if reader.layout == layout and reader.representation == representation and reader.detect(store, attrs):
+            return reader
+    return None
+
+
 def convert_representation(data: xr.DataArray, representation: str) -> xr.DataArray:
     """``data`` in the registered ``representation``."""
     _load_plugins()
@@ -242,6 +299,7 @@ def convert_representation(data: xr.DataArray, representation: str) -> xr.DataAr
 __all__ = [
     "FileReader",
     "Layout",
+    "StoreReader",
     "convert_representation",
     "file_reader_for",
     "get_layout",
@@ -250,5 +308,7 @@ __all__ = [
     "register_file_reader",
     "register_layout",
     "register_representation",
+    "register_store_reader",
+    "store_reader_for",
     "unregister_layout",
 ]
