@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import statistics
 import sys
@@ -154,36 +155,217 @@ def raw_read_rows(tmp, repeat, quick):
     return rows
 
 
-def write_rows(tmp, repeat, quick):
+def shard_profile_rows(tmp, repeat):
+    """Where the time of one shard goes, one process: zarr's write/read against its parts done by hand.
+
+    One shard of 64x64 positions x 128x128 uint16 (134 MB, 16 inner chunks of 8 MiB),
+    simulated at 1 e-/px, default codec (blosc lz4-1 bitshuffle + crc32c). Wall time
+    (zarr runs codecs on its own threads), median of ``repeat`` after a warm-up.
+    """
+    import google_crc32c
+    import numcodecs
+    import zarr
+    from bench_codec import simulate
+    from numcodecs import blosc
+
+    import stemdask.io.zarr_store as zs
+    from stemdask.codecs import DEFAULT_CODEC, resolve_codec, with_checksum
+
+    blosc.use_threads = False
+    x = simulate(1.0, scan=(64, 64), det=(128, 128))[0]
+    inner = (16, 16)
+    tiles = [(slice(i, i + inner[0]), slice(j, j + inner[1])) for i in range(0, 64, 16) for j in range(0, 64, 16)]
+    codec = numcodecs.Blosc("lz4", 1, numcodecs.Blosc.BITSHUFFLE, blocksize=0)
+    compressors = list(with_checksum(resolve_codec(DEFAULT_CODEC).compressors))
+    chunks = [np.ascontiguousarray(x[t]) for t in tiles]
+    encoded = [codec.encode(c) for c in chunks]
+    blob = os.path.join(tmp, "shard.bin")
+
+    def write_file():
+        with open(blob, "wb") as f:
+            f.writelines(encoded)
+
+    write_file()
+
+    def zarr_write(config):
+        path = os.path.join(tmp, "prof.zarr")
+        z = zarr.create_array(
+            path,
+            shape=x.shape,
+            chunks=(*inner, 128, 128),
+            shards=x.shape,
+            dtype="uint16",
+            compressors=compressors,
+            overwrite=True,
+        ).with_config(config)
+        t0 = time.perf_counter()
+        z[:] = x
+        return time.perf_counter() - t0
+
+    def med(fn):
+        fn()
+        return statistics.median(fn() for _ in range(repeat))
+
+    def wall(fn):
+        def run():
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+
+        return med(run)
+
+    out = [
+        ("write: zarr, old config (write_empty_chunks=False)", med(lambda: zarr_write({"write_empty_chunks": False}))),
+        ("write: zarr, new config (write_empty_chunks=True)", med(lambda: zarr_write(dict(zs.WRITE_ARRAY_CONFIG)))),
+        (
+            "write part: fill-value check of every chunk and the shard",
+            # what zarr's NDBuffer.all_equal does: array_equal with the fill value broadcast
+            wall(
+                lambda: [np.array_equal(*np.broadcast_arrays(c, c.dtype.type(0)), equal_nan=True) for c in [*chunks, x]]
+            ),
+        ),
+        (
+            "write part: copy the inner chunks out of the block",
+            wall(lambda: [np.ascontiguousarray(x[t]) for t in tiles]),
+        ),
+        ("write part: blosc lz4 encode (1 thread)", wall(lambda: [codec.encode(c) for c in chunks])),
+        ("write part: crc32c of the encoded chunks", wall(lambda: [google_crc32c.value(e) for e in encoded])),
+        ("write part: join the chunks into one shard buffer", wall(lambda: b"".join(encoded))),
+        ("write part: write the shard file (page cache)", wall(write_file)),
+    ]
+    z = zarr.open_array(os.path.join(tmp, "prof.zarr"), mode="r")
+    tile = zs._read_tile(z)
+    target = np.empty_like(x)
+    out += [
+        ("read: zarr, whole shard", wall(lambda: z[:])),
+        (
+            f"read: zarr, one dask tile {tile} (x {64 // tile[0] * 64 // tile[1]})",
+            wall(lambda: z[: tile[0], : tile[1]]),
+        ),
+        ("read part: read the shard file (page cache)", wall(lambda: open(blob, "rb").read())),
+        ("read part: crc32c", wall(lambda: [google_crc32c.value(e) for e in encoded])),
+        ("read part: blosc lz4 decode (1 thread)", wall(lambda: [codec.decode(e) for e in encoded])),
+        (
+            "read part: copy the chunks into the output",
+            wall(lambda: [np.copyto(target[t], c) for t, c in zip(tiles, chunks)]),
+        ),
+    ]
+    return [
+        (
+            label,
+            x.nbytes / 1e6 / t if "dask tile" not in label else x.nbytes * tile[0] * tile[1] / 64 / 64 / 1e6 / t,
+            t * 1e3,
+        )
+        for label, t in out
+    ]
+
+
+def _simulated_on_workers(scan, tile, dose=1.0):
+    """A simulated counted dataset made on the workers, one dask block per write tile (nothing sent from the client)."""
+    import dask
     import dask.array as da
     from bench_codec import simulate
-    from distributed import Client, LocalCluster
+
+    rows = []
+    for iy in range(0, scan[0], tile[0]):
+        row = []
+        for ix in range(0, scan[1], tile[1]):
+            block = dask.delayed(lambda s: simulate(dose, scan=tile, det=(128, 128), seed=s)[0])(iy * scan[1] + ix)
+            row.append(da.from_delayed(block, shape=(*tile, 128, 128), dtype=np.uint16))
+        rows.append(row)
+    return da.concatenate([da.concatenate(row, axis=1) for row in rows], axis=0)
+
+
+def write_rows(tmp, repeat, quick):
+    """save / convert / DatasetWriter on a 2-worker LocalCluster: zarr's old write config against the new one."""
+    from distributed import Client, LocalCluster, get_task_stream
 
     import stemdask
+    import stemdask.io.zarr_store as zs
     from stemdask.codecs import DEFAULT_CODEC
+    from stemdask.io.pipeline import use_codec_pipeline
 
-    x, _ = simulate(1.0, scan=(32, 32) if quick else (64, 64), det=(128, 128))
-    rows = []
+    scan = (64, 128) if quick else (128, 128)  # 268 / 537 MB uint16, 2 / 4 shards of 128 MiB
+    tile = (64, 64)
+    rows, profile = [], []
     had = "MALLOC_TRIM_THRESHOLD_" in os.environ
+    configs = {"old (write_empty_chunks=False)": {"write_empty_chunks": False}, "new": dict(zs.WRITE_ARRAY_CONFIG)}
+    pipelines = ["zarr"] + (["zarrs"] if _has("zarrs") else [])
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
-        arr = client.persist(da.from_array(x, chunks=(16, 32, 128, 128)))
+        arr = client.persist(_simulated_on_workers(scan, tile))
+        x = arr.compute()
         data = stemdask.from_array(arr)
+        npy = os.path.join(tmp, "source.npy")
+        np.save(npy, x)
+        saved = dict(zs.WRITE_ARRAY_CONFIG)
+        times: dict = {}
+        cases = [
+            (c, cfg, pipe) for pipe in pipelines for c in dict.fromkeys([DEFAULT_CODEC, "none"]) for cfg in configs
+        ]
+        for rep in range(repeat):  # interleaved: every case sees the same load
+            for codec, cfg, pipe in cases:
+                use_codec_pipeline(pipe, client=client)
+                zs.WRITE_ARRAY_CONFIG.clear()
+                zs.WRITE_ARRAY_CONFIG.update(configs[cfg])
+                path = os.path.join(tmp, f"w{rep}.zarr")
+                with get_task_stream() as stream:
+                    t0 = time.perf_counter()
+                    stemdask.save(data, path, codec=codec)
+                    times.setdefault(("save", codec, cfg, pipe), []).append(time.perf_counter() - t0)
+                tasks = [
+                    s["stop"] - s["start"]
+                    for t in stream.data
+                    if "write_region" in str(t["key"])
+                    for s in t["startstops"]
+                    if s["action"] == "compute"
+                ]
+                times.setdefault(("task", codec, cfg, pipe), []).append(statistics.median(tasks))
+                if rep == repeat - 1 and cfg == "new":
+                    assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
+                __import__("shutil").rmtree(path)
+        zs.WRITE_ARRAY_CONFIG.clear()
+        zs.WRITE_ARRAY_CONFIG.update(saved)
+        use_codec_pipeline("zarr", client=client)
+        for codec, cfg, pipe in cases:
+            t_save = statistics.median(times[("save", codec, cfg, pipe)])
+            t_task = statistics.median(times[("task", codec, cfg, pipe)])
+            shard = x.nbytes / math.ceil(scan[0] / tile[0]) / math.ceil(scan[1] / tile[1])
+            rows.append((f"save, {pipe}, {cfg}", codec, x.nbytes / 1e6 / t_save, shard / 1e6 / t_task))
+        # convert = open_dataset(file) + save (the CLI's path), DatasetWriter = rows from the client
         for codec in dict.fromkeys([DEFAULT_CODEC, "none"]):
-            times = []
-            for i in range(repeat):
-                path = os.path.join(tmp, f"w{codec}{i}.zarr")
+            conv, writer = [], []
+            for rep in range(repeat):
+                path = os.path.join(tmp, f"c{rep}.zarr")
                 t0 = time.perf_counter()
-                stemdask.save(data, path, codec=codec)
-                times.append(time.perf_counter() - t0)
-            back = stemdask.open_dataset(path)
-            assert np.array_equal(back.data.compute(), x)
-            rows.append((codec, x.nbytes / 1e6 / statistics.median(times)))
+                stemdask.save(stemdask.open_dataset(npy, chunks=tile), path, codec=codec)
+                conv.append(time.perf_counter() - t0)
+                __import__("shutil").rmtree(path)
+                t0 = time.perf_counter()
+                with stemdask.DatasetWriter(
+                    path, scan_shape=(0, scan[1]), detector_shape=(128, 128), dtype="uint16", codec=codec
+                ) as w:
+                    for y in range(0, scan[0], 16):
+                        w.append(x[y : y + 16])
+                writer.append(time.perf_counter() - t0)
+                if rep == repeat - 1:
+                    assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
+                __import__("shutil").rmtree(path)
+            rows.append(("convert (.npy -> store), zarr, new", codec, x.nbytes / 1e6 / statistics.median(conv), None))
+            rows.append(
+                ("DatasetWriter (client, 16 rows per append)", codec, x.nbytes / 1e6 / statistics.median(writer), None)
+            )
     if not had:
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    return rows
+    return rows, profile
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def merlin_samples():
@@ -202,7 +384,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--parts", default="codecs,histogram,read,write", help="comma-separated subset")
+    parser.add_argument("--parts", default="codecs,histogram,read,profile,write", help="comma-separated subset")
     args = parser.parse_args()
     from bench_codec import simulate
 
@@ -225,9 +407,18 @@ def main() -> None:
         lines += ["", "| raw read, one thread | MB/s |", "|---|---|"]
         if "read" in parts:
             lines += [f"| {label} | {v:.0f} |" for label, v in raw_read_rows(tmp, repeat, args.quick)]
-        lines += ["", "| stemdask.save, 2-worker LocalCluster (wall) | MB/s |", "|---|---|"]
+        lines += ["", "| one shard (134 MB), one process | MB/s | ms |", "|---|---|---|"]
+        if "profile" in parts:
+            lines += [f"| {label} | {v:.0f} | {ms:.1f} |" for label, v, ms in shard_profile_rows(tmp, repeat)]
+        lines += [
+            "",
+            "| write, 2-worker LocalCluster (wall, median) | codec | MB/s total | one write task MB/s |",
+            "|---|---|---|---|",
+        ]
         if "write" in parts:
-            lines += [f"| {codec} | {v:.0f} |" for codec, v in write_rows(tmp, 3, args.quick)]
+            rows, _ = write_rows(tmp, 3, args.quick)
+            for label, codec, total, task in rows:
+                lines.append(f"| {label} | {codec} | {total:.0f} | {'' if task is None else f'{task:.0f}'} |")
     lines += ["", f"load average at end {os.getloadavg()[0]:.2f}"]
     text = "\n".join(lines)
     print(text)
