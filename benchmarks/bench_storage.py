@@ -125,33 +125,74 @@ def histogram_rows(repeat):
     return rows
 
 
+def _cpu_wall_median(fn, repeat: int) -> tuple[float, float]:
+    """Median (wall, CPU of all threads of this process) seconds of ``fn()`` after a warm-up call."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def raw_read_rows(tmp, repeat, quick):
-    """Uncompressed sharded store, read whole by one thread: zarr defaults vs tuned settings vs page cache."""
+    """Uncompressed sharded store read whole: zarr's settings, zarrs, TensorStore, against the page cache.
+
+    Returns (label, MB/s wall, MB per CPU-second of the process): zarr and
+    zarrs decode on their own threads, so CPU time counts all of them; on a
+    loaded machine it is the steadier figure.
+    """
     import zarr
 
     shape = (16, 32, 128, 128) if quick else (32, 64, 128, 128)  # 128 / 512 MiB uint16
     x = np.random.default_rng(0).integers(0, 4, size=shape, dtype=np.uint16)
     path = os.path.join(tmp, "raw.zarr")
     z = zarr.create_array(
-        path, shape=shape, chunks=(16, 16, 128, 128), shards=(16, 32, 128, 128), dtype="uint16", compressors=None
+        path,
+        shape=shape,
+        chunks=(16, 16, 128, 128),
+        shards=(16, 32, 128, 128),
+        dtype="uint16",
+        compressors=[zarr.codecs.Crc32cCodec()],  # what stemdask stores with codec="none"
     )
     z[:] = x
     flat = os.path.join(tmp, "raw.npy")
     np.save(flat, x)
-    rows = [
-        ("page cache (np.load of the same bytes as .npy)", x.nbytes / 1e6 / cpu_median(lambda: np.load(flat), repeat))
-    ]
+    mb = x.nbytes / 1e6
+    t_wall, t_cpu = _cpu_wall_median(lambda: np.load(flat), repeat)
+    rows = [("page cache (np.load of the same bytes as .npy)", mb / t_wall, mb / t_cpu)]
     settings = {
-        "zarr defaults": {},
-        "async.concurrency=64, threading.max_workers=1": {"async.concurrency": 64, "threading.max_workers": 1},
-        "codec_pipeline.batch_size=64": {"codec_pipeline.batch_size": 64},
+        "zarr-python, defaults": {},
+        "zarr-python, async.concurrency=64, threading.max_workers=1": {
+            "async.concurrency": 64,
+            "threading.max_workers": 1,
+        },
+        "zarr-python, codec_pipeline.batch_size=64": {"codec_pipeline.batch_size": 64},
     }
+    if _has("zarrs"):
+        zarrs = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}
+        settings["zarrs, threading.max_workers=1"] = {**zarrs, "threading.max_workers": 1}
+        settings["zarrs, defaults (all cores)"] = zarrs
     for label, cfg in settings.items():
         with zarr.config.set(cfg):
             arr = zarr.open_array(path, mode="r")
             assert np.array_equal(arr[:], x)
-            # wall time: zarr reads on its own event-loop thread, which thread_time would not see
-            rows.append((label, x.nbytes / 1e6 / wall_median(lambda a=arr: a[:], repeat)))
+            t_wall, t_cpu = _cpu_wall_median(lambda a=arr: a[:], repeat)
+            rows.append((label, mb / t_wall, mb / t_cpu))
+    if _has("tensorstore") and _has("ml_dtypes"):
+        import tensorstore as ts
+
+        spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": path},
+            "context": {"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 1}},
+        }
+        store = ts.open(spec).result()
+        assert np.array_equal(store.read().result(), x)
+        t_wall, t_cpu = _cpu_wall_median(lambda: store.read().result(), repeat)
+        rows.append(("TensorStore 0.1.86, 1 thread", mb / t_wall, mb / t_cpu))
     return rows
 
 
@@ -187,6 +228,12 @@ def shard_profile_rows(tmp, repeat):
 
     write_file()
 
+    def timed(fn):
+        """(wall, CPU of all threads of this process) seconds of ``fn()``: zarr codes on its own threads."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - t0, time.process_time() - c0
+
     def zarr_write(config):
         path = os.path.join(tmp, "prof.zarr")
         z = zarr.create_array(
@@ -198,21 +245,15 @@ def shard_profile_rows(tmp, repeat):
             compressors=compressors,
             overwrite=True,
         ).with_config(config)
-        t0 = time.perf_counter()
-        z[:] = x
-        return time.perf_counter() - t0
+        return timed(lambda: z.__setitem__(slice(None), x))
 
     def med(fn):
         fn()
-        return statistics.median(fn() for _ in range(repeat))
+        runs = [fn() for _ in range(repeat)]
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
     def wall(fn):
-        def run():
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-
-        return med(run)
+        return med(lambda: timed(fn))
 
     out = [
         ("write: zarr, old config (write_empty_chunks=False)", med(lambda: zarr_write({"write_empty_chunks": False}))),
@@ -250,14 +291,11 @@ def shard_profile_rows(tmp, repeat):
             wall(lambda: [np.copyto(target[t], c) for t, c in zip(tiles, chunks)]),
         ),
     ]
-    return [
-        (
-            label,
-            x.nbytes / 1e6 / t if "dask tile" not in label else x.nbytes * tile[0] * tile[1] / 64 / 64 / 1e6 / t,
-            t * 1e3,
-        )
-        for label, t in out
-    ]
+    rows = []
+    for label, (t_wall, t_cpu) in out:
+        nbytes = x.nbytes if "dask tile" not in label else x.nbytes * tile[0] * tile[1] // x.shape[0] // x.shape[1]
+        rows.append((label, nbytes / 1e6 / t_wall, nbytes / 1e6 / max(t_cpu, 1e-6), t_cpu * 1e3))
+    return rows
 
 
 def _simulated_on_workers(scan, tile, dose=1.0):
@@ -286,7 +324,8 @@ def write_rows(tmp, repeat, quick):
     from stemdask.io.pipeline import use_codec_pipeline
 
     scan = (64, 128) if quick else (128, 128)  # 268 / 537 MB uint16, 2 / 4 shards of 128 MiB
-    tile = (64, 64)
+    shard = zs.storage_layout((*scan, 128, 128), 2)[1][:2]  # the default shard tile (32, 128)
+    tile = (64, 64)  # a tile that is not the shard's: save rechunks (copies, moves between workers)
     rows, profile = [], []
     had = "MALLOC_TRIM_THRESHOLD_" in os.environ
     configs = {"old (write_empty_chunks=False)": {"write_empty_chunks": False}, "new": dict(zs.WRITE_ARRAY_CONFIG)}
@@ -295,26 +334,36 @@ def write_rows(tmp, repeat, quick):
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
-        arr = client.persist(_simulated_on_workers(scan, tile))
+        arr = client.persist(_simulated_on_workers(scan, shard))
         x = arr.compute()
-        data = stemdask.from_array(arr)
+        datas = {
+            f"data in shard tiles {shard}": stemdask.from_array(arr),
+            f"data in {tile} tiles": stemdask.from_array(client.persist(arr.rechunk((*tile, 128, 128)))),
+        }
+        aligned, other = datas
+        assert np.array_equal(datas[other].data.compute(), x)
         npy = os.path.join(tmp, "source.npy")
         np.save(npy, x)
         saved = dict(zs.WRITE_ARRAY_CONFIG)
         times: dict = {}
         cases = [
-            (c, cfg, pipe) for pipe in pipelines for c in dict.fromkeys([DEFAULT_CODEC, "none"]) for cfg in configs
-        ]
+            (c, cfg, pipe, aligned)
+            for pipe in pipelines
+            for c in dict.fromkeys([DEFAULT_CODEC, "none"])
+            for cfg in configs
+        ] + [(DEFAULT_CODEC, "new", "zarr", other)]
         for rep in range(repeat):  # interleaved: every case sees the same load
-            for codec, cfg, pipe in cases:
+            for codec, cfg, pipe, layout in cases:
                 use_codec_pipeline(pipe, client=client)
                 zs.WRITE_ARRAY_CONFIG.clear()
                 zs.WRITE_ARRAY_CONFIG.update(configs[cfg])
                 path = os.path.join(tmp, f"w{rep}.zarr")
+                cpu0 = _workers_cpu(client)
                 with get_task_stream() as stream:
                     t0 = time.perf_counter()
-                    stemdask.save(data, path, codec=codec)
-                    times.setdefault(("save", codec, cfg, pipe), []).append(time.perf_counter() - t0)
+                    stemdask.save(datas[layout], path, codec=codec)
+                    times.setdefault(("save", codec, cfg, pipe, layout), []).append(time.perf_counter() - t0)
+                times.setdefault(("cpu", codec, cfg, pipe, layout), []).append(_workers_cpu(client) - cpu0)
                 tasks = [
                     s["stop"] - s["start"]
                     for t in stream.data
@@ -322,25 +371,34 @@ def write_rows(tmp, repeat, quick):
                     for s in t["startstops"]
                     if s["action"] == "compute"
                 ]
-                times.setdefault(("task", codec, cfg, pipe), []).append(statistics.median(tasks))
+                times.setdefault(("task", codec, cfg, pipe, layout), []).append(statistics.median(tasks))
                 if rep == repeat - 1 and cfg == "new":
                     assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
                 __import__("shutil").rmtree(path)
         zs.WRITE_ARRAY_CONFIG.clear()
         zs.WRITE_ARRAY_CONFIG.update(saved)
         use_codec_pipeline("zarr", client=client)
-        for codec, cfg, pipe in cases:
-            t_save = statistics.median(times[("save", codec, cfg, pipe)])
-            t_task = statistics.median(times[("task", codec, cfg, pipe)])
-            shard = x.nbytes / math.ceil(scan[0] / tile[0]) / math.ceil(scan[1] / tile[1])
-            rows.append((f"save, {pipe}, {cfg}", codec, x.nbytes / 1e6 / t_save, shard / 1e6 / t_task))
+        for codec, cfg, pipe, layout in cases:
+            t_save = statistics.median(times[("save", codec, cfg, pipe, layout)])
+            t_task = statistics.median(times[("task", codec, cfg, pipe, layout)])
+            per_task = x.nbytes / math.ceil(scan[0] / shard[0]) / math.ceil(scan[1] / shard[1])
+            t_cpu = statistics.median(times[("cpu", codec, cfg, pipe, layout)])
+            rows.append(
+                (
+                    f"save, {pipe}, {cfg} config, {layout}",
+                    codec,
+                    x.nbytes / 1e6 / t_save,
+                    per_task / 1e6 / t_task,
+                    x.nbytes / 1e6 / t_cpu,
+                )
+            )
         # convert = open_dataset(file) + save (the CLI's path), DatasetWriter = rows from the client
         for codec in dict.fromkeys([DEFAULT_CODEC, "none"]):
             conv, writer = [], []
             for rep in range(repeat):
                 path = os.path.join(tmp, f"c{rep}.zarr")
                 t0 = time.perf_counter()
-                stemdask.save(stemdask.open_dataset(npy, chunks=tile), path, codec=codec)
+                stemdask.save(stemdask.open_dataset(npy), path, codec=codec)
                 conv.append(time.perf_counter() - t0)
                 __import__("shutil").rmtree(path)
                 t0 = time.perf_counter()
@@ -353,13 +411,33 @@ def write_rows(tmp, repeat, quick):
                 if rep == repeat - 1:
                     assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
                 __import__("shutil").rmtree(path)
-            rows.append(("convert (.npy -> store), zarr, new", codec, x.nbytes / 1e6 / statistics.median(conv), None))
             rows.append(
-                ("DatasetWriter (client, 16 rows per append)", codec, x.nbytes / 1e6 / statistics.median(writer), None)
+                ("convert (.npy -> store), zarr, new", codec, x.nbytes / 1e6 / statistics.median(conv), None, None)
+            )
+            rows.append(
+                (
+                    "DatasetWriter (client, 16 rows per append)",
+                    codec,
+                    x.nbytes / 1e6 / statistics.median(writer),
+                    None,
+                    None,
+                )
             )
     if not had:
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     return rows, profile
+
+
+def _process_cpu() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def _workers_cpu(client) -> float:
+    """CPU seconds (user + system, all threads) the workers of ``client`` have used so far."""
+    return sum(client.run(_process_cpu).values())
 
 
 def _has(module: str) -> bool:
@@ -404,21 +482,25 @@ def main() -> None:
     for dose, s1, s2, d1, d2, ev, enc in histogram_rows(repeat) if "histogram" in parts else []:
         lines.append(f"| {dose} | {s1} | {s2} | {s2 / s1 - 1:+.2%} | {d1:.0f} | {d2:.0f} | {ev:.0f} | {enc:.0f} |")
     with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp:
-        lines += ["", "| raw read, one thread | MB/s |", "|---|---|"]
+        lines += ["", "| raw read of an uncompressed store | MB/s wall | MB per CPU-s |", "|---|---|---|"]
         if "read" in parts:
-            lines += [f"| {label} | {v:.0f} |" for label, v in raw_read_rows(tmp, repeat, args.quick)]
-        lines += ["", "| one shard (134 MB), one process | MB/s | ms |", "|---|---|---|"]
+            for label, v, c in raw_read_rows(tmp, repeat, args.quick):
+                lines.append(f"| {label} | {v:.0f} | {c:.0f} |")
+        lines += ["", "| one shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |", "|---|---|---|---|"]
         if "profile" in parts:
-            lines += [f"| {label} | {v:.0f} | {ms:.1f} |" for label, v, ms in shard_profile_rows(tmp, repeat)]
+            for label, v, c, ms in shard_profile_rows(tmp, repeat):
+                lines.append(f"| {label} | {v:.0f} | {c:.0f} | {ms:.1f} |")
         lines += [
             "",
-            "| write, 2-worker LocalCluster (wall, median) | codec | MB/s total | one write task MB/s |",
-            "|---|---|---|---|",
+            "| write, 2-worker LocalCluster (median) | codec | MB/s total, wall | one write task MB/s, wall"
+            " | MB per worker-CPU-s |",
+            "|---|---|---|---|---|",
         ]
         if "write" in parts:
             rows, _ = write_rows(tmp, 3, args.quick)
-            for label, codec, total, task in rows:
-                lines.append(f"| {label} | {codec} | {total:.0f} | {'' if task is None else f'{task:.0f}'} |")
+            for label, codec, total, task, cpu in rows:
+                extra = " | ".join("" if v is None else f"{v:.0f}" for v in (task, cpu))
+                lines.append(f"| {label} | {codec} | {total:.0f} | {extra} |")
     lines += ["", f"load average at end {os.getloadavg()[0]:.2f}"]
     text = "\n".join(lines)
     print(text)
