@@ -399,6 +399,36 @@ def write_rows(tmp, repeat, quick):
                     x.nbytes / 1e6 / t_cpu,
                 )
             )
+        # the same data written by dask itself (da.to_zarr into an array with the same layout and codecs)
+        import dask.array as da
+        import zarr
+
+        from stemdask.codecs import resolve_codec, with_checksum
+
+        inner, shard_shape = zs.storage_layout(x.shape, 2)
+        compressors = list(with_checksum(resolve_codec(DEFAULT_CODEC).compressors))
+        plain = []
+        for rep in range(repeat):
+            path = os.path.join(tmp, f"d{rep}.zarr")
+            z = zarr.create_array(
+                path, shape=x.shape, chunks=inner, shards=shard_shape, dtype="uint16", compressors=compressors
+            )
+            cpu0 = _workers_cpu(client)
+            t0 = time.perf_counter()
+            da.to_zarr(datas[aligned].data, z)
+            plain.append((time.perf_counter() - t0, _workers_cpu(client) - cpu0))
+            if rep == repeat - 1:
+                assert np.array_equal(zarr.open_array(path, mode="r")[:], x)
+            __import__("shutil").rmtree(path)
+        rows.append(
+            (
+                f"dask.array.to_zarr (zarr defaults), {aligned}",
+                DEFAULT_CODEC,
+                x.nbytes / 1e6 / statistics.median(t for t, _ in plain),
+                None,
+                x.nbytes / 1e6 / statistics.median(c for _, c in plain),
+            )
+        )
         # convert = open_dataset(file) + save (the CLI's path), DatasetWriter = rows from the client
         for codec in dict.fromkeys([DEFAULT_CODEC, "none"]):
             conv, writer = [], []
