@@ -320,3 +320,22 @@ def _no_warning():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_codec_pipeline_choice_reaches_running_workers(local_client, monkeypatch):
+    pytest.importorskip("zarrs")
+    from stemdask.io.pipeline import ENV_VAR, PIPELINES, use_codec_pipeline
+
+    monkeypatch.setenv(ENV_VAR, PIPELINES["zarr"])
+
+    def worker_path():
+        import zarr
+
+        return zarr.config.get("codec_pipeline.path")
+
+    previous = use_codec_pipeline("zarrs", client=local_client)
+    try:
+        assert set(local_client.run(worker_path).values()) == {PIPELINES["zarrs"]}
+    finally:
+        use_codec_pipeline(previous, client=local_client)
+    assert set(local_client.run(worker_path).values()) == {PIPELINES["zarr"]}
