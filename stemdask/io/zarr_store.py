@@ -69,7 +69,7 @@ SHARD_BYTES = 128 * 2**20
 #: ``write_empty_chunks`` True: with zarr's default (False) every inner chunk and then every whole
 #: shard is compared with the fill value before it is encoded (``np.array_equal`` on a broadcast,
 #: a full pass with a boolean temporary each time), which took half the time of a shard write
-#: (docs/storage.md, "Write path"). All chunks are then stored, all-zero ones too (a few bytes
+#: (docs/storage.md, "Where the time goes"). All chunks are then stored, all-zero ones too (a few bytes
 #: compressed), so every shard file exists and the manifest names every one.
 WRITE_ARRAY_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
 
