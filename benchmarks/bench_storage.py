@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import statistics
 import sys
@@ -140,66 +141,362 @@ def histogram_rows(repeat):
     return rows
 
 
+def _cpu_wall_median(fn, repeat: int) -> tuple[float, float]:
+    """Median (wall, CPU of all threads of this process) seconds of ``fn()`` after a warm-up call."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def raw_read_rows(tmp, repeat, quick):
-    """Uncompressed sharded store, read whole by one thread: zarr defaults vs tuned settings vs page cache."""
+    """Uncompressed sharded store read whole: zarr's settings, zarrs, TensorStore, against the page cache.
+
+    Returns (label, MB/s wall, MB per CPU-second of the process): zarr and
+    zarrs decode on their own threads, so CPU time counts all of them; on a
+    loaded machine it is the steadier figure.
+    """
     import zarr
 
+    from stemdask.codecs import DEFAULT_CODEC, resolve_codec, with_checksum
+
     shape = (16, 32, 128, 128) if quick else (32, 64, 128, 128)  # 128 / 512 MiB uint16
-    x = np.random.default_rng(0).integers(0, 4, size=shape, dtype=np.uint16)
-    path = os.path.join(tmp, "raw.zarr")
-    z = zarr.create_array(
-        path, shape=shape, chunks=(16, 16, 128, 128), shards=(16, 32, 128, 128), dtype="uint16", compressors=None
-    )
-    z[:] = x
+    x = np.random.default_rng(0).poisson(1.0, size=shape).astype(np.uint16)
     flat = os.path.join(tmp, "raw.npy")
     np.save(flat, x)
-    rows = [
-        ("page cache (np.load of the same bytes as .npy)", x.nbytes / 1e6 / cpu_median(lambda: np.load(flat), repeat))
-    ]
+    mb = x.nbytes / 1e6
+    t_wall, t_cpu = _cpu_wall_median(lambda: np.load(flat), repeat)
+    rows = [("page cache (np.load of the same bytes as .npy)", mb / t_wall, mb / t_cpu)]
     settings = {
-        "zarr defaults": {},
-        "async.concurrency=64, threading.max_workers=1": {"async.concurrency": 64, "threading.max_workers": 1},
-        "codec_pipeline.batch_size=64": {"codec_pipeline.batch_size": 64},
+        "zarr-python, defaults": {},
+        "zarr-python, async.concurrency=64, threading.max_workers=1": {
+            "async.concurrency": 64,
+            "threading.max_workers": 1,
+        },
+        "zarr-python, codec_pipeline.batch_size=64": {"codec_pipeline.batch_size": 64},
     }
-    for label, cfg in settings.items():
-        with zarr.config.set(cfg):
-            arr = zarr.open_array(path, mode="r")
-            assert np.array_equal(arr[:], x)
-            # wall time: zarr reads on its own event-loop thread, which thread_time would not see
-            rows.append((label, x.nbytes / 1e6 / wall_median(lambda a=arr: a[:], repeat)))
+    if _has("zarrs"):
+        zarrs = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}
+        settings["zarrs, threading.max_workers=1"] = {**zarrs, "threading.max_workers": 1}
+        settings["zarrs, defaults (all cores)"] = zarrs
+    # what stemdask stores with codec="none" (crc32c only) and with the default codec
+    for store_name, compressors in (
+        ("none", [zarr.codecs.Crc32cCodec()]),
+        (DEFAULT_CODEC, list(with_checksum(resolve_codec(DEFAULT_CODEC).compressors))),
+    ):
+        path = os.path.join(tmp, f"raw-{store_name}.zarr")
+        z = zarr.create_array(
+            path,
+            shape=shape,
+            chunks=(16, 16, 128, 128),
+            shards=(16, 32, 128, 128),
+            dtype="uint16",
+            compressors=compressors,
+        )
+        z[:] = x
+        for label, cfg in settings.items():
+            with zarr.config.set(cfg):
+                arr = zarr.open_array(path, mode="r")
+                assert np.array_equal(arr[:], x)
+                t_wall, t_cpu = _cpu_wall_median(lambda a=arr: a[:], repeat)
+                rows.append((f"{store_name} store: {label}", mb / t_wall, mb / t_cpu))
+        if _has("tensorstore") and _has("ml_dtypes"):
+            import tensorstore as ts
+
+            spec = {
+                "driver": "zarr3",
+                "kvstore": {"driver": "file", "path": path},
+                "context": {"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 1}},
+            }
+            store = ts.open(spec).result()
+            assert np.array_equal(store.read().result(), x)
+            t_wall, t_cpu = _cpu_wall_median(lambda s=store: s.read().result(), repeat)
+            rows.append((f"{store_name} store: TensorStore 0.1.86, 1 thread", mb / t_wall, mb / t_cpu))
     return rows
 
 
-def write_rows(tmp, repeat, quick):
+def shard_profile_rows(tmp, repeat):
+    """Where the time of one shard goes, one process: zarr's write/read against its parts done by hand.
+
+    One shard of 64x64 positions x 128x128 uint16 (134 MB, 16 inner chunks of 8 MiB),
+    simulated at 1 e-/px, default codec (blosc lz4-1 bitshuffle + crc32c). Wall time
+    (zarr runs codecs on its own threads), median of ``repeat`` after a warm-up.
+    """
+    import google_crc32c
+    import numcodecs
+    import zarr
+    from bench_codec import simulate
+    from numcodecs import blosc
+
+    import stemdask.io.zarr_store as zs
+    from stemdask.codecs import DEFAULT_CODEC, resolve_codec, with_checksum
+
+    blosc.use_threads = False
+    x = simulate(1.0, scan=(64, 64), det=(128, 128))[0]
+    inner = (16, 16)
+    tiles = [(slice(i, i + inner[0]), slice(j, j + inner[1])) for i in range(0, 64, 16) for j in range(0, 64, 16)]
+    codec = numcodecs.Blosc("lz4", 1, numcodecs.Blosc.BITSHUFFLE, blocksize=0)
+    compressors = list(with_checksum(resolve_codec(DEFAULT_CODEC).compressors))
+    chunks = [np.ascontiguousarray(x[t]) for t in tiles]
+    encoded = [codec.encode(c) for c in chunks]
+    blob = os.path.join(tmp, "shard.bin")
+
+    def write_file():
+        with open(blob, "wb") as f:
+            f.writelines(encoded)
+
+    write_file()
+
+    def timed(fn):
+        """(wall, CPU of all threads of this process) seconds of ``fn()``: zarr codes on its own threads."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def zarr_write(config):
+        path = os.path.join(tmp, "prof.zarr")
+        z = zarr.create_array(
+            path,
+            shape=x.shape,
+            chunks=(*inner, 128, 128),
+            shards=x.shape,
+            dtype="uint16",
+            compressors=compressors,
+            overwrite=True,
+        ).with_config(config)
+        return timed(lambda: z.__setitem__(slice(None), x))
+
+    def med(fn):
+        fn()
+        runs = [fn() for _ in range(repeat)]
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+    def wall(fn):
+        return med(lambda: timed(fn))
+
+    out = [
+        ("write: zarr, old config (write_empty_chunks=False)", med(lambda: zarr_write({"write_empty_chunks": False}))),
+        ("write: zarr, new config (write_empty_chunks=True)", med(lambda: zarr_write(dict(zs.WRITE_ARRAY_CONFIG)))),
+        (
+            "write part: fill-value check of every chunk and the shard",
+            # what zarr's NDBuffer.all_equal does: array_equal with the fill value broadcast
+            wall(
+                lambda: [np.array_equal(*np.broadcast_arrays(c, c.dtype.type(0)), equal_nan=True) for c in [*chunks, x]]
+            ),
+        ),
+        (
+            "write part: copy the inner chunks out of the block",
+            wall(lambda: [np.ascontiguousarray(x[t]) for t in tiles]),
+        ),
+        ("write part: blosc lz4 encode (1 thread)", wall(lambda: [codec.encode(c) for c in chunks])),
+        ("write part: crc32c of the encoded chunks", wall(lambda: [google_crc32c.value(e) for e in encoded])),
+        ("write part: join the chunks into one shard buffer", wall(lambda: b"".join(encoded))),
+        ("write part: write the shard file (page cache)", wall(write_file)),
+    ]
+    z = zarr.open_array(os.path.join(tmp, "prof.zarr"), mode="r")
+    tile = zs._read_tile(z)
+    target = np.empty_like(x)
+    out += [
+        ("read: zarr, whole shard", wall(lambda: z[:])),
+        (
+            f"read: zarr, one dask tile {tile} (x {64 // tile[0] * 64 // tile[1]})",
+            wall(lambda: z[: tile[0], : tile[1]]),
+        ),
+        ("read part: read the shard file (page cache)", wall(lambda: open(blob, "rb").read())),
+        ("read part: crc32c", wall(lambda: [google_crc32c.value(e) for e in encoded])),
+        ("read part: blosc lz4 decode (1 thread)", wall(lambda: [codec.decode(e) for e in encoded])),
+        (
+            "read part: copy the chunks into the output",
+            wall(lambda: [np.copyto(target[t], c) for t, c in zip(tiles, chunks)]),
+        ),
+    ]
+    rows = []
+    for label, (t_wall, t_cpu) in out:
+        nbytes = x.nbytes if "dask tile" not in label else x.nbytes * tile[0] * tile[1] // x.shape[0] // x.shape[1]
+        rows.append((label, nbytes / 1e6 / t_wall, nbytes / 1e6 / max(t_cpu, 1e-6), t_cpu * 1e3))
+    return rows
+
+
+def _simulated_on_workers(scan, tile, dose=1.0):
+    """A simulated counted dataset made on the workers, one dask block per write tile (nothing sent from the client)."""
+    import dask
     import dask.array as da
     from bench_codec import simulate
-    from distributed import Client, LocalCluster
+
+    rows = []
+    for iy in range(0, scan[0], tile[0]):
+        row = []
+        for ix in range(0, scan[1], tile[1]):
+            block = dask.delayed(lambda s: simulate(dose, scan=tile, det=(128, 128), seed=s)[0])(iy * scan[1] + ix)
+            row.append(da.from_delayed(block, shape=(*tile, 128, 128), dtype=np.uint16))
+        rows.append(row)
+    return da.concatenate([da.concatenate(row, axis=1) for row in rows], axis=0)
+
+
+def write_rows(tmp, repeat, quick):
+    """save / convert / DatasetWriter on a 2-worker LocalCluster: zarr's old write config against the new one."""
+    from distributed import Client, LocalCluster, get_task_stream
 
     import stemdask
+    import stemdask.io.zarr_store as zs
     from stemdask.codecs import DEFAULT_CODEC
+    from stemdask.io.pipeline import use_codec_pipeline
 
-    x, _ = simulate(1.0, scan=(32, 32) if quick else (64, 64), det=(128, 128))
-    rows = []
+    scan = (64, 128) if quick else (128, 128)  # 268 / 537 MB uint16, 2 / 4 shards of 128 MiB
+    shard = zs.storage_layout((*scan, 128, 128), 2)[1][:2]  # the default shard tile (32, 128)
+    tile = (64, 64)  # a tile that is not the shard's: save rechunks (copies, moves between workers)
+    rows, profile = [], []
     had = "MALLOC_TRIM_THRESHOLD_" in os.environ
+    configs = {"old (write_empty_chunks=False)": {"write_empty_chunks": False}, "new": dict(zs.WRITE_ARRAY_CONFIG)}
+    pipelines = ["zarr"] + (["zarrs"] if _has("zarrs") else [])
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
-        arr = client.persist(da.from_array(x, chunks=(16, 32, 128, 128)))
-        data = stemdask.from_array(arr)
+        arr = client.persist(_simulated_on_workers(scan, shard))
+        x = arr.compute()
+        datas = {
+            f"data in shard tiles {shard}": stemdask.from_array(arr),
+            f"data in {tile} tiles": stemdask.from_array(client.persist(arr.rechunk((*tile, 128, 128)))),
+        }
+        aligned, other = datas
+        assert np.array_equal(datas[other].data.compute(), x)
+        npy = os.path.join(tmp, "source.npy")
+        np.save(npy, x)
+        saved = dict(zs.WRITE_ARRAY_CONFIG)
+        times: dict = {}
+        cases = [
+            (c, cfg, pipe, aligned)
+            for pipe in pipelines
+            for c in dict.fromkeys([DEFAULT_CODEC, "none"])
+            for cfg in configs
+        ] + [(DEFAULT_CODEC, "new", "zarr", other)]
+        for rep in range(repeat):  # interleaved: every case sees the same load
+            for codec, cfg, pipe, layout in cases:
+                use_codec_pipeline(pipe, client=client)
+                zs.WRITE_ARRAY_CONFIG.clear()
+                zs.WRITE_ARRAY_CONFIG.update(configs[cfg])
+                path = os.path.join(tmp, f"w{rep}.zarr")
+                cpu0 = _workers_cpu(client)
+                with get_task_stream() as stream:
+                    t0 = time.perf_counter()
+                    stemdask.save(datas[layout], path, codec=codec)
+                    times.setdefault(("save", codec, cfg, pipe, layout), []).append(time.perf_counter() - t0)
+                times.setdefault(("cpu", codec, cfg, pipe, layout), []).append(_workers_cpu(client) - cpu0)
+                tasks = [
+                    s["stop"] - s["start"]
+                    for t in stream.data
+                    if "write_region" in str(t["key"])
+                    for s in t["startstops"]
+                    if s["action"] == "compute"
+                ]
+                times.setdefault(("task", codec, cfg, pipe, layout), []).append(statistics.median(tasks))
+                if rep == repeat - 1 and cfg == "new":
+                    assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
+                __import__("shutil").rmtree(path)
+        zs.WRITE_ARRAY_CONFIG.clear()
+        zs.WRITE_ARRAY_CONFIG.update(saved)
+        use_codec_pipeline("zarr", client=client)
+        for codec, cfg, pipe, layout in cases:
+            t_save = statistics.median(times[("save", codec, cfg, pipe, layout)])
+            t_task = statistics.median(times[("task", codec, cfg, pipe, layout)])
+            per_task = x.nbytes / math.ceil(scan[0] / shard[0]) / math.ceil(scan[1] / shard[1])
+            t_cpu = statistics.median(times[("cpu", codec, cfg, pipe, layout)])
+            rows.append(
+                (
+                    f"save, {pipe}, {cfg} config, {layout}",
+                    codec,
+                    x.nbytes / 1e6 / t_save,
+                    per_task / 1e6 / t_task,
+                    x.nbytes / 1e6 / t_cpu,
+                )
+            )
+        # the same data written by dask itself (da.to_zarr into an array with the same layout and codecs)
+        import dask.array as da
+        import zarr
+
+        from stemdask.codecs import resolve_codec, with_checksum
+
+        inner, shard_shape = zs.storage_layout(x.shape, 2)
+        compressors = list(with_checksum(resolve_codec(DEFAULT_CODEC).compressors))
+        plain = []
+        for rep in range(repeat):
+            path = os.path.join(tmp, f"d{rep}.zarr")
+            z = zarr.create_array(
+                path, shape=x.shape, chunks=inner, shards=shard_shape, dtype="uint16", compressors=compressors
+            )
+            cpu0 = _workers_cpu(client)
+            t0 = time.perf_counter()
+            da.to_zarr(datas[aligned].data, z)
+            plain.append((time.perf_counter() - t0, _workers_cpu(client) - cpu0))
+            if rep == repeat - 1:
+                assert np.array_equal(zarr.open_array(path, mode="r")[:], x)
+            __import__("shutil").rmtree(path)
+        rows.append(
+            (
+                f"dask.array.to_zarr (zarr defaults), {aligned}",
+                DEFAULT_CODEC,
+                x.nbytes / 1e6 / statistics.median(t for t, _ in plain),
+                None,
+                x.nbytes / 1e6 / statistics.median(c for _, c in plain),
+            )
+        )
+        # convert = open_dataset(file) + save (the CLI's path), DatasetWriter = rows from the client
         for codec in dict.fromkeys([DEFAULT_CODEC, "none"]):
-            times = []
-            for i in range(repeat):
-                path = os.path.join(tmp, f"w{codec}{i}.zarr")
+            conv, writer = [], []
+            for rep in range(repeat):
+                path = os.path.join(tmp, f"c{rep}.zarr")
                 t0 = time.perf_counter()
-                stemdask.save(data, path, codec=codec)
-                times.append(time.perf_counter() - t0)
-            back = stemdask.open_dataset(path)
-            assert np.array_equal(back.data.compute(), x)
-            rows.append((codec, x.nbytes / 1e6 / statistics.median(times)))
+                stemdask.save(stemdask.open_dataset(npy), path, codec=codec)
+                conv.append(time.perf_counter() - t0)
+                __import__("shutil").rmtree(path)
+                t0 = time.perf_counter()
+                with stemdask.DatasetWriter(
+                    path, scan_shape=(0, scan[1]), detector_shape=(128, 128), dtype="uint16", codec=codec
+                ) as w:
+                    for y in range(0, scan[0], 16):
+                        w.append(x[y : y + 16])
+                writer.append(time.perf_counter() - t0)
+                if rep == repeat - 1:
+                    assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
+                __import__("shutil").rmtree(path)
+            rows.append(
+                ("convert (.npy -> store), zarr, new", codec, x.nbytes / 1e6 / statistics.median(conv), None, None)
+            )
+            rows.append(
+                (
+                    "DatasetWriter (client, 16 rows per append)",
+                    codec,
+                    x.nbytes / 1e6 / statistics.median(writer),
+                    None,
+                    None,
+                )
+            )
     if not had:
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    return rows
+    return rows, profile
+
+
+def _process_cpu() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def _workers_cpu(client) -> float:
+    """CPU seconds (user + system, all threads) the workers of ``client`` have used so far."""
+    return sum(client.run(_process_cpu).values())
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def events_store_rows(tmp, repeat, quick):
@@ -273,7 +570,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     parser.add_argument(
-        "--parts", default="codecs,histogram,read,write,events", help="comma-separated subset (events: see above)"
+        "--parts",
+        default="codecs,histogram,read,profile,write,events",
+        help="comma-separated subset (events: see above)",
     )
     args = parser.parse_args()
     from bench_codec import simulate
@@ -294,12 +593,25 @@ def main() -> None:
     for dose, s1, s2, d1, d2, ev, enc in histogram_rows(repeat) if "histogram" in parts else []:
         lines.append(f"| {dose} | {s1} | {s2} | {s2 / s1 - 1:+.2%} | {d1:.0f} | {d2:.0f} | {ev:.0f} | {enc:.0f} |")
     with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp:
-        lines += ["", "| raw read, one thread | MB/s |", "|---|---|"]
+        lines += ["", "| read a whole store, one process | MB/s wall | MB per CPU-s |", "|---|---|---|"]
         if "read" in parts:
-            lines += [f"| {label} | {v:.0f} |" for label, v in raw_read_rows(tmp, repeat, args.quick)]
-        lines += ["", "| stemdask.save, 2-worker LocalCluster (wall) | MB/s |", "|---|---|"]
+            for label, v, c in raw_read_rows(tmp, repeat, args.quick):
+                lines.append(f"| {label} | {v:.0f} | {c:.0f} |")
+        lines += ["", "| one shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |", "|---|---|---|---|"]
+        if "profile" in parts:
+            for label, v, c, ms in shard_profile_rows(tmp, repeat):
+                lines.append(f"| {label} | {v:.0f} | {c:.0f} | {ms:.1f} |")
+        lines += [
+            "",
+            "| write, 2-worker LocalCluster (median) | codec | MB/s total, wall | one write task MB/s, wall"
+            " | MB per worker-CPU-s |",
+            "|---|---|---|---|---|",
+        ]
         if "write" in parts:
-            lines += [f"| {codec} | {v:.0f} |" for codec, v in write_rows(tmp, 3, args.quick)]
+            rows, _ = write_rows(tmp, 3, args.quick)
+            for label, codec, total, task, cpu in rows:
+                extra = " | ".join("" if v is None else f"{v:.0f}" for v in (task, cpu))
+                lines.append(f"| {label} | {codec} | {total:.0f} | {extra} |")
         if "events" in parts:
             lines += [
                 "",

@@ -2,6 +2,7 @@
 
 import json
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -222,3 +223,119 @@ def test_default_codec_store_opens_with_plain_zarr_in_a_fresh_process(tmp_path, 
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split()[-1] == str(int(arr.astype(np.uint64).sum()))
     assert str(arr.shape).replace(" ", "") in out.stdout.replace(" ", "")
+
+
+# ----------------------------------------------------------------------------
+# write settings (WRITE_ARRAY_CONFIG) and the codec-pipeline choice
+# ----------------------------------------------------------------------------
+def _zero_shard_data(rng):
+    """Random uint16 data whose first shard (4 x 4 positions) is all zero: zarr's default would not store it."""
+    arr = rng.integers(0, 60000, size=(8, 4, 6, 5), dtype="uint16")
+    arr[:4] = 0
+    return arr, stemdask.from_array(arr, chunks=(4, 4), **CAL)
+
+
+def _shard_files(path):
+    root = path / "intensity" / "c"
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "cluster"])
+def test_save_stores_all_zero_shards_and_round_trips(tmp_path, rng, scheduler, request):
+    from stemdask.io import manifest
+
+    arr, data = _zero_shard_data(rng)
+    client = request.getfixturevalue("local_client") if scheduler == "cluster" else None
+    with dask_config(client):
+        path = stemdask.save(data, tmp_path / "z.zarr", chunks=(2, 2), shards=(4, 4))
+    # both shards exist (the all-zero one too), and the manifest records both
+    assert [str(p) for p in _shard_files(tmp_path / "z.zarr")] == ["0/0/0/0", "1/0/0/0"]
+    assert set(manifest.read(path)["arrays"]["intensity"]) == {"c/0/0/0/0", "c/1/0/0/0"}
+    np.testing.assert_array_equal(stemdask.open_dataset(path).values, arr)
+
+
+def dask_config(client):
+    import contextlib
+
+    return contextlib.nullcontext() if client is not None else dask.config.set(scheduler="threads")
+
+
+def test_deleted_all_zero_shard_is_an_error_not_zeros(tmp_path, rng):
+    from stemdask.errors import MissingChunkError
+
+    _, data = _zero_shard_data(rng)
+    path = stemdask.save(data, tmp_path / "z.zarr", chunks=(2, 2), shards=(4, 4))
+    (tmp_path / "z.zarr" / "intensity" / "c" / "0" / "0" / "0" / "0").unlink()
+    with pytest.raises(MissingChunkError, match="c/0/0/0/0"):
+        stemdask.open_dataset(path)
+
+
+def test_dataset_writer_stores_zero_rows_and_round_trips(tmp_path, rng):
+    arr, _ = _zero_shard_data(rng)
+    with stemdask.DatasetWriter(
+        tmp_path / "w.zarr", scan_shape=(0, 4), detector_shape=(6, 5), dtype="uint16", shards=(4, 4)
+    ) as writer:
+        for y in range(0, 8, 2):
+            writer.append(arr[y : y + 2])
+    assert [str(p) for p in _shard_files(tmp_path / "w.zarr")] == ["0/0/0/0", "1/0/0/0"]
+    np.testing.assert_array_equal(stemdask.open_dataset(tmp_path / "w.zarr").values, arr)
+
+
+def test_codec_pipeline_choice_names_the_bad_value_and_restores():
+    from stemdask.io.pipeline import PIPELINES, codec_pipeline, use_codec_pipeline
+
+    with pytest.raises(InvalidArgumentError, match="'rust'.*'zarr', 'zarrs'"):
+        use_codec_pipeline("rust")
+    before = codec_pipeline()
+    assert before == "zarr" and zarr.config.get("codec_pipeline.path") == PIPELINES["zarr"]
+    assert use_codec_pipeline("zarr") == "zarr"
+
+
+@pytest.mark.parametrize("codec", ["blosc-lz4", "none", "histogram"])
+def test_zarrs_pipeline_round_trips_and_writes_stores_zarr_python_reads(tmp_path, rng, codec, monkeypatch):
+    pytest.importorskip("zarrs")
+    from stemdask.io.pipeline import ENV_VAR, PIPELINES, use_codec_pipeline
+
+    monkeypatch.setenv(ENV_VAR, PIPELINES["zarr"])  # restored after the test
+    arr = rng.poisson(0.3, size=(8, 4, 16, 16)).astype("uint16")
+    arr[:4] = 0
+    data = stemdask.from_array(arr, chunks=(4, 4), **CAL)
+    previous = use_codec_pipeline("zarrs")
+    try:
+        warns = pytest.warns(UserWarning, match="histogram") if codec == "histogram" else _no_warning()
+        with warns, dask.config.set(scheduler="threads"):  # in this process, where the choice is set
+            path = stemdask.save(data, tmp_path / "r.zarr", codec=codec, chunks=(2, 4), shards=(4, 4))
+            pipeline = zarr.open_array(path, path="intensity", mode="r")._async_array.codec_pipeline
+            assert type(pipeline).__name__ == "ZarrsCodecPipeline"
+            np.testing.assert_array_equal(stemdask.open_dataset(path).values, arr)
+            np.testing.assert_array_equal(stemdask.open_dataset(path, chunks=(1, 3)).values, arr)
+    finally:
+        use_codec_pipeline(previous)
+    # what zarrs wrote, zarr-python reads back exactly
+    assert zarr.config.get("codec_pipeline.path") == PIPELINES["zarr"]
+    np.testing.assert_array_equal(stemdask.open_dataset(path).values, arr)
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_codec_pipeline_choice_reaches_running_workers(local_client, monkeypatch):
+    pytest.importorskip("zarrs")
+    from stemdask.io.pipeline import ENV_VAR, PIPELINES, use_codec_pipeline
+
+    monkeypatch.setenv(ENV_VAR, PIPELINES["zarr"])
+
+    def worker_path():
+        import zarr
+
+        return zarr.config.get("codec_pipeline.path")
+
+    previous = use_codec_pipeline("zarrs", client=local_client)
+    try:
+        assert set(local_client.run(worker_path).values()) == {PIPELINES["zarrs"]}
+    finally:
+        use_codec_pipeline(previous, client=local_client)
+    assert set(local_client.run(worker_path).values()) == {PIPELINES["zarr"]}
