@@ -40,7 +40,7 @@ from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data
 from ..errors import FileFormatError, bad_type, bad_value
 from ..io.layouts import Layout, register_layout
 from ..io.publish import atomic_path, compute_writes, create_guard, header, is_local, mark_complete, write_guard
-from ..io.zarr_store import jsonable
+from ..io.zarr_store import for_writing, jsonable
 from .compress import require_compressed
 
 FORMAT_VERSION = 1
@@ -152,7 +152,8 @@ def write_tile(root: str | None, group: Any, y0: int, x0: int, coefficients: Any
             g = zarr.open_group(group, mode="r+", zarr_format=3) if isinstance(group, (str, os.PathLike)) else group
             for name, v in zip(PATTERN_VARS, (coefficients, bf, df)):
                 v = np.asarray(v)
-                array(g, name)[y0 : y0 + v.shape[0], x0 : x0 + v.shape[1]] = v
+                # every tile stored, zeros too: the manifest then names every file (and zarr skips its fill check)
+                for_writing(array(g, name))[y0 : y0 + v.shape[0], x0 : x0 + v.shape[1]] = v
     return int(np.asarray(coefficients).shape[0] * np.asarray(coefficients).shape[1])
 
 

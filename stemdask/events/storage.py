@@ -80,7 +80,7 @@ from ..io.publish import (
     mark_complete,
     write_guard,
 )
-from ..io.zarr_store import jsonable
+from ..io.zarr_store import for_writing, jsonable
 from .array import (
     REPRESENTATION_ATTR,
     event_meta,
@@ -259,9 +259,9 @@ def _copy_indices(root: str, lo: int, hi: int, event_starts: np.ndarray, blocks:
         parts.append(values[max(lo - start, 0) : max(min(hi - start, values.size), 0)])
     with write_guard(root) as alive:
         if alive:
-            zarr.open_array(root, path="indices", mode="r+", zarr_format=3)[lo:hi] = np.concatenate(parts).astype(
-                dtype, copy=False
-            )
+            for_writing(zarr.open_array(root, path="indices", mode="r+", zarr_format=3))[lo:hi] = np.concatenate(
+                parts
+            ).astype(dtype, copy=False)
     return hi - lo
 
 
@@ -279,7 +279,7 @@ def _copy_offsets(
         out[-1] = n_events  # the end of the last frame
     with write_guard(root) as alive:
         if alive:
-            zarr.open_array(root, path="offsets", mode="r+", zarr_format=3)[lo:hi] = out
+            for_writing(zarr.open_array(root, path="offsets", mode="r+", zarr_format=3))[lo:hi] = out
     return hi - lo
 
 

@@ -74,6 +74,14 @@ SHARD_BYTES = 128 * 2**20
 WRITE_ARRAY_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
 
 
+def for_writing(array: zarr.Array) -> zarr.Array:
+    """``array`` with :data:`WRITE_ARRAY_CONFIG` (every chunk stored; no fill-value pass before encoding).
+
+    ``open_array(config=...)`` is ignored for an existing array (zarr 3.1), hence ``with_config``.
+    """
+    return array.with_config({"write_empty_chunks": True})
+
+
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
