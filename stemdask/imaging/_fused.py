@@ -33,16 +33,46 @@ F64_EXACT = 2.0**53
 MAX_FUSED_MASKS = 4
 
 
+#: frames summed side by side in :func:`_dot_masks`: independent accumulators hide the latency of
+#: the float64 adds and each weight is loaded once for all of them (1 mask on a 64 MiB uint16
+#: block, CPU time of one thread: 7.9 GB/s one frame at a time, 14.8 with 4, 16.6 with 8)
+FRAMES_PER_GROUP = 8
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _dot_masks(frames, w_t, out):  # pragma: no cover - compiled
     n, p = frames.shape
     m = w_t.shape[0]
-    for i in range(n):
+    i = 0
+    while i + 8 <= n:  # FRAMES_PER_GROUP; the group's frames (8 x p pixels) stay in L2 across the masks
+        for j in range(m):
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+            for k in range(p):
+                wk = w_t[j, k]
+                s0 += frames[i, k] * wk
+                s1 += frames[i + 1, k] * wk
+                s2 += frames[i + 2, k] * wk
+                s3 += frames[i + 3, k] * wk
+                s4 += frames[i + 4, k] * wk
+                s5 += frames[i + 5, k] * wk
+                s6 += frames[i + 6, k] * wk
+                s7 += frames[i + 7, k] * wk
+            out[i, j] = s0
+            out[i + 1, j] = s1
+            out[i + 2, j] = s2
+            out[i + 3, j] = s3
+            out[i + 4, j] = s4
+            out[i + 5, j] = s5
+            out[i + 6, j] = s6
+            out[i + 7, j] = s7
+        i += 8
+    while i < n:
         for j in range(m):
             s = 0.0
             for k in range(p):
                 s += frames[i, k] * w_t[j, k]
             out[i, j] = s
+        i += 1
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
