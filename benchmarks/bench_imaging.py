@@ -263,8 +263,10 @@ def main():
     # the peers first, before any cluster has touched os.environ, and with an explicit clean env
     peer_arrays: dict = {}
     if not args.skip_peers:
+        results["load_peers_start"] = os.getloadavg()
         peers, peer_arrays = run_peers(args, npy, masks_npz, "first", nbytes)
         results.update(peers)
+        results["load_peers_end"] = os.getloadavg()
     if args.peers_only:
         results.update(load_after=os.getloadavg(), nbytes=nbytes, shape=list(arr.shape))
         args.json.write_text(json.dumps(results, indent=1))
@@ -273,6 +275,7 @@ def main():
 
     outputs: dict = {}
     threads = {"scheduler": "threads", "num_workers": 2}
+    results["load_stemdask_start"] = os.getloadavg()
     print("stemdask, in memory, threaded scheduler (2 threads)", flush=True)
     run_stemdask(data, adf, rings, args.reps, "stemdask-threads-mem", results, outputs, threads)
 
@@ -294,6 +297,7 @@ def main():
         ) as cluster,
         Client(cluster),
     ):
+        results["load_cluster_start"] = os.getloadavg()
         print("stemdask, LocalCluster (2 workers x 1 thread): zarr on disk, then the .npy file", flush=True)
         if not args.skip_zarr:
             run_stemdask(
@@ -363,6 +367,39 @@ def table(results):
             "",
             "Agreement with the peers over the whole scan: "
             + "; ".join(f"{k} {v:.1e}" for k, v in results["checks"].items()),
+        ]
+    tree_pairs = [
+        ("stemdask-threads-mem (float64)", "libertem-threads-mem"),
+        ("stemdask-localcluster-npy (float64)", "libertem-dask-npy"),
+        ("stemdask-localcluster-npy (float32)", "libertem-dask-npy"),
+    ]
+    tree_pairs = [
+        (a, b)
+        for a, b in tree_pairs
+        if results.get(f"{a}|1 mask", {}).get("median_tree_cpu_s")
+        and results.get(f"{b}|1 mask", {}).get("median_tree_cpu_s")
+    ]
+    if tree_pairs:
+        lines += [
+            "",
+            "Ratios by CPU time of the whole process tree (client + cluster workers; stemdask's and "
+            "LiberTEM's LocalCluster workers are child processes of the timed process; > 1: stemdask "
+            "cheaper). Less sensitive to other load than wall time:",
+            "",
+            "| stemdask | against | " + " | ".join(tasks) + " |",
+            "|---|---|" + "---|" * len(tasks),
+        ]
+        for a, b in tree_pairs:
+            cells = [
+                f"{results[f'{b}|{t}']['median_tree_cpu_s'] / results[f'{a}|{t}']['median_tree_cpu_s']:.2f}×"
+                for t in tasks
+            ]
+            lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
+    loads = {k: v for k, v in results.items() if k.startswith("load_")}
+    if loads:
+        lines += [
+            "",
+            "Load average (1 min) at each stage: " + ", ".join(f"{k[5:]} {v[0]:.2f}" for k, v in loads.items()),
         ]
     inproc = [lab for lab in labels if "threads-mem" in lab or lab == "py4dstem"]
     lines += [
