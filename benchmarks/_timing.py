@@ -15,7 +15,9 @@ def tree_cpu_s() -> float:
     """CPU seconds (user + system) of this process and every live descendant (cluster workers).
 
     Counts the worker processes of a LocalCluster (stemdask's, or LiberTEM's dask executor)
-    as well as the client; ``nan`` without psutil.
+    as well as the client; ``nan`` without psutil. psutil reads clock ticks (10 ms on Linux):
+    right for calls of a few hundred ms, too coarse for a 40 ms in-process call (use
+    ``cpu_s`` there).
     """
     try:
         import psutil
