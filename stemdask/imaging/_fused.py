@@ -30,8 +30,9 @@ import numpy as np
 
 #: float64 represents every integer up to 2**53 exactly
 F64_EXACT = 2.0**53
-#: at most this many masks go through :func:`dot_masks` (measured on 64 MiB uint16 blocks:
-#: 1.4-2x the BLAS path up to 4 masks, even at 6, slower at 8)
+#: at most this many masks go through :func:`dot_masks` (measured on 64 MiB uint16 blocks with
+#: the one-frame-at-a-time kernel: 1.4-2x the BLAS path up to 4 masks, even at 6, slower at 8;
+#: not re-measured since frames are summed 8 at a time)
 MAX_FUSED_MASKS = 4
 
 
