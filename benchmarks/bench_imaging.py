@@ -11,6 +11,7 @@ through a LocalCluster, reporting peak worker memory.
     python3 benchmarks/bench_imaging.py                  # 512 MiB, 5 warm runs
     python3 benchmarks/bench_imaging.py --ooc            # + out-of-core run
     python3 benchmarks/bench_imaging.py --scan 64 --reps 3 --skip-peers
+    python3 benchmarks/bench_imaging.py --kernels-only   # the fused kernels on one block, CPU time
 
 Set up the peers once (see benchmarks/README.md)::
 
@@ -163,6 +164,41 @@ def out_of_core(args):
     }
 
 
+def kernels(args):
+    """CPU time of one thread for the fused kernels on one 64 MiB block, beside ``np.max`` of it.
+
+    ``np.max`` is a plain SIMD read of the block: a kernel far below it is bound by its
+    arithmetic, not by memory. Prints GB/s of raw input per CPU-second (median of ``reps``).
+    """
+    from stemdask.imaging import _fused
+
+    det = args.det
+    frames_per_block = max(8, (64 * 2**20) // (det * det * 2))
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 4096, size=(frames_per_block, det * det), dtype=np.uint16)
+    yy, xx = np.mgrid[:det, :det] - det / 2
+    r = np.hypot(yy, xx)
+    adf = ((r >= 0.1125 * det) & (r < 0.45 * det)).reshape(1, -1).astype(np.float64)
+    four = np.concatenate([adf, 2 * adf, np.roll(adf, 7, axis=1), 1 - adf])
+    cases = {
+        "dot_masks, 1 mask": lambda: _fused.dot_masks(block, adf),
+        "dot_masks, 4 masks": lambda: _fused.dot_masks(block, four),
+        "affine_moments (CoM)": lambda: _fused.affine_moments(block.reshape(-1, det, det)),
+        "np.max (a plain read)": lambda: block.max(),
+    }
+    rows = {}
+    for name, fn in cases.items():
+        fn()  # compile / warm
+        cpu = []
+        for _ in range(max(args.reps, 5)):
+            c0 = time.thread_time()
+            fn()
+            cpu.append(time.thread_time() - c0)
+        rows[name] = block.nbytes / float(np.median(cpu)) / 1e9
+        print(f"  {name}: {rows[name]:.2f} GB per CPU-second", flush=True)
+    return {"block_bytes": int(block.nbytes), "gb_per_cpu_s": rows, "load": os.getloadavg()}
+
+
 def main_ooc_only(args):
     results = {"ooc": out_of_core(args), "nbytes": 0}
     print(table_ooc(results["ooc"]))
@@ -232,9 +268,13 @@ def main():
     parser.add_argument("--ooc", action="store_true", help="also run the out-of-core test")
     parser.add_argument("--ooc-limit-mib", type=int, default=512, help="memory limit per worker (MiB)")
     parser.add_argument("--ooc-only", action="store_true", help="run only the out-of-core test")
+    parser.add_argument("--kernels-only", action="store_true", help="only the fused kernels on one 64 MiB block")
     parser.add_argument("--json", type=Path, default=WORK / "bench_imaging.json")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
+    if args.kernels_only:
+        print(f"load average {os.getloadavg()}", flush=True)
+        return print(json.dumps(kernels(args)))
     if args.ooc_only:
         return main_ooc_only(args)
     results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
@@ -263,8 +303,10 @@ def main():
     # the peers first, before any cluster has touched os.environ, and with an explicit clean env
     peer_arrays: dict = {}
     if not args.skip_peers:
+        results["load_peers_start"] = os.getloadavg()
         peers, peer_arrays = run_peers(args, npy, masks_npz, "first", nbytes)
         results.update(peers)
+        results["load_peers_end"] = os.getloadavg()
     if args.peers_only:
         results.update(load_after=os.getloadavg(), nbytes=nbytes, shape=list(arr.shape))
         args.json.write_text(json.dumps(results, indent=1))
@@ -273,6 +315,7 @@ def main():
 
     outputs: dict = {}
     threads = {"scheduler": "threads", "num_workers": 2}
+    results["load_stemdask_start"] = os.getloadavg()
     print("stemdask, in memory, threaded scheduler (2 threads)", flush=True)
     run_stemdask(data, adf, rings, args.reps, "stemdask-threads-mem", results, outputs, threads)
 
@@ -294,6 +337,7 @@ def main():
         ) as cluster,
         Client(cluster),
     ):
+        results["load_cluster_start"] = os.getloadavg()
         print("stemdask, LocalCluster (2 workers x 1 thread): zarr on disk, then the .npy file", flush=True)
         if not args.skip_zarr:
             run_stemdask(
@@ -363,6 +407,39 @@ def table(results):
             "",
             "Agreement with the peers over the whole scan: "
             + "; ".join(f"{k} {v:.1e}" for k, v in results["checks"].items()),
+        ]
+    tree_pairs = [
+        ("stemdask-threads-mem (float64)", "libertem-threads-mem"),
+        ("stemdask-localcluster-npy (float64)", "libertem-dask-npy"),
+        ("stemdask-localcluster-npy (float32)", "libertem-dask-npy"),
+    ]
+    tree_pairs = [
+        (a, b)
+        for a, b in tree_pairs
+        if results.get(f"{a}|1 mask", {}).get("median_tree_cpu_s")
+        and results.get(f"{b}|1 mask", {}).get("median_tree_cpu_s")
+    ]
+    if tree_pairs:
+        lines += [
+            "",
+            "Ratios by CPU time of the whole process tree (client + cluster workers; stemdask's and "
+            "LiberTEM's LocalCluster workers are child processes of the timed process; > 1: stemdask "
+            "cheaper). Less sensitive to other load than wall time:",
+            "",
+            "| stemdask | against | " + " | ".join(tasks) + " |",
+            "|---|---|" + "---|" * len(tasks),
+        ]
+        for a, b in tree_pairs:
+            cells = [
+                f"{results[f'{b}|{t}']['median_tree_cpu_s'] / results[f'{a}|{t}']['median_tree_cpu_s']:.2f}×"
+                for t in tasks
+            ]
+            lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
+    loads = {k: v for k, v in results.items() if k.startswith("load_")}
+    if loads:
+        lines += [
+            "",
+            "Load average (1 min) at each stage: " + ", ".join(f"{k[5:]} {v[0]:.2f}" for k, v in loads.items()),
         ]
     inproc = [lab for lab in labels if "threads-mem" in lab or lab == "py4dstem"]
     lines += [

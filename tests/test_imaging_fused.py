@@ -38,6 +38,17 @@ def test_fused_dot_is_exact_for_integer_weights(rng, dtype, n_masks):
     np.testing.assert_array_equal(project(data, masks, dtype="float32").values, got.astype(np.float32))
 
 
+@pytest.mark.parametrize("n_frames", [1, 7, 8, 9, 16, 21])
+def test_fused_dot_groups_and_remainder_frames(rng, n_frames):
+    """Frames go through the kernel 8 at a time, the rest one by one: every frame of every count is exact."""
+    from stemdask.imaging._fused import dot_masks
+
+    frames = rng.integers(0, 65535, size=(n_frames, 40), dtype=np.uint16, endpoint=True)
+    weights = rng.integers(-5, 6, size=(3, 40))
+    exact = (frames.astype(object) @ weights.T.astype(object)).astype(np.float64)
+    assert np.array_equal(dot_masks(frames, weights.astype(np.float64)), exact)
+
+
 def test_fused_dot_with_real_weights_matches_float64_reference(rng):
     arr = _frames(rng, "uint16")
     data = stemdask.from_array(arr, chunks=(3, 3), detector_pixel_mrad=1.0)

@@ -606,8 +606,15 @@ def mask_weights(masks: xr.DataArray, *, sparse: bool | None = None) -> MaskWeig
     )
 
 
+def _whole_frames(blocks: Any) -> Any:
+    """The one block of whole frames that ``blockwise(..., concatenate=False)`` hands over as ``[[block]]``."""
+    while isinstance(blocks, list):
+        (blocks,) = blocks  # one chunk along k_y and k_x (require_whole_frames)
+    return blocks
+
+
 def _block_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int) -> Any:
-    return project_block(block, weights, dtype=dtype, batch_bytes=batch_bytes)
+    return project_block(_whole_frames(block), weights, dtype=dtype, batch_bytes=batch_bytes)
 
 
 def _meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
@@ -620,7 +627,7 @@ def _meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
 
 
 def _single_mask_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int) -> Any:
-    return project_block(block, weights, dtype=dtype, batch_bytes=batch_bytes)[..., 0]
+    return project_block(_whole_frames(block), weights, dtype=dtype, batch_bytes=batch_bytes)[..., 0]
 
 
 def project_array(
@@ -647,18 +654,25 @@ def project_array(
         )
     w = dask.delayed(weights, pure=True, traverse=False)
     single = squeeze and weights.n_masks == 1
-    return da.map_blocks(
-        _single_mask_kernel if single else _block_kernel,
-        arr,
-        w,
-        dtype,
-        int(batch_bytes),
-        drop_axis=(2, 3),
-        new_axis=None if single else 2,
-        chunks=(arr.chunks[0], arr.chunks[1]) if single else (arr.chunks[0], arr.chunks[1], (weights.n_masks,)),
+    # blockwise over the scan axes with the detector axes contracted and concatenate=False: the
+    # kernel gets the chunk itself. (map_blocks(drop_axis=...) concatenates the blocks along the
+    # dropped axes first, and dask's concatenate copies even a single block: a copy of every
+    # chunk that cost as much as the 1-mask kernel itself.)
+    name = "project-" + dask.base.tokenize(arr, w, dtype, batch_bytes, single)
+    graph_args: list[Any] = [arr, "yxkl", w, None, dtype, None, int(batch_bytes), None]
+    if single:
+        return da.blockwise(
+            _single_mask_kernel, "yx", *graph_args, concatenate=False, dtype=dtype, meta=_meta(arr, 2, dtype), name=name
+        )
+    return da.blockwise(
+        _block_kernel,
+        "yxm",
+        *graph_args,
+        new_axes={"m": weights.n_masks},
+        concatenate=False,
         dtype=dtype,
-        meta=_meta(arr, 2 if single else 3, dtype),
-        name="project-" + dask.base.tokenize(arr, w, dtype, batch_bytes, single),
+        meta=_meta(arr, 3, dtype),
+        name=name,
     )
 
 

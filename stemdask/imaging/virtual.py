@@ -13,12 +13,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data, validate
+from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from . import detectors
 from .project import (
     BATCH_BYTES,
     MaskWeights,
+    _whole_frames,
     check_masks,
     project_block,
     project_checked,
@@ -37,6 +38,7 @@ def _shifted_block(
     """
     from ..backend import array_module, to_numpy
 
+    block, shift = _whole_frames(block), _whole_frames(shift)  # blockwise(concatenate=False): no copy
     events = hasattr(block, "take_frames")  # an EventBlock (imaging does not import events)
     xp = block.xp if events else array_module(block)
     ny, nx = block.shape[:2]
@@ -138,6 +140,7 @@ def _project_shifted(
     kx = data.coords["k_x"].values
     quantum = (abs(float(ky[1] - ky[0])) * step_px, abs(float(kx[1] - kx[0])) * step_px)
     arr = dask_data(data)
+    require_whole_frames(arr, "a virtual image with shifts")
     shift_arr = shifts.data if isinstance(shifts.data, da.Array) else da.from_array(np.asarray(shifts.data))
     shift_arr = shift_arr.astype(np.float64).rechunk((arr.chunks[0], arr.chunks[1], 2))
     if not isinstance(shifts.data, da.Array) and not np.all(np.isfinite(shifts.values)):
@@ -160,7 +163,7 @@ def _project_shifted(
         int(batch_bytes),
         None,
         new_axes={"m": masks.sizes["mask"]},
-        concatenate=True,
+        concatenate=False,
         dtype=dtype,
         meta=np.empty((0, 0, 0), dtype=dtype),
     )
