@@ -51,6 +51,7 @@ from ..dataset import CALIBRATION_ATTRS, DETECTOR_DIMS, SCAN_DIMS, dask_data, re
 from ..errors import bad_type, bad_value
 from ..imaging.project import BATCH_BYTES, back_project, resolve_dtype
 from ..imaging.project import _meta as engine_meta
+from ..imaging.project import _whole_frames as whole_frames
 from .bases import basis_regions, check_mode
 from .plan import BasisOperator
 from .regions import REGIONS, require_calibrated_detector
@@ -294,7 +295,7 @@ def _kernel(block: Any, op: BasisOperator, amplitude: bool, dtype: Any, batch: i
     stored dtype: c_perp is a small difference of large squares, so the
     rounding of a float32 coefficient alone would be amplified.
     """
-    out = compress_block(block, op, amplitude=amplitude, dtype=dtype, batch_bytes=batch)
+    out = compress_block(whole_frames(block), op, amplitude=amplitude, dtype=dtype, batch_bytes=batch)
     xp = array_module(out)
     n = op.n_masks
     for i, region in enumerate(REGIONS):
@@ -399,17 +400,25 @@ def compress(
     )
     n = op.n_masks
     w = dask.delayed(op, pure=True, traverse=False)
-    out = da.map_blocks(
+    # blockwise with concatenate=False, as the engine's project_array: the kernel gets the chunk
+    # itself (map_blocks(drop_axis=...) would first copy every chunk through dask's concatenate)
+    out = da.blockwise(
         _kernel,
+        "yxm",
         arr,
+        "yxkl",
         w,
+        None,
         mode == "amplitude",
+        None,
         convert,
+        None,
         int(batch_bytes),
+        None,
         dtype,
-        drop_axis=(2, 3),
-        new_axis=2,
-        chunks=(arr.chunks[0], arr.chunks[1], (n + 2,)),
+        None,
+        new_axes={"m": n + 2},
+        concatenate=False,
         dtype=dtype,
         meta=engine_meta(arr, 3, dtype),
         name="compress-" + dask.base.tokenize(arr, w, mode, convert, batch_bytes, dtype),
