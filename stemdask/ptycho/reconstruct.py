@@ -356,7 +356,7 @@ def reconstruct(
     finally:
         engine.close()
     final = state["best"] if holdout_fraction > 0 and state["best"] is not None else state
-    return result_dataset(
+    result = result_dataset(
         final,
         state,
         geometry=geometry,
@@ -379,6 +379,8 @@ def reconstruct(
             "energy_ev": float(energy_ev),
         },
     )
+    result.attrs.update(engine.traffic_attrs())
+    return result
 
 
 def _counts_scale(data: xr.DataArray, probe_k: np.ndarray, geometry: ModelGeometry) -> np.ndarray:
@@ -470,6 +472,8 @@ class _Engine:
                 args = (len(shards), ids, corners, box, scale[ids], train[ids], spec, transpose)
                 shards.append((delayed_blocks[(i, j) + (0,) * (arr.ndim - 2)], args))
         self.timings: list[tuple[float, float]] = []
+        self.traffic: list[tuple[int, int]] = []
+        self.data_bytes = int(np.prod(arr.shape)) * (8 if spec.double else 4)
         if client is None:
             self.shards: list[Any] = [load_shard(np.asarray(dask.compute(b)[0]), *args) for b, args in shards]
         else:
@@ -489,8 +493,9 @@ class _Engine:
                 local = np.nonzero(np.isin(ids, batch))[0]
                 if local.size == 0:
                     continue
-            patch = obj[:, box[0] : box[1], box[2] : box[3]]
-            calls.append((k, (patch, probe, offsets[ids], self.spec, local)))
+            patch = self._wire(obj[:, box[0] : box[1], box[2] : box[3]])
+            calls.append((k, (patch, self._wire(probe), offsets[ids], self.spec, local)))
+        sent = sum(_nbytes(args[:3]) + _nbytes(args[4]) for _, args in calls)
         if self.client is None:
             results = []
             compute = 0.0
@@ -523,7 +528,25 @@ class _Engine:
             if grad_off is not None and r["offsets"] is not None:
                 grad_off[ids] += r["offsets"]
         self.timings.append((time.perf_counter() - t0, compute))
+        received = sum(_nbytes((r["object"], r["probe"], r["offsets"])) for r in results)
+        self.traffic.append((sent, received))
         return total, holdout, grad_obj, grad_probe, grad_off
+
+    def _wire(self, value: Any) -> Any:
+        """An array in the shards' precision (complex64 / float32 unless ``double``): half the bytes to send."""
+        if self.spec.double or not isinstance(value, np.ndarray):
+            return value
+        return value.astype(np.complex64 if np.iscomplexobj(value) else np.float32)
+
+    def traffic_attrs(self) -> dict[str, float]:
+        """Median bytes sent to and received from the shards per step, against the data's bytes."""
+        sent = [t[0] for t in self.traffic] or [0]
+        received = [t[1] for t in self.traffic] or [0]
+        return {
+            "sent_bytes_per_step_median": float(np.median(sent)),
+            "received_bytes_per_step_median": float(np.median(received)),
+            "data_bytes": float(self.data_bytes),
+        }
 
     def close(self) -> None:
         if self.client is not None:
@@ -531,11 +554,41 @@ class _Engine:
                 f.release()
 
 
+def _nbytes(values: Any) -> int:
+    """Bytes of the arrays among ``values`` (a tuple of arrays, dicts of floats, None)."""
+    if values is None:
+        return 0
+    if isinstance(values, np.ndarray):
+        return int(values.nbytes)
+    if isinstance(values, dict):
+        return 8 * len(values)
+    if isinstance(values, (tuple, list)):
+        return sum(_nbytes(v) for v in values)
+    return 0
+
+
 def _timed_step(shard: Any, *args: Any) -> dict[str, Any]:
+    """:func:`shard_step` on a worker, timed, with torch's threads matched to the worker's."""
+    _match_threads()
     t0 = time.perf_counter()
     out = shard_step(shard, *args)
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _match_threads() -> None:
+    """One torch thread per dask thread on a worker (``OMP_NUM_THREADS`` when set, as dask's nanny sets it).
+
+    Torch's default (every core) on each of a worker's threads, or on each
+    of several workers of one machine, oversubscribes the cores.
+    """
+    import os
+
+    import torch
+
+    want = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
 
 
 def _batches(n: int, batch_size: int | None, seed: int, iteration: int) -> list[np.ndarray | None]:
