@@ -6,9 +6,11 @@ Simulates MoS2 (stemdask.simulate, 80 kV, 25 mrad, noiseless), then runs
 
 * stemdask.ptycho.reconstruct in this process (torch, one thread; amplitude
   loss, Adam, full batch, known probe): the median step time;
-* the same with a LocalCluster of 1 and of 2 single-threaded workers (the
-  shards on the workers; the per-step overhead is the step's wall time less
-  the longest shard's compute);
+* the same with a LocalCluster of 1 and of 2 single-threaded worker
+  processes (``--memory-limit`` each, 3 GiB by default), the data written to
+  a zarr store and read there by the workers (the shards on the workers; the
+  per-step overhead is the step's wall time less the longest shard's
+  compute; the bytes sent and received per step; worker restarts counted);
 * py4DSTEM 0.14.18 SingleslicePtychography (gradient descent, fixed probe, no
   filters) in ``benchmarks/_venv_peers`` as a subprocess with a clean
   environment (one BLAS/OpenMP thread, no MALLOC_TRIM_THRESHOLD_).
@@ -20,14 +22,14 @@ object is resampled to stemdask's finer object grid first). Prints JSON.
 
 from __future__ import annotations
 
-import os
+import _clean_env
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+if __name__ == "__main__":  # not in a worker process that re-imports this module as __mp_main__
+    _clean_env.start_clean()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -66,7 +68,33 @@ def ours(data, truth, iterations, client=None):
         "overhead_seconds": res.attrs["overhead_seconds_median"],
         "phase_correlation": r,
         "n_shards": res.attrs["n_shards"],
+        "sent_bytes_per_step": res.attrs["sent_bytes_per_step_median"],
+        "received_bytes_per_step": res.attrs["received_bytes_per_step_median"],
+        "data_bytes": res.attrs["data_bytes"],
     }
+
+
+def on_cluster(path, chunks, truth, iterations, workers, memory_limit):
+    """``ours`` on a LocalCluster of single-threaded worker processes, the data read from the store there."""
+    from distributed import Client, LocalCluster
+
+    import stemdask
+
+    data = stemdask.open_dataset(path, chunks=chunks)
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = set(client.run(os.getpid).values())
+        out = ours(data, truth, iterations, client)
+        after = client.run(lambda: (os.getpid(), __import__("psutil").Process().memory_info().rss))
+        out["workers"] = workers
+        out["memory_limit"] = memory_limit
+        out["worker_rss_bytes_end"] = sorted(r for _, r in after.values())
+        out["workers_restarted"] = len(pids - {p for p, _ in after.values()})
+    return out
 
 
 def peer(data, truth, iterations, params, sampling_A, scan_extent_A, python):
@@ -74,8 +102,7 @@ def peer(data, truth, iterations, params, sampling_A, scan_extent_A, python):
         npy, js, out = (str(Path(tmp) / n) for n in ("data.npy", "params.json", "phase.npy"))
         np.save(npy, np.asarray(data.values))
         Path(js).write_text(json.dumps({**params, "iterations": iterations}))
-        env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_", "PYTHONPATH")}
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = _clean_env.peer_env()
         proc = subprocess.run(
             [python, str(HERE / "_peers_ptycho.py"), npy, js, out], capture_output=True, text=True, env=env
         )
@@ -104,6 +131,7 @@ def main() -> None:
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--peer-python", default=str(PEER_PY), help="python of the peers' venv")
+    ap.add_argument("--memory-limit", default="3GiB", help="memory limit of each cluster worker")
     args = ap.parse_args()
     import torch
 
@@ -121,7 +149,7 @@ def main() -> None:
         max_angle_mrad=60.0,
         chunks=(args.scan // 2, args.scan),
     )
-    data = data.persist()
+    data = data.persist(scheduler="threads")
     params["detector_pixel_mrad"] = float(data.attrs["detector_pixel_mrad"][0])
     n = args.scan * args.scan
     out: dict = {
@@ -132,15 +160,15 @@ def main() -> None:
     }
     out["stemdask"] = ours(data, truth, args.iterations)
     if not args.skip_cluster:
-        from distributed import Client, LocalCluster
+        import stemdask
 
-        for workers in (1, 2):
-            with (
-                LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster,
-                Client(cluster) as client,
-            ):
-                client.run(lambda: __import__("torch").set_num_threads(1))
-                out[f"stemdask_{workers}_workers"] = ours(data, truth, args.iterations, client)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "data.zarr")
+            stemdask.save(data, path, chunks=(args.scan // 2, args.scan))
+            for workers in (1, 2):
+                out[f"stemdask_{workers}_workers"] = on_cluster(
+                    path, (args.scan // 2, args.scan, -1, -1), truth, args.iterations, workers, args.memory_limit
+                )
         out["scaling_1_to_2_workers"] = (
             out["stemdask_1_workers"]["seconds_per_iteration"] / out["stemdask_2_workers"]["seconds_per_iteration"]
         )
@@ -155,6 +183,7 @@ def main() -> None:
     for key in [k for k in out if k.startswith("stemdask") and isinstance(out[k], dict)]:
         out[key]["seconds_per_iteration_per_1000_positions"] = out[key]["seconds_per_iteration"] * 1000 / n
     out["load_average_end"] = os.getloadavg()
+    out["leaked_env_not_passed_to_peer"] = _clean_env.leaked()
     print(json.dumps(out, indent=1))
 
 

@@ -12,8 +12,9 @@ Why a gather at the driver and not a tree reduction or an all-reduce: the
 update needs the whole object in one place, each shard's gradient is a
 patch (not the whole object) and the patches of ``W`` workers arrive in one
 hop, so a tree would add hops and an all-reduce would send every worker the
-whole object. The per-step overhead (the step's wall time less the longest
-shard's compute) is measured and returned in the result's attrs.
+whole object. The per-step overhead (the step's wall time less the busiest
+worker's compute, the sum of its shards') and the bytes sent to and received
+from the shards per step are measured and returned in the result's attrs.
 """
 
 from __future__ import annotations
@@ -480,6 +481,10 @@ class _Engine:
             tasks = [dask.delayed(load_shard, pure=False)(b, *args) for b, args in shards]
             # futures: each shard stays on its worker; lost with a worker, it is rebuilt from the store
             self.shards = client.compute(tasks)
+            # built before the first step (reading the store, importing torch there): not in the step times
+            from distributed import wait
+
+            wait(self.shards)
 
     def step(
         self, obj: np.ndarray, probe: Any, offsets: np.ndarray, batch: np.ndarray | None
@@ -509,7 +514,11 @@ class _Engine:
                 for k, args in calls
             ]
             results = self.client.gather(futures)
-            compute = max(r["seconds"] for r in results)
+            # a worker runs its shards in turn: the critical path is the busiest worker's sum
+            per_worker: dict[str, float] = {}
+            for r in results:
+                per_worker[r["worker"]] = per_worker.get(r["worker"], 0.0) + r["seconds"]
+            compute = max(per_worker.values())
         # the reduction, in shard order whatever the number of workers
         grad_obj = np.zeros_like(obj)
         grad_off = np.zeros_like(offsets) if self.spec.refine_positions else None
@@ -570,9 +579,13 @@ def _nbytes(values: Any) -> int:
 def _timed_step(shard: Any, *args: Any) -> dict[str, Any]:
     """:func:`shard_step` on a worker, timed, with torch's threads matched to the worker's."""
     _match_threads()
+    _keep_freed_memory()
     t0 = time.perf_counter()
     out = shard_step(shard, *args)
     out["seconds"] = time.perf_counter() - t0
+    from distributed import get_worker
+
+    out["worker"] = get_worker().address
     return out
 
 
@@ -589,6 +602,40 @@ def _match_threads() -> None:
     want = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     if torch.get_num_threads() != want:
         torch.set_num_threads(want)
+
+
+#: glibc malloc thresholds on a worker whose nanny set ``MALLOC_TRIM_THRESHOLD_`` (bytes)
+KEEP_FREED_BYTES = {"trim": 64 * 2**20, "mmap": 32 * 2**20}
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks of up to 32 MiB on a worker that dask's nanny set to trim at 64 KiB.
+
+    The nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` also fixes glibc's mmap
+    threshold at 128 KiB, so every exit-wave block and every FFT temporary of
+    a step was a fresh ``mmap`` whose pages were faulted in and returned at
+    once: the step ran 4-8x slower on a worker than in a process (measured,
+    docs/ptychography.md). ``mallopt`` raises the mmap threshold to 32 MiB
+    (glibc's maximum) and the trim threshold to 64 MiB, once per process;
+    without the nanny's variable (or without glibc) nothing is changed.
+    """
+    import ctypes
+    import os
+
+    global _MALLOC_SET
+    if _MALLOC_SET or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _MALLOC_SET = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_trim_threshold, KEEP_FREED_BYTES["trim"])
+    libc.mallopt(m_mmap_threshold, KEEP_FREED_BYTES["mmap"])
+
+
+_MALLOC_SET = False
 
 
 def _batches(n: int, batch_size: int | None, seed: int, iteration: int) -> list[np.ndarray | None]:
