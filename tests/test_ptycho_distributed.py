@@ -88,3 +88,14 @@ def test_traffic_per_step_is_the_patches_not_the_data(stored):
     assert 0 < res.attrs["received_bytes_per_step_median"] <= n_shards * 8 * box[0] * box[1]
     assert res.attrs["data_bytes"] == 64 * 24 * 24 * 4
     assert upper < res.attrs["data_bytes"] / 2  # so the bound above tells patches from patterns
+
+
+def test_cached_fixed_probe_equals_the_probe_shifted_every_step(stored, monkeypatch):
+    """The shard's cache of the shifted fixed probe changes nothing (against re-shifting it every step)."""
+    from stemdask.ptycho import shards
+
+    cached = reconstruct(stored, **KW)
+    monkeypatch.setattr(shards, "PROBE_CACHE_BYTES", 0)
+    fresh = reconstruct(stored, **KW)
+    np.testing.assert_array_equal(cached.object.values, fresh.object.values)
+    np.testing.assert_array_equal(cached.loss.values, fresh.loss.values)

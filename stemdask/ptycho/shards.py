@@ -95,6 +95,10 @@ class Shard:
     probe_cache: tuple[bytes, Any] | None = field(default=None, repr=False)
 
 
+#: largest fixed-probe cache kept on one shard (bytes); larger shards shift the probe every step
+PROBE_CACHE_BYTES = 2**30
+
+
 def _device(spec: ModelSpec) -> Any:
     import torch
 
@@ -296,9 +300,17 @@ def _fixed_probes(shard: Shard, probe_param: Any, offsets_A: Any, probe_k: Any, 
 
     The cache is keyed by the bytes of the probe and the offsets, so a new
     probe or new offsets (another reconstruction on the same shard) recompute it.
+    Above :data:`PROBE_CACHE_BYTES` the probes are recomputed every step
+    instead of kept.
     """
     import hashlib
 
+    n_bytes = len(offsets_A) * probe_k.nelement() * probe_k.element_size()
+    if n_bytes > PROBE_CACHE_BYTES:
+        import torch
+
+        offsets = torch.as_tensor(np.asarray(offsets_A), device=probe_k.device).to(ops.ky.dtype)
+        return shifted_probes(probe_k, offsets, ops)
     key = hashlib.blake2b(np.ascontiguousarray(probe_param).tobytes(), digest_size=16)
     key.update(np.ascontiguousarray(offsets_A).tobytes())
     digest = key.digest()
