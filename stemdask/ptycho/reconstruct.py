@@ -474,6 +474,8 @@ class _Engine:
                 shards.append((delayed_blocks[(i, j) + (0,) * (arr.ndim - 2)], args))
         self.timings: list[tuple[float, float]] = []
         self.traffic: list[tuple[int, int]] = []
+        #: per step: CPU seconds of the shard steps (this thread's; on a cluster the busiest worker's)
+        self.cpu: list[float] = []
         self.data_bytes = int(np.prod(arr.shape)) * (8 if spec.double else 4)
         if client is None:
             self.shards: list[Any] = [load_shard(np.asarray(dask.compute(b)[0]), *args) for b, args in shards]
@@ -503,11 +505,12 @@ class _Engine:
         sent = sum(_nbytes(args[:3]) + _nbytes(args[4]) for _, args in calls)
         if self.client is None:
             results = []
-            compute = 0.0
+            compute, cpu = 0.0, time.thread_time()
             for k, args in calls:
                 c0 = time.perf_counter()
                 results.append(shard_step(self.shards[k], *args))
                 compute += time.perf_counter() - c0  # in turn: the shards' compute adds up
+            self.cpu.append(time.thread_time() - cpu)
         else:
             futures = [
                 self.client.submit(_timed_step, self.shards[k], *args, key=f"ptycho-shard-step-{k}-{time.time_ns()}")
@@ -516,9 +519,12 @@ class _Engine:
             results = self.client.gather(futures)
             # a worker runs its shards in turn: the critical path is the busiest worker's sum
             per_worker: dict[str, float] = {}
+            cpu_per_worker: dict[str, float] = {}
             for r in results:
                 per_worker[r["worker"]] = per_worker.get(r["worker"], 0.0) + r["seconds"]
+                cpu_per_worker[r["worker"]] = cpu_per_worker.get(r["worker"], 0.0) + r["cpu_seconds"]
             compute = max(per_worker.values())
+            self.cpu.append(max(cpu_per_worker.values()))
         # the reduction, in shard order whatever the number of workers
         grad_obj = np.zeros_like(obj)
         grad_off = np.zeros_like(offsets) if self.spec.refine_positions else None
@@ -548,14 +554,23 @@ class _Engine:
         return value.astype(np.complex64 if np.iscomplexobj(value) else np.float32)
 
     def traffic_attrs(self) -> dict[str, float]:
-        """Median bytes sent to and received from the shards per step, against the data's bytes."""
+        """Median bytes sent to and received from the shards per step, against the data's bytes.
+
+        Also the median over steps of the CPU seconds of the shard steps
+        (``compute_cpu_seconds_median``: in this process their sum, on a
+        cluster the busiest worker's).
+        """
         sent = [t[0] for t in self.traffic] or [0]
         received = [t[1] for t in self.traffic] or [0]
-        return {
+        out = {
             "sent_bytes_per_step_median": float(np.median(sent)),
             "received_bytes_per_step_median": float(np.median(received)),
             "data_bytes": float(self.data_bytes),
         }
+        if self.cpu:
+            # CPU seconds do not grow when other processes take the cores: a load-independent critical path
+            out["compute_cpu_seconds_median"] = float(np.median(self.cpu))
+        return out
 
     def close(self) -> None:
         if self.client is not None:
@@ -580,9 +595,10 @@ def _timed_step(shard: Any, *args: Any) -> dict[str, Any]:
     """:func:`shard_step` on a worker, timed, with torch's threads matched to the worker's."""
     _match_threads()
     _keep_freed_memory()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     out = shard_step(shard, *args)
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = time.thread_time() - c0
     from distributed import get_worker
 
     out["worker"] = get_worker().address
