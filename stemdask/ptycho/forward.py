@@ -165,6 +165,10 @@ class Operators:
     detector_x: Any
     window_y: Any
     window_x: Any
+    #: the band limit on the detector pixels ``(Ny, Nx)`` (model detector)
+    detector_mask: Any = None
+    #: the detector crop as contiguous runs per axis (:meth:`ScanGeometry.detector_runs`)
+    detector_runs: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]] = ([], [])
 
 
 def operators(geometry: ModelGeometry, *, device: Any = None, dtype: Any = None) -> Operators:
@@ -180,15 +184,18 @@ def operators(geometry: ModelGeometry, *, device: Any = None, dtype: Any = None)
     )
     mask = bandlimit(shape, xp=torch, device=device, dtype=rdtype)
     iy, ix = geometry.scan.detector_index_px()
+    detector_y, detector_x = torch.as_tensor(iy, device=device), torch.as_tensor(ix, device=device)
     return Operators(
         ky=ky[:, 0],
         kx=kx[0],
         kernel=kernel,
         mask=mask,
-        detector_y=torch.as_tensor(iy, device=device),
-        detector_x=torch.as_tensor(ix, device=device),
+        detector_y=detector_y,
+        detector_x=detector_x,
         window_y=torch.arange(shape[0], device=device),
         window_x=torch.arange(shape[1], device=device),
+        detector_mask=mask.index_select(0, detector_y).index_select(1, detector_x),
+        detector_runs=geometry.scan.detector_runs(),
     )
 
 
@@ -237,6 +244,32 @@ def exit_spectra(obj: Any, probes: Any, corners_px: Any, ops: Operators) -> Any:
     return psi
 
 
+def crop_detector(spectra: Any, ops: Operators) -> Any:
+    """The detector pixels ``(..., Ny, Nx)`` of spectra ``(..., My, Mx)`` (FFT order), beam on ``N // 2``.
+
+    Cut with slices (:attr:`Operators.detector_runs`): at most four
+    contiguous blocks, no gather.
+    """
+    import torch
+
+    runs_y, runs_x = ops.detector_runs
+    rows = torch.cat([spectra[..., a:b, :] for _, a, b in runs_y], -2)
+    return torch.cat([rows[..., a:b] for _, a, b in runs_x], -1)
+
+
+def place_detector(values: Any, ops: Operators) -> Any:
+    """The adjoint of :func:`crop_detector`: ``values`` ``(..., Ny, Nx)`` on a zero spectrum ``(..., My, Mx)``."""
+    import torch
+
+    my, mx = ops.window_y.shape[0], ops.window_x.shape[0]
+    full = torch.zeros((*values.shape[:-2], my, mx), dtype=values.dtype, device=values.device)
+    runs_y, runs_x = ops.detector_runs
+    for dy, ay, by in runs_y:
+        for dx, ax, bx in runs_x:
+            full[..., ay:by, ax:bx] = values[..., dy : dy + by - ay, dx : dx + bx - ax]
+    return full
+
+
 def detector_intensity(spectra: Any, ops: Operators, bin_factor: int = 1) -> Any:
     """Patterns ``(B, Ny, Nx)``: ``Σ_modes |spectrum|² / M`` on the detector pixels, binned.
 
@@ -244,7 +277,7 @@ def detector_intensity(spectra: Any, ops: Operators, bin_factor: int = 1) -> Any
     (``Σ |ψ|² = 1``).
     """
     window = spectra.shape[-1] * spectra.shape[-2]
-    cut = spectra.index_select(-2, ops.detector_y).index_select(-1, ops.detector_x)
+    cut = crop_detector(spectra, ops)
     intensity = (cut.real**2 + cut.imag**2).sum(1) / window
     if bin_factor > 1:
         b, ny, nx = intensity.shape

@@ -31,7 +31,6 @@ import numpy as np
 
 from ..checks import integer
 from ..errors import bad_value
-from ..multislice import fft2
 
 #: the loss names :func:`loss_value` knows
 LOSSES: tuple[str, ...] = ("l1", "mse", "amplitude", "poisson")
@@ -202,6 +201,11 @@ def _closed_form(model: Any, measured: Any, loss: str, eps: float) -> Any:
     return _Loss.apply(model)
 
 
+#: bytes of the exit waves one block of positions works on in :func:`single_slice_gradient`
+#: (a few MB: the block's FFTs and element-wise products stay in the CPU's cache)
+BLOCK_BYTES = 8 * 2**20
+
+
 def single_slice_gradient(
     obj: Any,
     probes: Any,
@@ -218,6 +222,11 @@ def single_slice_gradient(
     ``Φ_m = B F[ψ_m(r - R) O(r)]``, ``Î = s Σ_m |Φ_m|² / M`` on the detector
     and ``f = ∂L/∂Î`` (:meth:`DetectorLoss.factor`), added over the windows.
     Equals half of torch's autograd gradient of a complex tensor.
+
+    The positions are taken in blocks of :data:`BLOCK_BYTES` of exit waves
+    (one batched FFT per block, the working set in cache); the windows are
+    cut and added back with slices, the detector with its contiguous runs,
+    and the band limit and the loss act on the detector pixels only.
 
     Parameters
     ----------
@@ -245,27 +254,37 @@ def single_slice_gradient(
     """
     import torch
 
-    from .forward import detector_intensity, object_windows
+    from .forward import crop_detector, place_detector
 
-    patch = object_windows(obj, corners_px, ops)[0]  # (B, My, Mx)
-    spectra = fft2(probes * patch[:, None]) * ops.mask
-    s = torch.as_tensor(scale, dtype=ops.ky.dtype, device=obj.device).reshape(-1, 1, 1)
-    model = s * detector_intensity(spectra, ops, bin_factor)
-    loss = criterion(model, measured)
-    factor = criterion.factor(model, measured) * s
-    if bin_factor > 1:
-        factor = factor.repeat_interleave(bin_factor, -2).repeat_interleave(bin_factor, -1)
-    my, mx = spectra.shape[-2:]
-    full = torch.zeros(factor.shape[0], my, mx, dtype=factor.dtype, device=factor.device)
-    iy, ix = ops.detector_y, ops.detector_x
-    full[:, iy[:, None], ix[None, :]] = factor / (my * mx)
-    # M F⁻¹ B (f Φ): the adjoint of the unnormalised FFT and the band limit
-    back = fft2(spectra * (full * ops.mask)[:, None], inverse=True) * (my * mx)
-    grad_patch = (probes.conj() * back).sum(1)
-    grad = torch.zeros_like(obj[0])
-    cy = corners_px[:, 0, None] + ops.window_y[None, :]
-    cx = corners_px[:, 1, None] + ops.window_x[None, :]
-    grad.index_put_(
-        (cy[:, :, None].expand_as(grad_patch), cx[:, None, :].expand_as(grad_patch)), grad_patch, accumulate=True
-    )
+    field = obj[0]
+    n, k, my, mx = probes.shape
+    window = my * mx
+    grad = torch.zeros_like(field)
+    s_all = torch.as_tensor(scale, dtype=ops.ky.dtype, device=obj.device).reshape(-1)
+    s_all = s_all.expand(n) if s_all.numel() == 1 else s_all
+    mask = ops.detector_mask
+    corners = [(int(c[0]), int(c[1])) for c in torch.as_tensor(corners_px).tolist()]
+    block = max(1, BLOCK_BYTES // (k * window * probes.element_size()))
+    loss = torch.zeros((), dtype=ops.ky.dtype, device=obj.device)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        where = corners[start:stop]
+        patch = torch.stack([field[cy : cy + my, cx : cx + mx] for cy, cx in where])
+        p = probes[start:stop]
+        cut = crop_detector(torch.fft.fft2(p * patch[:, None]), ops) * mask  # Φ on the detector
+        s = s_all[start:stop].reshape(-1, 1, 1)
+        intensity = (cut.real**2 + cut.imag**2).sum(1) / window
+        if bin_factor > 1:
+            b, ny, nx = intensity.shape
+            intensity = intensity.reshape(b, ny // bin_factor, bin_factor, nx // bin_factor, bin_factor).sum((2, 4))
+        model = s * intensity
+        loss = loss + criterion(model, measured[start:stop])
+        factor = criterion.factor(model, measured[start:stop]) * (s / window)
+        if bin_factor > 1:
+            factor = factor.repeat_interleave(bin_factor, -2).repeat_interleave(bin_factor, -1)
+        # M F⁻¹ B (f Φ): the adjoint of the unnormalised FFT (norm="forward": no 1/M) and the band limit
+        back = torch.fft.ifft2(place_detector(cut * (factor * mask)[:, None], ops), norm="forward")
+        grad_patch = (p.conj() * back).sum(1)
+        for (cy, cx), g in zip(where, grad_patch):
+            grad[cy : cy + my, cx : cx + mx] += g
     return loss, grad[None]

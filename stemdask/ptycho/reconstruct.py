@@ -12,8 +12,9 @@ Why a gather at the driver and not a tree reduction or an all-reduce: the
 update needs the whole object in one place, each shard's gradient is a
 patch (not the whole object) and the patches of ``W`` workers arrive in one
 hop, so a tree would add hops and an all-reduce would send every worker the
-whole object. The per-step overhead (the step's wall time less the longest
-shard's compute) is measured and returned in the result's attrs.
+whole object. The per-step overhead (the step's wall time less the busiest
+worker's compute, the sum of its shards') and the bytes sent to and received
+from the shards per step are measured and returned in the result's attrs.
 """
 
 from __future__ import annotations
@@ -356,7 +357,7 @@ def reconstruct(
     finally:
         engine.close()
     final = state["best"] if holdout_fraction > 0 and state["best"] is not None else state
-    return result_dataset(
+    result = result_dataset(
         final,
         state,
         geometry=geometry,
@@ -379,6 +380,8 @@ def reconstruct(
             "energy_ev": float(energy_ev),
         },
     )
+    result.attrs.update(engine.traffic_attrs())
+    return result
 
 
 def _counts_scale(data: xr.DataArray, probe_k: np.ndarray, geometry: ModelGeometry) -> np.ndarray:
@@ -470,12 +473,20 @@ class _Engine:
                 args = (len(shards), ids, corners, box, scale[ids], train[ids], spec, transpose)
                 shards.append((delayed_blocks[(i, j) + (0,) * (arr.ndim - 2)], args))
         self.timings: list[tuple[float, float]] = []
+        self.traffic: list[tuple[int, int]] = []
+        #: per step: CPU seconds of the shard steps (this thread's; on a cluster the busiest worker's)
+        self.cpu: list[float] = []
+        self.data_bytes = int(np.prod(arr.shape)) * (8 if spec.double else 4)
         if client is None:
             self.shards: list[Any] = [load_shard(np.asarray(dask.compute(b)[0]), *args) for b, args in shards]
         else:
             tasks = [dask.delayed(load_shard, pure=False)(b, *args) for b, args in shards]
             # futures: each shard stays on its worker; lost with a worker, it is rebuilt from the store
             self.shards = client.compute(tasks)
+            # built before the first step (reading the store, importing torch there): not in the step times
+            from distributed import wait
+
+            wait(self.shards)
 
     def step(
         self, obj: np.ndarray, probe: Any, offsets: np.ndarray, batch: np.ndarray | None
@@ -489,22 +500,31 @@ class _Engine:
                 local = np.nonzero(np.isin(ids, batch))[0]
                 if local.size == 0:
                     continue
-            patch = obj[:, box[0] : box[1], box[2] : box[3]]
-            calls.append((k, (patch, probe, offsets[ids], self.spec, local)))
+            patch = self._wire(obj[:, box[0] : box[1], box[2] : box[3]])
+            calls.append((k, (patch, self._wire(probe), offsets[ids], self.spec, local)))
+        sent = sum(_nbytes(args[:3]) + _nbytes(args[4]) for _, args in calls)
         if self.client is None:
             results = []
-            compute = 0.0
+            compute, cpu = 0.0, time.thread_time()
             for k, args in calls:
                 c0 = time.perf_counter()
                 results.append(shard_step(self.shards[k], *args))
                 compute += time.perf_counter() - c0  # in turn: the shards' compute adds up
+            self.cpu.append(time.thread_time() - cpu)
         else:
             futures = [
                 self.client.submit(_timed_step, self.shards[k], *args, key=f"ptycho-shard-step-{k}-{time.time_ns()}")
                 for k, args in calls
             ]
             results = self.client.gather(futures)
-            compute = max(r["seconds"] for r in results)
+            # a worker runs its shards in turn: the critical path is the busiest worker's sum
+            per_worker: dict[str, float] = {}
+            cpu_per_worker: dict[str, float] = {}
+            for r in results:
+                per_worker[r["worker"]] = per_worker.get(r["worker"], 0.0) + r["seconds"]
+                cpu_per_worker[r["worker"]] = cpu_per_worker.get(r["worker"], 0.0) + r["cpu_seconds"]
+            compute = max(per_worker.values())
+            self.cpu.append(max(cpu_per_worker.values()))
         # the reduction, in shard order whatever the number of workers
         grad_obj = np.zeros_like(obj)
         grad_off = np.zeros_like(offsets) if self.spec.refine_positions else None
@@ -523,7 +543,34 @@ class _Engine:
             if grad_off is not None and r["offsets"] is not None:
                 grad_off[ids] += r["offsets"]
         self.timings.append((time.perf_counter() - t0, compute))
+        received = sum(_nbytes((r["object"], r["probe"], r["offsets"])) for r in results)
+        self.traffic.append((sent, received))
         return total, holdout, grad_obj, grad_probe, grad_off
+
+    def _wire(self, value: Any) -> Any:
+        """An array in the shards' precision (complex64 / float32 unless ``double``): half the bytes to send."""
+        if self.spec.double or not isinstance(value, np.ndarray):
+            return value
+        return value.astype(np.complex64 if np.iscomplexobj(value) else np.float32)
+
+    def traffic_attrs(self) -> dict[str, float]:
+        """Median bytes sent to and received from the shards per step, against the data's bytes.
+
+        Also the median over steps of the CPU seconds of the shard steps
+        (``compute_cpu_seconds_median``: in this process their sum, on a
+        cluster the busiest worker's).
+        """
+        sent = [t[0] for t in self.traffic] or [0]
+        received = [t[1] for t in self.traffic] or [0]
+        out = {
+            "sent_bytes_per_step_median": float(np.median(sent)),
+            "received_bytes_per_step_median": float(np.median(received)),
+            "data_bytes": float(self.data_bytes),
+        }
+        if self.cpu:
+            # CPU seconds do not grow when other processes take the cores: a load-independent critical path
+            out["compute_cpu_seconds_median"] = float(np.median(self.cpu))
+        return out
 
     def close(self) -> None:
         if self.client is not None:
@@ -531,11 +578,80 @@ class _Engine:
                 f.release()
 
 
+def _nbytes(values: Any) -> int:
+    """Bytes of the arrays among ``values`` (a tuple of arrays, dicts of floats, None)."""
+    if values is None:
+        return 0
+    if isinstance(values, np.ndarray):
+        return int(values.nbytes)
+    if isinstance(values, dict):
+        return 8 * len(values)
+    if isinstance(values, (tuple, list)):
+        return sum(_nbytes(v) for v in values)
+    return 0
+
+
 def _timed_step(shard: Any, *args: Any) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    """:func:`shard_step` on a worker, timed, with torch's threads matched to the worker's."""
+    _match_threads()
+    _keep_freed_memory()
+    t0, c0 = time.perf_counter(), time.thread_time()
     out = shard_step(shard, *args)
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = time.thread_time() - c0
+    from distributed import get_worker
+
+    out["worker"] = get_worker().address
     return out
+
+
+def _match_threads() -> None:
+    """One torch thread per dask thread on a worker (``OMP_NUM_THREADS`` when set, as dask's nanny sets it).
+
+    Torch's default (every core) on each of a worker's threads, or on each
+    of several workers of one machine, oversubscribes the cores.
+    """
+    import os
+
+    import torch
+
+    want = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+
+
+#: glibc malloc thresholds on a worker whose nanny set ``MALLOC_TRIM_THRESHOLD_`` (bytes)
+KEEP_FREED_BYTES = {"trim": 64 * 2**20, "mmap": 32 * 2**20}
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks of up to 32 MiB on a worker that dask's nanny set to trim at 64 KiB.
+
+    The nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` also fixes glibc's mmap
+    threshold at 128 KiB, so every exit-wave block and every FFT temporary of
+    a step was a fresh ``mmap`` whose pages were faulted in and returned at
+    once: the step ran 4-8x slower on a worker than in a process (measured,
+    docs/ptychography.md). ``mallopt`` raises the mmap threshold to 32 MiB
+    (glibc's maximum) and the trim threshold to 64 MiB, once per process;
+    without the nanny's variable (or without glibc) nothing is changed.
+    """
+    import ctypes
+    import os
+
+    global _MALLOC_SET
+    if _MALLOC_SET or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _MALLOC_SET = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_trim_threshold, KEEP_FREED_BYTES["trim"])
+    libc.mallopt(m_mmap_threshold, KEEP_FREED_BYTES["mmap"])
+
+
+_MALLOC_SET = False
 
 
 def _batches(n: int, batch_size: int | None, seed: int, iteration: int) -> list[np.ndarray | None]:

@@ -49,8 +49,8 @@ def result_dataset(
     coordinates (rotated into the detector's frame). Attrs: the parameters,
     ``best_iteration`` (the epoch returned), the refined aberrations and
     the per-step timings (``step_seconds_median``, ``compute_seconds_median``,
-    ``overhead_seconds_median``: wall time less the shards' compute — the longest
-    shard's on workers, their sum in this process).
+    ``overhead_seconds_median``: wall time less the shards' compute — the busiest
+    worker's (the sum of its shards') on workers, their sum in this process).
     """
     obj_param = np.asarray(final["object"])
     obj = obj_param if spec.object_kind == "complex" else np.exp(1j * obj_param)

@@ -91,6 +91,12 @@ class Shard:
     scale: Any
     train: Any
     nbytes: int = field(default=0)
+    #: the fixed probe moved to every position, kept between steps: (fingerprint, tensor (P, K, My, Mx))
+    probe_cache: tuple[bytes, Any] | None = field(default=None, repr=False)
+
+
+#: largest fixed-probe cache kept on one shard (bytes); larger shards shift the probe every step
+PROBE_CACHE_BYTES = 2**30
 
 
 def _device(spec: ModelSpec) -> Any:
@@ -215,10 +221,10 @@ def shard_step(
     param = torch.as_tensor(np.asarray(object_patch), device=device).to(pdtype)
     local = np.arange(len(shard.position_ids)) if batch is None else np.asarray(batch, dtype=np.int64)
     sel = torch.as_tensor(local, device=device)
-    measured = shard.measured[sel]
-    corners = shard.corners[sel]
-    scale = shard.scale[sel]
-    train = shard.train[sel]
+    if batch is None:  # every position: no copies
+        measured, corners, scale, train = shard.measured, shard.corners, shard.scale, shard.train
+    else:
+        measured, corners, scale, train = (shard.measured[sel], shard.corners[sel], shard.scale[sel], shard.train[sel])
     offsets = torch.as_tensor(np.asarray(offsets_A)[local], device=device).to(rdtype)
     bin_factor = spec.geometry.bin_factor
 
@@ -238,10 +244,13 @@ def shard_step(
     )
     held = ~train
     if closed_form:
-        probes = shifted_probes(probe_in, offsets, ops)
         with torch.no_grad():
+            probes = _fixed_probes(shard, probe_param, offsets_A, probe_in, ops)
+            if batch is not None:
+                probes = probes[sel]
+            fit = slice(None) if bool(train.all()) else train
             loss, grad = single_slice_gradient(
-                param, probes[train], corners[train], measured[train], ops, criterion, scale[train], bin_factor
+                param, probes[fit], corners[fit], measured[fit], ops, criterion, scale[fit], bin_factor
             )
             holdout = _holdout(param, probes[held], corners[held], measured[held], scale[held], ops, criterion, spec)
         return {"loss": float(loss), "holdout": holdout, "object": grad.cpu().numpy(), "probe": None, "offsets": None}
@@ -284,6 +293,33 @@ def shard_step(
     else:
         out["offsets"] = None
     return out
+
+
+def _fixed_probes(shard: Shard, probe_param: Any, offsets_A: Any, probe_k: Any, ops: Operators) -> Any:
+    """The fixed probe moved to every position of the shard ``(P, K, My, Mx)``, computed once and kept.
+
+    The cache is keyed by the bytes of the probe and the offsets, so a new
+    probe or new offsets (another reconstruction on the same shard) recompute it.
+    Above :data:`PROBE_CACHE_BYTES` the probes are recomputed every step
+    instead of kept.
+    """
+    import hashlib
+
+    n_bytes = len(offsets_A) * probe_k.nelement() * probe_k.element_size()
+    if n_bytes > PROBE_CACHE_BYTES:
+        import torch
+
+        offsets = torch.as_tensor(np.asarray(offsets_A), device=probe_k.device).to(ops.ky.dtype)
+        return shifted_probes(probe_k, offsets, ops)
+    key = hashlib.blake2b(np.ascontiguousarray(probe_param).tobytes(), digest_size=16)
+    key.update(np.ascontiguousarray(offsets_A).tobytes())
+    digest = key.digest()
+    if shard.probe_cache is None or shard.probe_cache[0] != digest:
+        import torch
+
+        offsets = torch.as_tensor(np.asarray(offsets_A), device=probe_k.device).to(ops.ky.dtype)
+        shard.probe_cache = (digest, shifted_probes(probe_k, offsets, ops))
+    return shard.probe_cache[1]
 
 
 def _leaves(probe_in: Any, spec: ModelSpec) -> list[Any]:
