@@ -93,12 +93,17 @@ def mos2_sites(sample: samples.AtomicSample) -> dict[str, np.ndarray]:
     Mo site reflected through each of its nearest S₂ columns' opposite,
     ``2 Mo − S₂``.
     """
-    xy = sample.positions_A[:, :2][:, ::-1]
-    mo = xy[sample.numbers == 42]
-    s2 = np.unique(np.round(xy[sample.numbers == 16], 6), axis=0)
+    # the sample is periodic: its images in the neighbouring cells too (a registration may pick any lattice shift)
+    cell = np.array([sample.cell_A[1], sample.cell_A[0]])
+    images = np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij"), -1).reshape(-1, 1, 2) * cell
+    xy = (sample.positions_A[None, :, :2][..., ::-1] + images).reshape(-1, 2)
+    numbers = np.tile(sample.numbers, len(images))
+    mo = xy[numbers == 42]
+    s2 = np.unique(np.round(xy[numbers == 16], 6), axis=0)
     dist = np.linalg.norm(mo[:, None] - s2[None], axis=-1)
     nearest = dist < dist.min() * 1.01
     hollow = np.concatenate([2 * mo[i] - s2[nearest[i]] for i in range(len(mo))])
+    mo = np.unique(np.round(mo, 6), axis=0)
     return {"Mo": mo, "S2": s2, "hollow": np.unique(np.round(hollow, 6), axis=0)}
 
 
@@ -124,6 +129,14 @@ def simulate(dose: float, cells: tuple[int, int] = (2, 2), detector: int = 32, s
     phase = np.angle(truth.transmission.values).sum(0)
     truth_phase = xr.DataArray(phase, coords={"y": truth.y.values, "x": truth.x.values}, dims=("y", "x"))
     return Case(float(dose), data.persist(), truth_phase, mos2_sites(sample))
+
+
+def counts_per_pixel(data: xr.DataArray) -> dict[str, float]:
+    """Mean recorded electrons per pixel of the bright field (``|k| <= α``) and of the dark field."""
+    k = np.hypot(data.k_y.values[:, None], data.k_x.values[None, :])
+    bf = k <= float(data.attrs["semiangle_mrad"])
+    mean = np.asarray(data.mean(("scan_y", "scan_x")).values, dtype=np.float64)
+    return {"bf_counts_per_px": float(mean[bf].mean()), "df_counts_per_px": float(mean[~bf].mean())}
 
 
 def site_contrast(
@@ -215,6 +228,7 @@ def run(
     result = reconstruct(case.data, iterations=iterations, loss=loss, eps=1e-4, optimizer="gd", step="auto")
     seconds = time.perf_counter() - t0
     row = {"dose": case.dose, "loss": loss, "seconds": seconds, "step": result.attrs["object_step"]}
+    row.update(counts_per_pixel(case.data))
     row.update(measure(result, case, contrast=contrast))
     result.attrs["aligned_truth_phase"] = row.pop("aligned_truth")
     loss_curve = result.loss.values
@@ -225,13 +239,14 @@ def run(
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| dose (e/pattern) | loss | phase correlation | mean amplitude | Mo/S₂ contrast C (truth) "
+        "| dose (e/pattern) | e/px BF, DF | loss | phase correlation | mean amplitude | Mo/S₂ contrast C (truth) "
         "| chemical contrast |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['dose']:.0e} | {r['loss']} | {r['r']:.4f} | {r['mean_amplitude']:.3f} | "
+            f"| {r['dose']:.0e} | {r['bf_counts_per_px']:.3g}, {r['df_counts_per_px']:.2g} | {r['loss']} | "
+            f"{r['r']:.4f} | {r['mean_amplitude']:.3f} | "
             f"{r['contrast']:.3f} ± {r['contrast_se']:.3f} ({r['contrast_truth']:.3f}) | "
             f"{'yes' if r['chemical_contrast'] else 'no'} |"
         )
@@ -249,7 +264,7 @@ def figure(
 
     doses = sorted({k[0] for k in images}, reverse=True)
     losses = [loss for loss in LOSSES if any(k[1] == loss for k in images)]
-    fig, axes = plt.subplots(2 * len(doses), len(losses) + 1, figsize=(2.3 * (len(losses) + 1), 2.2 * 2 * len(doses)))
+    fig, axes = plt.subplots(2 * len(doses), len(losses) + 1, figsize=(1.8 * (len(losses) + 1), 2.4 * 2 * len(doses)))
     axes = np.atleast_2d(axes)
     by_key = {(r["dose"], r["loss"]): r for r in rows}
     for i, dose in enumerate(doses):
@@ -264,16 +279,23 @@ def figure(
             am = res.amplitude_total.sel(**region)
             ax = axes[2 * i, j]
             ax.imshow(ph.values, cmap="magma")
-            ax.set_title(f"{loss} {dose:.0e}\nr={r['r']:.3f} C={r['contrast']:.3f}", fontsize=7)
+            ax.set_title(
+                f"{loss} {dose:.0e}\nr={r['r']:.3f} C={r['contrast']:.3f}\n"
+                f"{float(ph.min()):.2f} to {float(ph.max()):.2f} rad",
+                fontsize=7,
+            )
             ax = axes[2 * i + 1, j]
             ax.imshow(am.values, cmap="gray")
-            ax.set_title(f"amplitude, mean {r['mean_amplitude']:.3f}", fontsize=7)
+            ax.set_title(
+                f"amplitude, mean {r['mean_amplitude']:.3f}\n{float(am.min()):.2f} to {float(am.max()):.2f}",
+                fontsize=7,
+            )
         axes[2 * i, -1].axis("off")
         axes[2 * i + 1, -1].axis("off")
     t = by_key[(doses[0], losses[0])]
     ax = axes[0, -1]
     ax.imshow(truth, cmap="magma")
-    ax.set_title(f"truth phase\nC={t['contrast_truth']:.3f}", fontsize=7)
+    ax.set_title(f"truth phase\nC={t['contrast_truth']:.3f}\n{truth.min():.2f} to {truth.max():.2f} rad", fontsize=7)
     ax.axis("on")
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -294,9 +316,11 @@ def main() -> None:
     parser.add_argument("--losses", nargs="+", default=LOSSES)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--figure", type=Path, default=None, help="also save the figure here")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of the outputs (git-ignored default)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     t0 = time.perf_counter()
     rows, images, truth = [], {}, None
@@ -333,13 +357,13 @@ def main() -> None:
             "seed": args.seed,
         },
     }
-    (OUT / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
     text = table(rows)
-    (OUT / "table.md").write_text(text + "\n")
+    (out / "table.md").write_text(text + "\n")
     print(text)
     print(f"total {total:.0f} s, load average {' '.join(load_before)} -> {' '.join(load_after)}")
     assert truth is not None
-    figure(images, rows, truth, OUT / "dose_series.png")
+    figure(images, rows, truth, out / "dose_series.png")
     if args.figure is not None:
         figure(images, rows, truth, args.figure)
 
