@@ -37,7 +37,8 @@ value (the registered truth sampled the same way) beside it. The hollow
 sites are the reference because the phase's global offset is not measured.
 C > 1: Mo stronger than S₂ (the truth). Chemical contrast is called
 *shown* when ``C − 1`` is more than twice its standard error (from the
-scatter of the site values) and at least half the truth's ``C − 1``.
+scatter of the site values) and between half and twice the truth's ``C − 1``
+(:func:`chemical_contrast_shown`).
 
 Outputs go to ``benchmarks/_work/dose_series/`` (git-ignored): ``results.json``,
 ``table.md`` and the figure (also to ``--figure`` when given).
@@ -185,6 +186,17 @@ def site_contrast(
     }
 
 
+def chemical_contrast_shown(contrast: float, contrast_se: float, truth: float) -> bool:
+    """Whether a reconstruction shows the truth's Mo vs S₂ contrast ``truth`` (> 1).
+
+    ``C − 1`` is more than twice its standard error (significant, the
+    truth's sign) and between half and twice the truth's ``C − 1`` (a ratio
+    far from the truth's is noise, not chemistry).
+    """
+    excess, true_excess = contrast - 1, truth - 1
+    return bool(excess > 2 * contrast_se and 0.5 * true_excess <= excess <= 2 * true_excess)
+
+
 def measure(result: xr.Dataset, case: Case, *, contrast: bool = True) -> dict[str, Any]:
     """Phase correlation, mean amplitude and (``contrast``) the site contrast, with the truth's, of a reconstruction."""
     region = (
@@ -206,7 +218,7 @@ def measure(result: xr.Dataset, case: Case, *, contrast: bool = True) -> dict[st
     sites = {k: v - shift for k, v in case.sites.items()}
     rec = site_contrast(cmp["region"], origin, d, sites)
     tru = site_contrast(cmp["aligned_truth"], origin, d, sites)
-    shown = rec["contrast"] - 1 > 2 * rec["contrast_se"] and rec["contrast"] - 1 >= 0.5 * (tru["contrast"] - 1)
+    shown = chemical_contrast_shown(rec["contrast"], rec["contrast_se"], tru["contrast"])
     return out | {
         "contrast": rec["contrast"],
         "contrast_se": rec["contrast_se"],

@@ -21,13 +21,13 @@ from benchmarks.ptycho_dose_series import run, simulate
 
 @pytest.fixture(scope="module")
 def low_dose():
-    # 1 x 2 orthogonal cells (20 x 23 positions at 0.27 Å), 16-pixel detector to 34.4 mrad
+    # 1 x 2 orthogonal cells (20 x 23 positions at 0.27 Å), 16-pixel detector to 34.4 mrad, 20 iterations
     return simulate(1e2, cells=(1, 2), detector=16, seed=1)
 
 
 @pytest.fixture(scope="module")
 def rows(low_dose):
-    return {loss: run(low_dose, loss, iterations=30, contrast=False)[1] for loss in ("mse", "poisson")}
+    return {loss: run(low_dose, loss, iterations=20, contrast=False)[1] for loss in ("mse", "poisson")}
 
 
 def test_low_dose_counts(low_dose):
