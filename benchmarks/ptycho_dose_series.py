@@ -108,8 +108,14 @@ def mos2_sites(sample: samples.AtomicSample) -> dict[str, np.ndarray]:
     return {"Mo": mo, "S2": s2, "hollow": np.unique(np.round(hollow, 6), axis=0)}
 
 
-def simulate(dose: float, cells: tuple[int, int] = (2, 2), detector: int = 32, seed: int = 1) -> Case:
-    """MoS2 scanned over ``cells`` orthogonal cells at ``dose`` e/pattern (Poisson, seeded)."""
+def simulate(
+    dose: float, cells: tuple[int, int] = (2, 2), detector: int = 32, seed: int = 1, chunk_rows: int | None = None
+) -> Case:
+    """MoS2 scanned over ``cells`` orthogonal cells at ``dose`` e/pattern (Poisson, seeded).
+
+    ``chunk_rows``: scan rows per chunk, i.e. per reconstruction shard (default
+    all: one shard); fewer keep the shard's working memory down on big detectors.
+    """
     sample = samples.mos2((cells[0] + 2, cells[1] + 3))
     cell_y = sample.cell_A[1] / (cells[0] + 2)
     cell_x = sample.cell_A[0] / (cells[1] + 3)
@@ -125,7 +131,7 @@ def simulate(dose: float, cells: tuple[int, int] = (2, 2), detector: int = 32, s
         slice_thickness_A=sample.cell_A[2] / 3,  # one slice per atomic layer (S, Mo, S), as the paper
         dose_e_per_pattern=dose,
         seed=seed,
-        chunks=scan,
+        chunks=(chunk_rows or scan[0], scan[1]),
     )
     phase = np.angle(truth.transmission.values).sum(0)
     truth_phase = xr.DataArray(phase, coords={"y": truth.y.values, "x": truth.x.values}, dims=("y", "x"))
@@ -327,6 +333,7 @@ def main() -> None:
     parser.add_argument("--doses", type=float, nargs="+", default=DOSES)
     parser.add_argument("--losses", nargs="+", default=LOSSES)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--chunk-rows", type=int, default=None, help="scan rows per shard (default: one shard)")
     parser.add_argument("--figure", type=Path, default=None, help="also save the figure here")
     parser.add_argument("--out", type=Path, default=OUT, help="folder of the outputs (git-ignored default)")
     args = parser.parse_args()
@@ -337,7 +344,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows, images, truth = [], {}, None
     for dose in args.doses:
-        case = simulate(dose, tuple(args.cells), args.detector, args.seed)
+        case = simulate(dose, tuple(args.cells), args.detector, args.seed, args.chunk_rows)
         for loss in args.losses:
             result, row = run(case, loss, args.iterations)
             rows.append(row)
