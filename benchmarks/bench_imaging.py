@@ -317,6 +317,11 @@ def store_vs_npy(args):
         ) as cluster,
         Client(cluster) as client,
     ):
+        if args.keep_freed_memory:  # diagnosis: the nanny's MALLOC_TRIM_THRESHOLD_ against reads that allocate
+            from stemdask.ptycho.reconstruct import _keep_freed_memory
+
+            client.run(_keep_freed_memory)
+            results["workers_keep_freed_memory"] = True
         measure("localcluster", {}, client)
     results["load_after"] = os.getloadavg()
     args.json.write_text(json.dumps(results, indent=1))
@@ -409,6 +414,11 @@ def main():
     parser.add_argument("--ooc-only", action="store_true", help="run only the out-of-core test")
     parser.add_argument(
         "--store-vs-npy", action="store_true", help="only 1 mask and CoM from a default-codec store and the .npy"
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="with --store-vs-npy: raise glibc's mmap/trim thresholds on the workers (ptycho's mallopt)",
     )
     parser.add_argument("--kernels-only", action="store_true", help="only the fused kernels on one 64 MiB block")
     parser.add_argument("--json", type=Path, default=WORK / "bench_imaging.json")
