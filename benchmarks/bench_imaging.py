@@ -12,6 +12,8 @@ through a LocalCluster, reporting peak worker memory.
     python3 benchmarks/bench_imaging.py --ooc            # + out-of-core run
     python3 benchmarks/bench_imaging.py --scan 64 --reps 3 --skip-peers
     python3 benchmarks/bench_imaging.py --kernels-only   # the fused kernels on one block, CPU time
+    python3 benchmarks/bench_imaging.py --store-vs-npy --json benchmarks/_work/store_vs_npy.json
+        # 1 mask and CoM: default-codec store against the same .npy (threads, 2-worker cluster)
 
 Set up the peers once (see benchmarks/README.md)::
 
@@ -204,6 +206,148 @@ def main_ooc_only(args):
     print(table_ooc(results["ooc"]))
 
 
+def _interleaved(cases, reps):
+    """Each case once cold, then ``reps`` rounds of every case in turn: medians of wall and CPU time.
+
+    ``cpu_s`` is this process's CPU time (all its threads); ``tree_cpu_s`` adds the cluster's
+    worker processes. Interleaving keeps a change of machine load from favouring one case.
+    """
+    from _timing import tree_cpu_s
+
+    first = {name: fn() for name, fn in cases.items()}
+    samples = {name: {"warm_s": [], "cpu_s": [], "tree_cpu_s": []} for name in cases}
+    for _ in range(reps):
+        for name, fn in cases.items():
+            k0, c0, t0 = tree_cpu_s(), time.process_time(), time.perf_counter()
+            fn()
+            samples[name]["warm_s"].append(time.perf_counter() - t0)
+            samples[name]["cpu_s"].append(time.process_time() - c0)
+            samples[name]["tree_cpu_s"].append(tree_cpu_s() - k0)
+    for s in samples.values():
+        s.update({f"median_{k}": float(np.median(v)) for k, v in list(s.items())})
+    return samples, first
+
+
+def store_vs_npy(args):
+    """1 mask and CoM from a default-codec store and from the same data as ``.npy``, same run.
+
+    Threads (2) and a 2-worker LocalCluster (processes, 1 thread each); the store is read
+    with zarr-python's pipeline and, where the package ``zarrs`` imports, with zarrs too.
+    Results are checked equal between the sources and, for the virtual image, against NumPy.
+    """
+    import importlib.util
+
+    from distributed import Client, LocalCluster
+
+    from stemdask.io.pipeline import use_codec_pipeline
+    from stemdask.io.sources import clear_map_cache
+
+    arr = make_data(args.scan, args.det)
+    nbytes = arr.nbytes
+    npy = WORK / "imaging.npy"
+    np.save(npy, arr)
+    npy_data = stemdask.open_dataset(npy, detector_pixel_mrad=PIXEL_MRAD)
+    adf, _, _ = masks_for(npy_data)
+    mask = adf.values[0].astype(np.float64)
+    reference = np.stack([np.tensordot(row.astype(np.float64), mask, axes=2) for row in arr])
+    del arr
+    store = WORK / "imaging-default.zarr"
+    if store.exists():
+        shutil.rmtree(store)
+    stemdask.save(npy_data, store)  # the default codec: blosc lz4 bitshuffle + crc32c, sharded
+    on_disk = stemdask.open_dataset(store)
+    stored = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    pipes = {"store": "zarr", "npy": None}
+    if importlib.util.find_spec("zarrs") is not None:
+        pipes["store (zarrs)"] = "zarrs"
+    # "npy, fresh map": the map cache of io/sources dropped before each compute (in this process
+    # and on the workers), as every read mapped the file afresh before the cache: its pages fault in again
+    pipes["npy, fresh map"] = None
+    sources = {"store": on_disk, "npy": npy_data, "store (zarrs)": on_disk, "npy, fresh map": npy_data}
+    results: dict = {
+        "nbytes": nbytes,
+        "stored_bytes": stored,
+        "shape": list(npy_data.shape),
+        "store_chunks": list(on_disk.data.chunksize),
+        "npy_chunks": list(npy_data.data.chunksize),
+        "load_before": os.getloadavg(),
+    }
+
+    def case(name, task, scheduler, client=None):
+        lazy = (
+            virtual_image(sources[name], adf, dtype="float64")
+            if task == "1 mask"
+            else center_of_mass(sources[name], dtype="float64")
+        )
+
+        def run():
+            if pipes[name] is not None:
+                use_codec_pipeline(pipes[name], client=client)
+            if name == "npy, fresh map":
+                clear_map_cache()
+                if client is not None:
+                    client.run(clear_map_cache)
+            return lazy.compute(**scheduler).values
+
+        return run
+
+    def measure(label, scheduler, client=None):
+        for task in ("1 mask", "CoM"):
+            cases = {name: case(name, task, scheduler, client) for name in pipes}
+            samples, first = _interleaved(cases, args.reps)
+            for name in pipes:
+                results[f"{label}|{task}|{name}"] = samples[name]
+                if task == "1 mask":
+                    np.testing.assert_allclose(first[name].reshape(reference.shape), reference, rtol=1e-12)
+                np.testing.assert_array_equal(first[name], first["npy"])
+            print(f"  {label} {task}: " + store_npy_line(results, label, task, list(pipes)), flush=True)
+        if "store (zarrs)" in pipes:
+            use_codec_pipeline("zarr", client=client)
+
+    print(f"data {results['shape']} uint16, {nbytes / 2**20:.0f} MiB; store {stored / 2**20:.0f} MiB", flush=True)
+    measure("threads", {"scheduler": "threads", "num_workers": 2})
+    results["load_threads_end"] = os.getloadavg()
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=str(WORK / "dask-bench"),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        if args.keep_freed_memory:  # diagnosis: the nanny's MALLOC_TRIM_THRESHOLD_ against reads that allocate
+            from stemdask.ptycho.reconstruct import _keep_freed_memory
+
+            client.run(_keep_freed_memory)
+            results["workers_keep_freed_memory"] = True
+        measure("localcluster", {}, client)
+    results["load_after"] = os.getloadavg()
+    args.json.write_text(json.dumps(results, indent=1))
+    print(f"load average before {results['load_before']}, after {results['load_after']}")
+    return results
+
+
+def store_npy_line(results, label, task, names):
+    """One line: GB/s of wall and per CPU-second for each source, and store / npy ratios."""
+    nbytes = results["nbytes"]
+    cpu_key = "median_cpu_s" if label == "threads" else "median_tree_cpu_s"
+    npy = results[f"{label}|{task}|npy"]
+    cells = []
+    for name in names:
+        r = results[f"{label}|{task}|{name}"]
+        cells.append(
+            f"{name} {nbytes / r['median_warm_s'] / 1e9:.2f} GB/s wall, {nbytes / r[cpu_key] / 1e9:.2f} per CPU-s"
+            + (
+                ""
+                if name == "npy"
+                else f" ({npy['median_warm_s'] / r['median_warm_s']:.2f}x wall, {npy[cpu_key] / r[cpu_key]:.2f}x CPU)"
+            )
+        )
+    return "; ".join(cells)
+
+
 def run_peers(args, npy, masks_npz, label, nbytes):
     """LiberTEM and py4DSTEM in their venv, in the clean environment; (timings, result arrays)."""
     if not args.peer_python.exists():
@@ -268,6 +412,14 @@ def main():
     parser.add_argument("--ooc", action="store_true", help="also run the out-of-core test")
     parser.add_argument("--ooc-limit-mib", type=int, default=512, help="memory limit per worker (MiB)")
     parser.add_argument("--ooc-only", action="store_true", help="run only the out-of-core test")
+    parser.add_argument(
+        "--store-vs-npy", action="store_true", help="only 1 mask and CoM from a default-codec store and the .npy"
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="with --store-vs-npy: raise glibc's mmap/trim thresholds on the workers (ptycho's mallopt)",
+    )
     parser.add_argument("--kernels-only", action="store_true", help="only the fused kernels on one 64 MiB block")
     parser.add_argument("--json", type=Path, default=WORK / "bench_imaging.json")
     args = parser.parse_args()
@@ -277,6 +429,8 @@ def main():
         return print(json.dumps(kernels(args)))
     if args.ooc_only:
         return main_ooc_only(args)
+    if args.store_vs_npy:
+        return store_vs_npy(args)
     results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "argv": sys.argv[1:]}
 
     arr = make_data(args.scan, args.det)

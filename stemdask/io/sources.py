@@ -4,11 +4,20 @@ An open h5py dataset or numpy memmap cannot travel to dask workers. These
 small objects hold only a path and a layout; each read opens the file in the
 worker, reads the requested block and converts it to native byte order (numba
 and CuPy need it; the values are unchanged).
+
+Raw and ``.npy`` files are memory-mapped once per process (each dask worker
+process has its own map, shared by its threads) and the map is kept for
+later reads: a fresh map faults its pages in again on every compute. The map
+is keyed by the file's identity (path, device, inode, size, ``st_mtime_ns``),
+checked with one ``os.stat`` per read, so a file rewritten or replaced is
+mapped afresh, never read stale.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +28,33 @@ def _native(block: np.ndarray) -> np.ndarray:
     if not block.dtype.isnative:
         return block.astype(block.dtype.newbyteorder("="))
     return block
+
+
+#: memory maps kept per process: (file identity, layout) -> mapped array, most recently used last
+_MAPS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+#: how many maps one process keeps (each holds its file open; the pages stay in the page cache)
+MAX_MAPS = 32
+_MAPS_LOCK = threading.Lock()
+
+
+def _reset_lock_after_fork() -> None:
+    global _MAPS_LOCK
+    _MAPS_LOCK = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)
+
+
+def file_identity(path: str) -> tuple[str, int, int, int, int]:
+    """``(path, st_dev, st_ino, st_size, st_mtime_ns)`` of ``path`` now: changes when the file is rewritten."""
+    st = os.stat(path)
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def clear_map_cache() -> None:
+    """Drop every memory map this process keeps (they close once no block refers to them)."""
+    with _MAPS_LOCK:
+        _MAPS.clear()
 
 
 class _NativeSource:
@@ -55,7 +91,7 @@ class RawSource(_NativeSource):
 
     @property
     def frame_shape(self) -> tuple[int, int]:
-        return self.shape[-2:]
+        return (self.shape[-2], self.shape[-1])
 
     @property
     def n_frames(self) -> int:
@@ -66,6 +102,23 @@ class RawSource(_NativeSource):
         return self.header_bytes + self.n_frames * frame
 
     def _memmap(self) -> np.ndarray:
+        """The whole file as an array of ``shape``, mapped once per process and file version."""
+        key = (file_identity(self.path), self.shape, self.file_dtype.str, self.header_bytes, self.frame_header_bytes)
+        with _MAPS_LOCK:
+            frames = _MAPS.get(key)
+            if frames is not None:
+                _MAPS.move_to_end(key)
+                return frames
+        frames = self._map_file()
+        with _MAPS_LOCK:
+            for old in [k for k in _MAPS if k[0][0] == self.path and k[0] != key[0]]:
+                del _MAPS[old]  # an older version of this file
+            frames = _MAPS.setdefault(key, frames)  # another thread may have mapped it meanwhile
+            while len(_MAPS) > MAX_MAPS:
+                _MAPS.popitem(last=False)
+        return frames
+
+    def _map_file(self) -> np.ndarray:
         frame_dtype = (
             np.dtype([("header", f"V{self.frame_header_bytes}"), ("frame", self.file_dtype, self.frame_shape)])
             if self.frame_header_bytes
