@@ -318,9 +318,9 @@ def store_vs_npy(args):
         Client(cluster) as client,
     ):
         if args.keep_freed_memory:  # diagnosis: the nanny's MALLOC_TRIM_THRESHOLD_ against reads that allocate
-            from stemdask.ptycho.reconstruct import _keep_freed_memory
+            from stemdask.worker_memory import keep_freed_memory
 
-            client.run(_keep_freed_memory)
+            client.run(keep_freed_memory)
             results["workers_keep_freed_memory"] = True
         measure("localcluster", {}, client)
     results["load_after"] = os.getloadavg()

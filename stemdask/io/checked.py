@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 
 from ..errors import CorruptChunkError
+from ..worker_memory import keep_freed_memory
 
 #: chunks named in one error message (the count is always given)
 _NAMED = 8
@@ -134,6 +135,7 @@ class CheckedZarrSource:
         return self._array
 
     def __getitem__(self, index: Any) -> np.ndarray:
+        keep_freed_memory()  # decoded chunks are large temporaries (stemdask.worker_memory)
         array = self.array()
         quiet_zarr_loop()
         try:

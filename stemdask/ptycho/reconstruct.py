@@ -32,6 +32,7 @@ from ..checks import integer, number
 from ..dataset import dask_data, require, validate
 from ..errors import MissingCalibrationError, bad_type, bad_value
 from ..multislice import fft2
+from ..worker_memory import keep_freed_memory
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compressed import compressed_basis, measured_vectors
 from .compressed import regularization as regularization_terms
@@ -594,7 +595,7 @@ def _nbytes(values: Any) -> int:
 def _timed_step(shard: Any, *args: Any) -> dict[str, Any]:
     """:func:`shard_step` on a worker, timed, with torch's threads matched to the worker's."""
     _match_threads()
-    _keep_freed_memory()
+    keep_freed_memory()
     t0, c0 = time.perf_counter(), time.thread_time()
     out = shard_step(shard, *args)
     out["seconds"] = time.perf_counter() - t0
@@ -618,40 +619,6 @@ def _match_threads() -> None:
     want = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     if torch.get_num_threads() != want:
         torch.set_num_threads(want)
-
-
-#: glibc malloc thresholds on a worker whose nanny set ``MALLOC_TRIM_THRESHOLD_`` (bytes)
-KEEP_FREED_BYTES = {"trim": 64 * 2**20, "mmap": 32 * 2**20}
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed blocks of up to 32 MiB on a worker that dask's nanny set to trim at 64 KiB.
-
-    The nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` also fixes glibc's mmap
-    threshold at 128 KiB, so every exit-wave block and every FFT temporary of
-    a step was a fresh ``mmap`` whose pages were faulted in and returned at
-    once: the step ran 4-8x slower on a worker than in a process (measured,
-    docs/ptychography.md). ``mallopt`` raises the mmap threshold to 32 MiB
-    (glibc's maximum) and the trim threshold to 64 MiB, once per process;
-    without the nanny's variable (or without glibc) nothing is changed.
-    """
-    import ctypes
-    import os
-
-    global _MALLOC_SET
-    if _MALLOC_SET or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return
-    _MALLOC_SET = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    libc.mallopt(m_trim_threshold, KEEP_FREED_BYTES["trim"])
-    libc.mallopt(m_mmap_threshold, KEEP_FREED_BYTES["mmap"])
-
-
-_MALLOC_SET = False
 
 
 def _batches(n: int, batch_size: int | None, seed: int, iteration: int) -> list[np.ndarray | None]:
