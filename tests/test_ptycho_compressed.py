@@ -8,10 +8,11 @@ import xarray as xr
 
 torch = pytest.importorskip("torch")
 
+from ptycho_data import tiny_mos2  # noqa: E402
+
 from stemdask.errors import DatasetContractError  # noqa: E402
 from stemdask.ptycho import reconstruct  # noqa: E402
 from stemdask.ptycho.compressed import CompressedLoss, compressed_basis, regularization  # noqa: E402
-from stemdask.simulate import samples, simulate_4dstem  # noqa: E402
 
 
 def _compress(data: xr.DataArray, n_bf: int = 15) -> xr.Dataset:
@@ -55,16 +56,7 @@ def _compress(data: xr.DataArray, n_bf: int = 15) -> xr.Dataset:
 
 @pytest.fixture(scope="module")
 def compressed():
-    data, truth = simulate_4dstem(
-        samples.mos2((2, 2)),
-        energy_ev=80e3,
-        semiangle_mrad=25,
-        scan_shape=(8, 8),
-        scan_step_A=0.5,
-        detector_shape=24,
-        max_angle_mrad=50,
-        dose_e_per_pattern=1e5,
-    )
+    data, truth = tiny_mos2(dose_e_per_pattern=1e5)
     data = data.compute()
     return data, _compress(data)
 

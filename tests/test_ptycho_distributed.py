@@ -11,9 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 distributed = pytest.importorskip("distributed")
 
+from ptycho_data import tiny_mos2  # noqa: E402
+
 import stemdask  # noqa: E402
 from stemdask.ptycho import reconstruct  # noqa: E402
-from stemdask.simulate import samples, simulate_4dstem  # noqa: E402
 
 KW = dict(iterations=5, loss="amplitude", optimizer="adam", step=0.05)
 
@@ -21,16 +22,7 @@ KW = dict(iterations=5, loss="amplitude", optimizer="adam", step=0.05)
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):
     """8 x 8 positions of MoS2 in a zarr store, read lazily in two chunks of 4 x 8 positions (two shards)."""
-    data, _ = simulate_4dstem(
-        samples.mos2((2, 2)),
-        energy_ev=80e3,
-        semiangle_mrad=25,
-        scan_shape=(8, 8),
-        scan_step_A=0.5,
-        detector_shape=24,
-        max_angle_mrad=50,
-        chunks=(4, 8),
-    )
+    data, _ = tiny_mos2(chunks=(4, 8))
     path = str(tmp_path_factory.mktemp("ptycho") / "mos2.zarr")
     stemdask.save(data.compute(scheduler="threads"), path, chunks=(4, 8))
     return stemdask.open_dataset(path, chunks=(4, 8, -1, -1))

@@ -9,6 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ptycho_data import tiny_mos2  # noqa: E402
+
 import stemdask  # noqa: E402
 from stemdask.errors import (  # noqa: E402
     DatasetContractError,
@@ -23,33 +25,14 @@ from stemdask.simulate import samples, simulate_4dstem  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny():
     """8 x 8 positions of MoS2, noiseless, 24-pixel detector, two chunks of positions."""
-    data, truth = simulate_4dstem(
-        samples.mos2((2, 2)),
-        energy_ev=80e3,
-        semiangle_mrad=25,
-        scan_shape=(8, 8),
-        scan_step_A=0.5,
-        detector_shape=24,
-        max_angle_mrad=50,
-        chunks=(4, 8),
-    )
+    data, truth = tiny_mos2(chunks=(4, 8))
     # in this process (not on a session-wide default client, whose futures another cluster cannot read)
     return data.persist(scheduler="threads"), truth
 
 
 @pytest.fixture(scope="module")
 def counted():
-    data, _ = simulate_4dstem(
-        samples.mos2((2, 2)),
-        energy_ev=80e3,
-        semiangle_mrad=25,
-        scan_shape=(8, 8),
-        scan_step_A=0.5,
-        detector_shape=24,
-        max_angle_mrad=50,
-        chunks=(4, 8),
-        dose_e_per_pattern=1e4,
-    )
+    data, _ = tiny_mos2(chunks=(4, 8), dose_e_per_pattern=1e4)
     return data.persist(scheduler="threads")
 
 
