@@ -51,6 +51,7 @@ from ..errors import CorruptChunkError, FileFormatError, InvalidArgumentError
 from ..io.checked import chunk_file, chunks_in
 from ..io.layouts import StoreReader, get_layout, register_store_reader
 from ..io.zarr_store import LAYOUT as DENSE_LAYOUT
+from ..worker_memory import keep_freed_memory
 from .array import event_meta, wrap_events
 from .block import EventBlock, concatenate_blocks
 
@@ -296,6 +297,7 @@ async def _none() -> None:
 
 
 def _tile_block(source: HistogramEventSource, y0: int, y1: int, x0: int, x1: int) -> EventBlock:
+    keep_freed_memory()  # decoded index arrays are large temporaries (stemdask.worker_memory)
     return source.block(y0, y1, x0, x1)
 
 
