@@ -28,7 +28,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
@@ -57,6 +57,9 @@ from .publish import (
     write_guard,
 )
 
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
+
 #: format version of dense stores
 FORMAT_VERSION = 1
 LAYOUT = "dense"
@@ -71,7 +74,7 @@ SHARD_BYTES = 128 * 2**20
 #: a full pass with a boolean temporary each time), which took half the time of a shard write
 #: (docs/storage.md, "Where the time goes"). All chunks are then stored, all-zero ones too (a few bytes
 #: compressed), so every shard file exists and the manifest names every one.
-WRITE_ARRAY_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
+WRITE_ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 def for_writing(array: zarr.Array) -> zarr.Array:
@@ -79,7 +82,7 @@ def for_writing(array: zarr.Array) -> zarr.Array:
 
     ``open_array(config=...)`` is ignored for an existing array (zarr 3.1), hence ``with_config``.
     """
-    return array.with_config({"write_empty_chunks": True})
+    return array.with_config(WRITE_ARRAY_CONFIG)
 
 
 # ----------------------------------------------------------------------------
