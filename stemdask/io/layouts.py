@@ -231,15 +231,20 @@ def layout_for(data: Any) -> Layout:
     )
 
 
+def _add_reader(registry: dict[str, Any], reader: Any, kind: type, replace: bool) -> None:
+    """Register ``reader`` (an instance of ``kind``) under its name, refusing a taken name unless ``replace``."""
+    if not isinstance(reader, kind):
+        raise bad_type("reader", reader, f"a stemdask.io.layouts.{kind.__name__}")
+    if reader.name in registry and not replace:
+        raise bad_value(
+            "reader.name", reader.name, f"a name not yet registered (known: {sorted(registry)}), or replace=True"
+        )
+    registry[reader.name] = reader
+
+
 def register_file_reader(reader: FileReader, *, replace: bool = False) -> FileReader:
     """Add ``reader`` to the file readers :func:`stemdask.open_dataset` asks first; return it."""
-    if not isinstance(reader, FileReader):
-        raise bad_type("reader", reader, "a stemdask.io.layouts.FileReader")
-    if reader.name in _FILE_READERS and not replace:
-        raise bad_value(
-            "reader.name", reader.name, f"a name not yet registered (known: {sorted(_FILE_READERS)}), or replace=True"
-        )
-    _FILE_READERS[reader.name] = reader
+    _add_reader(_FILE_READERS, reader, FileReader, replace)
     return reader
 
 
@@ -267,13 +272,7 @@ def register_representation(
 
 def register_store_reader(reader: StoreReader, *, replace: bool = False) -> StoreReader:
     """Add ``reader`` to those :func:`stemdask.open_dataset` asks for a representation; return it."""
-    if not isinstance(reader, StoreReader):
-        raise bad_type("reader", reader, "a stemdask.io.layouts.StoreReader")
-    if reader.name in _STORE_READERS and not replace:
-        raise bad_value(
-            "reader.name", reader.name, f"a name not yet registered (known: {sorted(_STORE_READERS)}), or replace=True"
-        )
-    _STORE_READERS[reader.name] = reader
+    _add_reader(_STORE_READERS, reader, StoreReader, replace)
     return reader
 
 
