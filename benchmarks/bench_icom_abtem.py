@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _abtem_worker import run_abtem_worker
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -147,23 +148,7 @@ def simulate() -> dict:
         "origin_A": origin,
     }
     WORK.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-        np.savez(
-            inp,
-            numbers=sample.numbers,
-            positions=sample.positions_A,
-            cell=np.array(sample.cell_A),
-            params=np.array(json.dumps(params)),
-        )
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        proc = subprocess.run(
-            [str(ABTEM_PY), __file__, "--abtem-worker", inp, out], env=env, capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
-            raise SystemExit("abTEM worker failed")
-        result = dict(np.load(out))
+    result = run_abtem_worker(ABTEM_PY, __file__, sample, params)
     result["cell_A"] = np.array(sample.cell_A)
     np.savez(CACHE, **result)
     return result

@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _abtem_worker import run_abtem_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / "benchmarks" / "_venv_abtem" / "bin" / "python"
@@ -142,36 +141,20 @@ def main() -> None:
 
     abtem_available = VENV_PYTHON.exists()
     abtem_results = None
-    with tempfile.TemporaryDirectory() as tmp:
-        if abtem_available:
-            params = {
-                "energy_ev": ENERGY_EV,
-                "semiangle_mrad": SEMIANGLE_MRAD,
-                "window_px": window,
-                "scan_origin_A": origin,
-                "scan_shape": SCAN_SHAPE,
-                "step_A": STEP_A,
-                "runs": args.runs,
-                "cases": [{"name": n, "slice_thickness_A": t, "aberrations": a} for n, t, a in CASES],
-            }
-            inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-            np.savez(
-                inp,
-                numbers=sample.numbers,
-                positions=sample.positions_A,
-                cell=np.array(sample.cell_A),
-                params=np.array(json.dumps(params)),
-            )
-            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-            proc = subprocess.run(
-                [str(VENV_PYTHON), __file__, "--abtem-worker", inp, out], env=env, capture_output=True, text=True
-            )
-            if proc.returncode != 0:
-                print(proc.stdout, proc.stderr, file=sys.stderr)
-                raise SystemExit("abTEM worker failed")
-            abtem_results = dict(np.load(out))
-        else:
-            print(f"abTEM venv not found at {VENV_PYTHON}: timing stemdask only", file=sys.stderr)
+    if abtem_available:
+        params = {
+            "energy_ev": ENERGY_EV,
+            "semiangle_mrad": SEMIANGLE_MRAD,
+            "window_px": window,
+            "scan_origin_A": origin,
+            "scan_shape": SCAN_SHAPE,
+            "step_A": STEP_A,
+            "runs": args.runs,
+            "cases": [{"name": n, "slice_thickness_A": t, "aberrations": a} for n, t, a in CASES],
+        }
+        abtem_results = run_abtem_worker(VENV_PYTHON, __file__, sample, params)
+    else:
+        print(f"abTEM venv not found at {VENV_PYTHON}: timing stemdask only", file=sys.stderr)
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)

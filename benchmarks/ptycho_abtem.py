@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _abtem_worker import run_abtem_worker
 
 HERE = Path(__file__).resolve().parent
 _ABTEM = (HERE / "_venv_abtem" / "bin" / "python", Path("/work/main/benchmarks/_venv_abtem/bin/python"))
@@ -100,25 +98,7 @@ def run_abtem(sample, window, origin) -> dict:
         "step_A": STEP_A,
         "thicknesses": [t for _, t in CASES],
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-        np.savez(
-            inp,
-            numbers=sample.numbers,
-            positions=sample.positions_A,
-            cell=np.array(sample.cell_A),
-            params=np.array(json.dumps(params)),
-        )
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env.pop("PYTHONPATH", None)
-        proc = subprocess.run(
-            [str(ABTEM_PY), __file__, "--abtem-worker", inp, out], env=env, capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
-            raise SystemExit("abTEM worker failed")
-        return dict(np.load(out))
+    return run_abtem_worker(ABTEM_PY, __file__, sample, params, isolated=True)
 
 
 def main() -> None:
