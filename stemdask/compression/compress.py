@@ -49,9 +49,7 @@ from ..backend import array_module, to_numpy
 from ..checks import close
 from ..dataset import CALIBRATION_ATTRS, DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
-from ..imaging.project import BATCH_BYTES, back_project, resolve_dtype
-from ..imaging.project import _meta as engine_meta
-from ..imaging.project import _whole_frames as whole_frames
+from ..imaging.project import BATCH_BYTES, back_project, block_meta, resolve_dtype, whole_frames
 from .bases import basis_regions, check_mode
 from .plan import BasisOperator
 from .regions import REGIONS, require_calibrated_detector
@@ -420,7 +418,7 @@ def compress(
         new_axes={"m": n + 2},
         concatenate=False,
         dtype=dtype,
-        meta=engine_meta(arr, 3, dtype),
+        meta=block_meta(arr, 3, dtype),
         name="compress-" + dask.base.tokenize(arr, w, mode, convert, batch_bytes, dtype),
     )
     coefficients = out[..., :n]

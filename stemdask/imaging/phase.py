@@ -71,7 +71,7 @@ import numpy as np
 import xarray as xr
 
 from .. import optics
-from ..checks import integer
+from ..checks import integer, number
 from ..dataset import SCAN_DIMS, validate
 from ..errors import MissingCalibrationError, bad_value
 from ..physics import wavelength_A
@@ -83,10 +83,7 @@ from .project import check_masks, project_checked
 def _cutoff(name: str, value: Any) -> float | None:
     if value is None:
         return None
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise bad_value(name, value, "a positive spatial frequency in 1/Å (or None)")
-    return v
+    return number(name, value, expected="a positive spatial frequency in 1/Å (or None)")
 
 
 def _gradient_field(com: xr.DataArray) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -209,7 +206,7 @@ def icom(
         raise bad_value("method", method, "'neumann', 'fourier' or 'iterative'")
     eps = 0.0
     if deconvolve_probe is not None:
-        eps = _positive("deconvolve_probe", deconvolve_probe, "a Wiener regularisation eps > 0 (or None)")
+        eps = number("deconvolve_probe", deconvolve_probe, expected="a Wiener regularisation eps > 0 (or None)")
         if "semiangle_mrad" not in com.attrs:
             raise MissingCalibrationError(
                 "icom(deconvolve_probe=...) needs the calibration ['semiangle_mrad'] in com.attrs"
@@ -234,15 +231,6 @@ def icom(
         deconvolve_probe_eps=eps,
     )
     return xr.DataArray(phase, dims=SCAN_DIMS, coords={d: com.coords[d] for d in SCAN_DIMS}, attrs=attrs, name="icom")
-
-
-def _positive(name: str, value: Any, expected: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise bad_value(name, value, expected)
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise bad_value(name, value, expected)
-    return v
 
 
 def probe_intensity_transfer(

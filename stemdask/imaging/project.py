@@ -606,7 +606,7 @@ def mask_weights(masks: xr.DataArray, *, sparse: bool | None = None) -> MaskWeig
     )
 
 
-def _whole_frames(blocks: Any) -> Any:
+def whole_frames(blocks: Any) -> Any:
     """The one block of whole frames that ``blockwise(..., concatenate=False)`` hands over as ``[[block]]``."""
     while isinstance(blocks, list):
         (blocks,) = blocks  # one chunk along k_y and k_x (require_whole_frames)
@@ -614,10 +614,10 @@ def _whole_frames(blocks: Any) -> Any:
 
 
 def _block_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int) -> Any:
-    return project_block(_whole_frames(block), weights, dtype=dtype, batch_bytes=batch_bytes)
+    return project_block(whole_frames(block), weights, dtype=dtype, batch_bytes=batch_bytes)
 
 
-def _meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
+def block_meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
     """An empty array of the input's backend (numpy or cupy) for dask's ``meta``."""
     try:
         return arr._meta.reshape((0,) * ndim).astype(dtype)
@@ -627,7 +627,7 @@ def _meta(arr: da.Array, ndim: int, dtype: Any) -> Any:
 
 
 def _single_mask_kernel(block: Any, weights: MaskWeights, dtype: Any, batch_bytes: int) -> Any:
-    return project_block(_whole_frames(block), weights, dtype=dtype, batch_bytes=batch_bytes)[..., 0]
+    return project_block(whole_frames(block), weights, dtype=dtype, batch_bytes=batch_bytes)[..., 0]
 
 
 def project_array(
@@ -662,7 +662,13 @@ def project_array(
     graph_args: list[Any] = [arr, "yxkl", w, None, dtype, None, int(batch_bytes), None]
     if single:
         return da.blockwise(
-            _single_mask_kernel, "yx", *graph_args, concatenate=False, dtype=dtype, meta=_meta(arr, 2, dtype), name=name
+            _single_mask_kernel,
+            "yx",
+            *graph_args,
+            concatenate=False,
+            dtype=dtype,
+            meta=block_meta(arr, 2, dtype),
+            name=name,
         )
     return da.blockwise(
         _block_kernel,
@@ -671,7 +677,7 @@ def project_array(
         new_axes={"m": weights.n_masks},
         concatenate=False,
         dtype=dtype,
-        meta=_meta(arr, 3, dtype),
+        meta=block_meta(arr, 3, dtype),
         name=name,
     )
 
@@ -704,7 +710,7 @@ def adjoint_array(coefficients: da.Array, weights: MaskWeights) -> da.Array:
         new_axis=(2, 3),
         chunks=(coefficients.chunks[0], coefficients.chunks[1], (ky,), (kx,)),
         dtype=dtype,
-        meta=_meta(coefficients, 4, dtype),
+        meta=block_meta(coefficients, 4, dtype),
         name="adjoint-" + dask.base.tokenize(coefficients, w),
     )
 

@@ -19,11 +19,11 @@ from . import detectors
 from .project import (
     BATCH_BYTES,
     MaskWeights,
-    _whole_frames,
     check_masks,
     project_block,
     project_checked,
     resolve_dtype,
+    whole_frames,
 )
 
 
@@ -38,7 +38,7 @@ def _shifted_block(
     """
     from ..backend import array_module, to_numpy
 
-    block, shift = _whole_frames(block), _whole_frames(shift)  # blockwise(concatenate=False): no copy
+    block, shift = whole_frames(block), whole_frames(shift)  # blockwise(concatenate=False): no copy
     events = hasattr(block, "take_frames")  # an EventBlock (imaging does not import events)
     xp = block.xp if events else array_module(block)
     ny, nx = block.shape[:2]
