@@ -25,7 +25,10 @@ positions, source scan).
 * :func:`dark_field_mean`: one DF mask, the mean dark-field signal.
 
 :func:`combine` joins a BF and a DF basis; :func:`make_basis` builds the usual
-pairs by name (what ``stemdask compress --basis`` uses).
+pairs by name (what ``stemdask compress --basis`` uses), the sampled ones
+from the scan itself or from another scan of the same detector
+(``samples=``, ``--basis-from``: the paper's patterns recorded before the
+acquisition).
 """
 
 from __future__ import annotations
