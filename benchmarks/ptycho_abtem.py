@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--doses", nargs="+", default=["inf", "2e4"], help="e/pattern, inf: noiseless")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--configs", nargs="+", default=["poisson"], help="reconstructions of the noisy data")
+    parser.add_argument("--noise-seed", type=int, default=7, help="seed of the Poisson noise (both simulations)")
     parser.add_argument("--cache", default=None, help="an .npz keeping abTEM's output between runs")
     args = parser.parse_args()
     configs = {text: parse_config(text, args.epochs) for text in args.configs}
@@ -224,7 +225,7 @@ def main() -> None:
             for source, patterns in (("stemdask", ours), ("abTEM", abtem_patterns)):
                 values = patterns
                 if dose is not None:
-                    values = np.random.default_rng(7).poisson(dose * patterns).astype(np.float32)
+                    values = np.random.default_rng(args.noise_seed).poisson(dose * patterns).astype(np.float32)
                 data = stemdask.from_array(
                     values,
                     energy_ev=ENERGY_EV,
