@@ -3,6 +3,7 @@
 Run from the repository root (abTEM in its own venv, see ``bench_simulate_abtem.py``)::
 
     PYTHONPATH=$PWD python benchmarks/ptycho_abtem.py [--doses inf 2e4] [--epochs 40]
+        [--configs poisson "holdout=0.1,epochs=80" "holdout=0.1,epochs=80,refit=1"] [--cache abtem.npz]
 
 The same experiment is simulated twice: by abTEM 1.0.11 (a subprocess in the
 abTEM venv, data exchanged as .npz) and by stemdask's simulator, on the same
@@ -18,6 +19,16 @@ Adam lr 0.05, full batch, amplitude loss noiseless / Poisson with counts) and
 scored against both truths: abTEM's projected potential (band-limited to the
 object grid's 2/3-Nyquist disc) and stemdask's summed transmission phase, by
 ``stemdask.ptycho.compare.phase_correlation`` on the scanned region.
+
+``--configs`` runs other reconstructions of the noisy data (each a comma
+list of ``key=value``; noiseless data always get the amplitude loss):
+``loss`` (default ``poisson``), ``epochs`` (default ``--epochs``),
+``holdout`` (``holdout_fraction``: that fraction of positions, seeded, is
+left out of the gradient and the epoch of least held-out loss is returned),
+``refit=1`` (then rerun on every position for that many epochs: the held-out
+criterion picks the epoch count only), ``object`` (``complex`` or
+``phase``). None of them looks at the truth. ``--cache`` keeps abTEM's
+output in an .npz (reused when its parameters match).
 """
 
 from __future__ import annotations
@@ -101,11 +112,52 @@ def run_abtem(sample, window, origin) -> dict:
     return run_abtem_worker(ABTEM_PY, __file__, sample, params, isolated=True)
 
 
+#: keys of a --configs entry and their parsers
+CONFIG_KEYS = {"loss": str, "epochs": int, "holdout": float, "refit": int, "object": str}
+
+
+def parse_config(text: str, epochs: int) -> dict:
+    """``"key=value,..."`` (or a loss name alone) into a reconstruction config."""
+    config = {"loss": "poisson", "epochs": epochs, "holdout": 0.0, "refit": 0, "object": "complex"}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if not value:
+            key, value = "loss", key
+        if key not in CONFIG_KEYS:
+            raise SystemExit(f"--configs: unknown key {key!r} in {text!r}; keys: {sorted(CONFIG_KEYS)}")
+        config[key] = CONFIG_KEYS[key](value)
+    return config
+
+
+def cached_abtem(sample, window, origin, cache: str | None) -> dict:
+    """abTEM's output, from ``cache`` when it holds the same parameters, else simulated (and saved there)."""
+    key = json.dumps([window, list(origin), SCAN, STEP_A, DETECTOR, CELLS, [t for _, t in CASES]])
+    if cache and Path(cache).exists():
+        stored = dict(np.load(cache))
+        if str(stored.pop("cache_key")) == key:
+            print(f"abTEM output from {cache}", flush=True)
+            return stored
+    t0 = time.perf_counter()
+    theirs = run_abtem(sample, window, origin)
+    print(
+        f"abTEM {theirs['version']}: {time.perf_counter() - t0:.1f} s "
+        f"(scans {[round(float(theirs[f'seconds_{i}']), 1) for i in range(len(CASES))]} s)",
+        flush=True,
+    )
+    if cache:
+        np.savez(cache, cache_key=np.array(key), **theirs)
+    return theirs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--doses", nargs="+", default=["inf", "2e4"], help="e/pattern, inf: noiseless")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--configs", nargs="+", default=["poisson"], help="reconstructions of the noisy data")
+    parser.add_argument("--noise-seed", type=int, default=7, help="seed of the Poisson noise (both simulations)")
+    parser.add_argument("--cache", default=None, help="an .npz keeping abTEM's output between runs")
     args = parser.parse_args()
+    configs = {text: parse_config(text, args.epochs) for text in args.configs}
 
     import torch
     import xarray as xr
@@ -124,13 +176,7 @@ def main() -> None:
     max_angle = (1e3 * DETECTOR * lam / (2 * cell_y), 1e3 * DETECTOR * lam / (2 * cell_x))
     sampling = (cell_y / window[0], cell_x / window[1])
     origin = ((cell_y - (SCAN[0] - 1) * STEP_A) / 2, (cell_x - (SCAN[1] - 1) * STEP_A) / 2)
-    t0 = time.perf_counter()
-    theirs = run_abtem(sample, window, origin)
-    print(
-        f"abTEM {theirs['version']}: {time.perf_counter() - t0:.1f} s "
-        f"(scans {[round(float(theirs[f'seconds_{i}']), 1) for i in range(len(CASES))]} s)",
-        flush=True,
-    )
+    theirs = cached_abtem(sample, window, origin, args.cache)
     truths = {}
     ours_by_case = {}
     for i, (name, thickness) in enumerate(CASES):
@@ -164,17 +210,22 @@ def main() -> None:
         ours, attrs = ours_by_case[name]
         abtem_patterns = _crop_centre(theirs[f"patterns_{i}"], DETECTOR).astype(np.float64)
         flat_a, flat_s = abtem_patterns.reshape(-1), ours.reshape(-1)
+        sliver = band_limit_sliver(attrs["detector_pixel_mrad"], max_angle)
         print(
             f"{name}: patterns r = {np.corrcoef(flat_a, flat_s)[0, 1]:.6f}, "
-            f"total per pattern abTEM / stemdask = {abtem_patterns.sum((2, 3)).mean() / ours.sum((2, 3)).mean():.4f}",
+            f"total per pattern abTEM / stemdask = {abtem_patterns.sum((2, 3)).mean() / ours.sum((2, 3)).mean():.4f}; "
+            f"band limits: {int(sliver.sum())} pixels inside stemdask's ellipse and outside abTEM's circle, "
+            f"holding {ours[..., sliver].sum() / ours.sum():.2e} of stemdask's and "
+            f"{abtem_patterns[..., sliver].sum() / abtem_patterns.sum():.2e} of abTEM's intensity",
             flush=True,
         )
         for dose_arg in args.doses:
             dose = None if dose_arg == "inf" else float(dose_arg)
+            runs = {"amplitude": parse_config("amplitude", args.epochs)} if dose is None else configs
             for source, patterns in (("stemdask", ours), ("abTEM", abtem_patterns)):
                 values = patterns
                 if dose is not None:
-                    values = np.random.default_rng(7).poisson(dose * patterns).astype(np.float32)
+                    values = np.random.default_rng(args.noise_seed).poisson(dose * patterns).astype(np.float32)
                 data = stemdask.from_array(
                     values,
                     energy_ev=ENERGY_EV,
@@ -185,23 +236,54 @@ def main() -> None:
                     units="probability" if dose is None else "counts",
                     chunks=(10, 20),
                 )
-                t = time.perf_counter()
-                res = reconstruct(
-                    data, iterations=args.epochs, step=0.05, loss="amplitude" if dose is None else "poisson"
-                )
-                region = (
-                    float(res.position_y.min()),
-                    float(res.position_y.max()),
-                    float(res.position_x.min()),
-                    float(res.position_x.max()),
-                )
-                scores = {k: phase_correlation(res.phase_total, tr, region_A=region)["r"] for k, tr in truths.items()}
-                print(
-                    f"  {name}, dose {dose_arg}, {source} data: "
-                    + ", ".join(f"r vs {k} = {r:.4f}" for k, r in scores.items())
-                    + f", mean amplitude {float(res.amplitude_total.mean()):.3f} [{time.perf_counter() - t:.1f} s]",
-                    flush=True,
-                )
+                for label, config in runs.items():
+                    t, c = time.perf_counter(), time.process_time()
+                    res, note = reconstruct_with(reconstruct, data, config)
+                    region = (
+                        float(res.position_y.min()),
+                        float(res.position_y.max()),
+                        float(res.position_x.min()),
+                        float(res.position_x.max()),
+                    )
+                    scores = {
+                        k: phase_correlation(res.phase_total, tr, region_A=region)["r"] for k, tr in truths.items()
+                    }
+                    print(
+                        f"  {name}, dose {dose_arg}, {source} data, [{label}]{note}: "
+                        + ", ".join(f"r vs {k} = {r:.4f}" for k, r in scores.items())
+                        + f", mean amplitude {float(res.amplitude_total.mean()):.3f} "
+                        f"[{time.perf_counter() - t:.1f} s wall, {time.process_time() - c:.1f} s CPU]",
+                        flush=True,
+                    )
+
+
+def band_limit_sliver(pixel_mrad, max_angle_mrad) -> np.ndarray:
+    """Detector pixels inside stemdask's elliptical band limit but outside abTEM's circular one.
+
+    The detector spans 2/3 of each axis's Nyquist angle (``max_angle_mrad``):
+    stemdask keeps the ellipse with those half-axes, abTEM the disc of the
+    smaller one.
+    """
+    k = [(np.arange(DETECTOR) - DETECTOR // 2) * float(p) for p in np.broadcast_to(pixel_mrad, 2)]
+    ky, kx = np.meshgrid(*k, indexing="ij")
+    ay, ax = max_angle_mrad
+    ellipse = (ky / ay) ** 2 + (kx / ax) ** 2 <= 1
+    return ellipse & (np.hypot(ky, kx) > min(ay, ax))
+
+
+def reconstruct_with(reconstruct, data, config: dict):
+    """The single-slice reconstruction of ``config`` (see ``--configs``) and a note on the epoch chosen."""
+    common = {"step": 0.05, "loss": config["loss"], "object_kind": config["object"]}
+    res = reconstruct(data, iterations=config["epochs"], holdout_fraction=config["holdout"], **common)
+    if not config["holdout"]:
+        return res, ""
+    best = max(int(res.attrs["best_iteration"]), 1)
+    note = f" (held-out best epoch {best} of {config['epochs']})"
+    if config["refit"]:
+        # the held-out criterion chose the epoch count; refit on every position for that many epochs
+        res = reconstruct(data, iterations=best, **common)
+        note += f", refit on all positions for {best} epochs"
+    return res, note
 
 
 if __name__ == "__main__":

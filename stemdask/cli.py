@@ -202,6 +202,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             bf_radius_mrad=args.bf_radius_mrad,
             df_outer_mrad=float("inf") if args.df_outer_mrad is None else args.df_outer_mrad,
         )
+    prior = None if args.basis_from is None else open_dataset(args.basis_from, **_reader_options(args))
     started = time.perf_counter()
     with session(args.scheduler) if args.scheduler else nullcontext():
         basis = make_basis(
@@ -213,6 +214,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             seed=args.seed,
             n_samples=args.samples,
             regions=regions,
+            samples=prior,
         )
         compressed = compress(data, basis, mode=args.mode, dtype=args.coefficient_dtype, precision=args.precision)
         out = save(compressed, args.output, overwrite=args.overwrite, progress=not args.quiet)
@@ -366,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--seed", type=int, default=0, help="seed of the sampled patterns (data, pca)")
     comp.add_argument("--samples", type=int, default=320, help="patterns sampled for pca")
+    comp.add_argument(
+        "--basis-from",
+        dest="basis_from",
+        help="draw the data/pca masks from this scan (a prior acquisition on the same detector), not from INPUT",
+    )
     comp.add_argument("--bf-radius-mrad", dest="bf_radius_mrad", type=float, help="default: the semi-angle")
     comp.add_argument("--df-outer-mrad", dest="df_outer_mrad", type=float, help="default: the whole detector")
     comp.add_argument("--overwrite", action="store_true")

@@ -147,6 +147,58 @@ def test_rank_deficient_samples_are_named():
         bases.pca(data, 2, n_samples=9)
 
 
+@pytest.mark.parametrize("mode", ["amplitude", "intensity"])
+def test_data_basis_from_a_prior_scan(mode):
+    # Diederichs et al.: masks from patterns recorded before the main acquisition, on the same detector
+    rng = np.random.default_rng(11)
+    data = _dataset(rng, scan=(4, 5), det=32)
+    prior = _dataset(rng, scan=(3, 3), det=32)  # another scan: other patterns, other scan shape
+    basis = bases.make_basis(data, "data", n_bf=6, n_df=1, mode=mode, seed=4, samples=prior)
+    bf = basis.attrs["parts"][0]
+    assert bf["samples_from"] == "samples" and bf["sample_mode"] == mode
+    # NumPy reference: the drawn prior patterns on the BF, Gram-Schmidt by QR, in the order drawn
+    regions = detector_regions(data)
+    inside = regions["bf_region"].values
+    positions = bases.sample_positions(prior, 6, seed=4)
+    np.testing.assert_array_equal(np.array(bf["positions"]), positions)
+    frames = prior.values[positions[:, 0], positions[:, 1]].astype(float)
+    d = (np.sqrt(frames) if mode == "amplitude" else frames)[:, inside]
+    q, r = np.linalg.qr(d.T)
+    want = (q * np.sign(np.diag(r))).T
+    np.testing.assert_allclose(basis.values[:6][:, inside], want, atol=1e-12)
+    assert not np.any(basis.values[:6][:, ~inside])
+    _orthonormal(basis)
+    np.testing.assert_array_equal(basis.coords["bf_region"].values, inside)  # the regions are data's
+    # compressing the prior itself on it: its drawn patterns lie in the span (c_perp_bf = 0 there) ...
+    on_prior = compress(prior, basis, mode=mode).compute()
+    for y, x in positions:
+        assert float(on_prior.c_perp_bf[y, x]) < 1e-6 * float(np.abs(d).sum())
+    # ... and data's patterns are compressed on it like on any basis of their detector
+    c = compress(data, basis, mode=mode, precision="float64").compute()
+    dd = np.sqrt(data.values.astype(float)) if mode == "amplitude" else data.values.astype(float)
+    np.testing.assert_allclose(c.coefficients.values, np.einsum("yxij,nij->yxn", dd, basis.values), rtol=1e-9)
+    same = bases.make_basis(data, "data", n_bf=6, n_df=1, mode=mode, seed=4)
+    assert same.attrs["parts"][0]["samples_from"] == "data"
+    assert not np.allclose(same.values, basis.values)
+
+
+def test_prior_scan_must_share_the_detector():
+    rng = np.random.default_rng(12)
+    data = _dataset(rng, scan=(3, 3), det=32)
+    with pytest.raises(InvalidArgumentError, match="samples=.*detector shape"):
+        bases.make_basis(data, "data", n_bf=4, samples=_dataset(rng, scan=(3, 3), det=16, semiangle=3.0))
+    with pytest.raises(InvalidArgumentError, match=r"samples\.coords\['k_y'\]"):
+        bases.make_basis(data, "pca", n_bf=4, samples=stemdask.calibrate(data, detector_pixel_mrad=0.5))
+    with pytest.raises(InvalidArgumentError, match="samples=.*'data', 'pca'"):
+        bases.make_basis(data, "zernike", n_bf=4, samples=data)
+    with pytest.raises(InvalidTypeError, match="samples"):
+        bases.make_basis(data, "data", n_bf=4, samples=data.values)
+    # PCA draws at most the prior's positions (9 here), not data's
+    prior = _dataset(rng, scan=(3, 3), det=32)
+    pca = bases.make_basis(data, "pca", n_bf=4, n_samples=320, samples=prior)
+    assert pca.attrs["parts"][0]["n_samples"] == 9
+
+
 # ----------------------------------------------------------------------------
 # compress / decompress
 # ----------------------------------------------------------------------------

@@ -109,6 +109,17 @@ def test_cli_compress_and_info(tmp_path, capsys):
     assert "ratio C (Eq. 17): 72.0" in capsys.readouterr().out
     assert cli.main(["compress", src, str(out), "--basis", "zernike", "--bf", "500", "--quiet"]) == 2
     assert "n_masks" in capsys.readouterr().err
+    # --basis-from: the data masks drawn from a prior scan's patterns (make_basis(samples=))
+    prior = stemdask.from_array(_values(9, scan=(3, 4)), **CAL)
+    prior_src = stemdask.save(prior, tmp_path / "prior.zarr")
+    from_prior = tmp_path / "from_prior.zarr"
+    assert cli.main(["compress", src, str(from_prior), "--bf", "5", "--basis-from", prior_src, "--quiet"]) == 0
+    back = stemdask.open_dataset(from_prior)
+    want = bases.make_basis(data, "data", n_bf=5, n_df=1, samples=prior)
+    np.testing.assert_allclose(back.masks.values, want.values, atol=1e-12)
+    assert back.attrs["basis_attrs"]["parts"][0]["samples_from"] == "samples"
+    # (rtol: the mean-DF coefficient sums a float32 d in the default mixed precision)
+    np.testing.assert_allclose(back.coefficients.values, _reference(_values(3), want.values), rtol=1e-7)
     # stored dtype and arithmetic are separate flags, as in compress(dtype=, precision=)
     out32 = tmp_path / "out32.zarr"
     args = ["compress", src, str(out32), "--basis", "pca", "--bf", "5", "--samples", "20", "--quiet"]

@@ -25,7 +25,10 @@ positions, source scan).
 * :func:`dark_field_mean`: one DF mask, the mean dark-field signal.
 
 :func:`combine` joins a BF and a DF basis; :func:`make_basis` builds the usual
-pairs by name (what ``stemdask compress --basis`` uses).
+pairs by name (what ``stemdask compress --basis`` uses), the sampled ones
+from the scan itself or from another scan of the same detector
+(``samples=``, ``--basis-from``: the paper's patterns recorded before the
+acquisition).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import numpy as np
 import xarray as xr
 
 from ..backend import to_numpy
-from ..checks import integer
+from ..checks import close, integer
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames
 from ..errors import bad_type, bad_value
 from .regions import REGIONS, detector_regions, polar_mrad, region_mask, require_calibrated_detector
@@ -329,6 +332,37 @@ def _source(data: xr.DataArray) -> str:
     return str(data.attrs.get("source", data.name or "dataset"))
 
 
+def require_same_detector(samples: Any, data: xr.DataArray, *, name: str = "samples") -> xr.DataArray:
+    """``samples`` when it is a 4D-STEM scan on ``data``'s detector (shape, ``k_y``/``k_x`` and their units).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming ``name`` when ``samples`` is not a scan of that detector and
+        calibration (a basis drawn from it would not fit ``data``'s pixels).
+    """
+    if not isinstance(samples, xr.DataArray) or any(d not in samples.dims for d in (*SCAN_DIMS, *DETECTOR_DIMS)):
+        raise bad_type(name, samples, "a (scan_y, scan_x, k_y, k_x) xarray.DataArray of the same detector")
+    require_calibrated_detector(samples)
+    want = tuple(int(data.sizes[d]) for d in DETECTOR_DIMS)
+    have = tuple(int(samples.sizes[d]) for d in DETECTOR_DIMS)
+    if want != have:
+        raise bad_value(name, f"<scan of detector shape {have}>", f"a scan of data's detector shape {want}")
+    for dim in DETECTOR_DIMS:
+        mine, theirs = samples.coords[dim], data.coords[dim]
+        same = mine.attrs.get("units") == theirs.attrs.get("units") and close(
+            mine.values, theirs.values, rtol=1e-6, atol=1e-9
+        )
+        if not same:
+            raise bad_value(
+                f"{name}.coords[{dim!r}]",
+                f"<{mine.attrs.get('units')} {np.asarray(mine.values)[:3]}...>",
+                f"data's {dim} ({theirs.attrs.get('units')} {np.asarray(theirs.values)[:3]}...): "
+                "patterns recorded with the same calibration and beam centre",
+            )
+    return samples
+
+
 def data_basis(
     data: xr.DataArray,
     n_masks: int,
@@ -497,6 +531,8 @@ def combine(*parts: xr.DataArray) -> xr.DataArray:
 
 
 BASIS_KINDS = ("data", "pca", "zernike", "binning")
+#: the kinds whose masks are made from sampled patterns
+SAMPLED_KINDS = ("data", "pca")
 
 
 def make_basis(
@@ -509,6 +545,7 @@ def make_basis(
     seed: int = 0,
     n_samples: int = 320,
     regions: xr.Dataset | None = None,
+    samples: xr.DataArray | None = None,
 ) -> xr.DataArray:
     """A BF basis of ``kind`` plus a DF basis, the way ``stemdask compress`` builds them.
 
@@ -518,22 +555,38 @@ def make_basis(
     scan's). The DF part is :func:`dark_field_mean` for
     ``n_df = 1``; for more, annular Zernike masks (binning tiles for
     ``"binning"``); ``n_df = 0`` stores no DF mask (its norm is still c_perp_df).
+
+    ``samples`` (``"data"`` and ``"pca"`` only) is the scan the patterns are
+    drawn from when it is not ``data`` itself: Diederichs et al. make the
+    masks from patterns recorded *before* the main acquisition (a quick scan
+    of the same or an adjacent area), so a low-dose acquisition need not
+    build its masks from its own noisy patterns. It must be recorded on
+    ``data``'s detector with ``data``'s calibration (same ``k_y``/``k_x``);
+    the regions are ``data``'s (or ``regions``), and the basis attrs name the
+    source (``samples_from``: ``"data"`` or ``"samples"``).
     """
     if kind not in BASIS_KINDS:
         raise bad_value("basis", kind, f"one of {BASIS_KINDS}")
     regions = _regions_of(data, regions)
     n_bf = integer("n_bf", n_bf)
     n_df = integer("n_df", n_df, minimum=0)
+    if samples is not None and kind not in SAMPLED_KINDS:
+        raise bad_value(
+            "samples", "<a dataset>", f"None for basis {kind!r} (patterns are sampled only for {SAMPLED_KINDS})"
+        )
+    source = data if samples is None else require_same_detector(samples, data)
     if kind == "data":
-        bf = data_basis(data, n_bf, mode=mode, seed=seed, regions=regions)
+        bf = data_basis(source, n_bf, mode=mode, seed=seed, regions=regions)
     elif kind == "pca":
-        positions = int(data.sizes["scan_y"]) * int(data.sizes["scan_x"])
+        positions = int(source.sizes["scan_y"]) * int(source.sizes["scan_x"])
         draw = max(min(integer("n_samples", n_samples), positions), n_bf)
-        bf = pca(data, n_bf, n_samples=draw, mode=mode, seed=seed, regions=regions)
+        bf = pca(source, n_bf, n_samples=draw, mode=mode, seed=seed, regions=regions)
     elif kind == "zernike":
         bf = zernike(data, n_bf, regions=regions)
     else:
         bf = binning(data, binning_size_for(data, n_bf, regions=regions), regions=regions)
+    if kind in SAMPLED_KINDS:
+        bf.attrs["samples_from"] = "data" if samples is None else "samples"
     parts = [bf]
     if n_df == 1:
         parts.append(dark_field_mean(data, regions=regions))
@@ -550,6 +603,7 @@ __all__ = [
     "BASIS_KINDS",
     "MODES",
     "REGIONS",
+    "SAMPLED_KINDS",
     "ZERNIKE_CONVENTION",
     "binning",
     "basis_regions",
@@ -563,6 +617,7 @@ __all__ = [
     "osa_index",
     "pca",
     "principal_directions",
+    "require_same_detector",
     "sample_patterns",
     "sample_positions",
     "zernike",
