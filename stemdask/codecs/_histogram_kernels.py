@@ -956,10 +956,18 @@ def decode_local(
             else:
                 value = base + s
             if events:
-                if value != base:
-                    if ne + (value - base) > cap:
-                        return NEED_SPACE
-                    ne = _append(ev_t, ev_p, counts, ne, t, p, value - base)
+                c = value - base
+                if ne + c >= cap:  # room for the write at ne below even when c == 0
+                    return NEED_SPACE
+                # the first electron is written whether or not there is one (then it is not
+                # counted, and the next overwrites it): no branch on whether the value is 0
+                ev_t[ne] = t
+                ev_p[ne] = p
+                for q in range(1, c):
+                    ev_t[ne + q] = t
+                    ev_p[ne + q] = p
+                ne += c
+                counts[t] += c
             else:
                 out[t, p] = value ^ flip
     if ipos != inp.size:
