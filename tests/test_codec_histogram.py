@@ -377,6 +377,19 @@ def test_decoder_survives_garbage_in_large_chunks(data):
         assert y.shape == x.shape
 
 
+def test_events_decoder_refuses_an_escape_below_the_minimum():
+    """A header edited (checksum recomputed) so that an escaped count decodes below 0: an error, not a crash."""
+    x = np.zeros((2, 2, 4, 4), np.int16)
+    x[1, 0, 2, 3] = 300  # an escape with max_symbols=16
+    good = encode_chunk(x, max_symbols=16)
+    head = 8 + 4 * 4
+    assert struct.unpack_from("<qq", good, head) == (0, 0)  # base, emin
+    bad = _with_crc(good[:head] + struct.pack("<qq", 0, -1000) + good[head + 16 : -4])
+    with pytest.raises(ChunkCorruptError):
+        decode_chunk_events(bad)
+    np.testing.assert_array_equal(decode_chunk_events(good).to_dense(), x)
+
+
 def test_wrong_model_or_missing_model_raises():
     y = _golden_shared_input()
     model = HistogramModel.from_json(GOLDEN_MODEL)

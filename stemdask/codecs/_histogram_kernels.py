@@ -900,15 +900,15 @@ def decode_local(
                 # division; the bins are sorted by count, so this usually stops at once
                 r = _scale(rng, left, rec)
                 if search == 1:
-                    # many bins: count the cumulative bounds at or below the target without a
-                    # branch per bin (the same bin as the search below finds)
+                    # count the cumulative bounds at or below the target without a branch per bin
+                    # (the same bin as the search below finds), then take one frame off the bin
                     i = 0
                     for jj in range(1, m):
                         i += cumul[jj] * r <= code
                     cum = cumul[i]
                     for jj in range(1, m + 1):
                         cumul[jj] -= jj > i
-                elif search == 2:
+                elif search == 2:  # the same count, over every fourth bound, then within the group
                     g4 = 0
                     for jj in range(4, m, 4):
                         g4 += cumul[jj] * r <= code
@@ -957,6 +957,8 @@ def decode_local(
                 value = base + s
             if events:
                 c = value - base
+                if c < 0:  # only on corrupted input (an escaped value below the chunk's minimum)
+                    return CORRUPT
                 if ne + c >= cap:  # room for the write at ne below even when c == 0
                     return NEED_SPACE
                 # the first electron is written whether or not there is one (then it is not
