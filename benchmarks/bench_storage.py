@@ -18,7 +18,9 @@ Rows:
   ../shared/data, each followed by a crc32c of the compressed bytes (what
   the inner-chunk pipeline will carry, zarr.codecs.Crc32cCodec);
 * histogram codec decode, format version 1 against 2, dense and straight
-  to events;
+  to events, and encode; with ``--histogram-baseline REV`` also the decoders
+  and encoder of the kernels of git revision REV on the same chunks, timed in
+  the same rounds (interleaved, so their ratio holds on a loaded machine);
 * raw read of an uncompressed sharded store with zarr-python, one thread,
   against reading the same bytes from the page cache (``np.fromfile``), for
   zarr's default settings and a tuned ``zarr.config``;
@@ -121,23 +123,85 @@ def codec_rows(samples, repeat):
     return rows
 
 
-def histogram_rows(repeat):
+def _baseline_kernels(rev, folder):
+    """The histogram kernels of git revision ``rev``, imported as a module of their own (numba cache in ``folder``)."""
+    import importlib
+    import subprocess
+
+    src = subprocess.run(
+        ["git", "show", f"{rev}:stemdask/codecs/_histogram_kernels.py"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    name = "_histogram_kernels_" + "".join(c if c.isalnum() else "_" for c in rev)
+    Path(folder, name + ".py").write_bytes(src)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(name)
+
+
+def interleaved_cpu_medians(fns, repeat):
+    """Median thread CPU seconds of each of ``fns``, called in turn in every round (after a warm-up of each).
+
+    On a loaded machine the ratio of two medians measured this way is steadier
+    than that of two separate runs.
+    """
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, acc in zip(fns, times):
+            t0 = time.thread_time()
+            fn()
+            acc.append(time.thread_time() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def histogram_rows(repeat, baseline=None, folder=None):
+    """Histogram codec on one simulated chunk per dose: sizes, decode (dense, to events), encode, MB/s per CPU-s.
+
+    With ``baseline`` (a git revision) the decoders of that revision's kernels
+    run in the same rounds as this checkout's, on the same bytes (the format
+    is the same), and their speeds come back too (else None).
+    """
     from bench_codec import simulate
 
-    from stemdask.codecs.histogram import decode_chunk, decode_chunk_events, encode_chunk
+    from stemdask.codecs import histogram as hc
+
+    old = None if baseline is None else _baseline_kernels(baseline, folder)
+    current = hc._k
+
+    def with_kernels(kernels, fn, data):
+        def call():
+            hc._k = kernels
+            try:
+                return fn(data)
+            finally:
+                hc._k = current
+
+        return call
 
     rows = []
     for dose in (0.01, 0.1, 1.0):
         x, _ = simulate(dose, scan=(16, 16), det=(128, 128))
-        sizes, speeds = {}, {}
-        for version in (1, 2):
-            data = encode_chunk(x, format_version=version)
-            assert np.array_equal(decode_chunk(data), x)
-            sizes[version] = len(data)
-            speeds[version] = x.nbytes / 1e6 / cpu_median(lambda d=data: decode_chunk(d), repeat)
-        t_enc = cpu_median(lambda: encode_chunk(x), repeat)
-        ev = x.nbytes / 1e6 / cpu_median(lambda d=data: decode_chunk_events(d), repeat)
-        rows.append((dose, sizes[1], sizes[2], speeds[1], speeds[2], ev, x.nbytes / 1e6 / t_enc))
+        mb = x.nbytes / 1e6
+        v1 = hc.encode_chunk(x, format_version=1)
+        v2 = hc.encode_chunk(x)
+        for data in (v1, v2):
+            assert np.array_equal(hc.decode_chunk(data), x)
+        fns = [
+            lambda: hc.decode_chunk(v1),
+            lambda: hc.decode_chunk(v2),
+            lambda: hc.decode_chunk_events(v2),
+            lambda: hc.encode_chunk(x),
+        ]
+        if old is not None:
+            assert np.array_equal(with_kernels(old, hc.decode_chunk, v2)(), x)
+            fns += [
+                with_kernels(old, hc.decode_chunk, v2),
+                with_kernels(old, hc.decode_chunk_events, v2),
+                with_kernels(old, hc.encode_chunk, x),
+            ]
+        t = interleaved_cpu_medians(fns, repeat)
+        speeds = [mb / v for v in t]
+        rows.append((dose, len(v1), len(v2), *speeds[:4], *(speeds[4:] if old is not None else (None,) * 3)))
     return rows
 
 
@@ -574,6 +638,12 @@ def main() -> None:
         default="codecs,histogram,read,profile,write,events",
         help="comma-separated subset (events: see above)",
     )
+    parser.add_argument(
+        "--histogram-baseline",
+        default=None,
+        metavar="REV",
+        help="also time the histogram decoders of git revision REV, in the same rounds (same chunks)",
+    )
     args = parser.parse_args()
     from bench_codec import simulate
 
@@ -585,13 +655,26 @@ def main() -> None:
     lines += ["| data | codec (+ crc32c) | ratio | encode MB/s/core | decode MB/s/core |", "|---|---|---|---|---|"]
     for label, name, ratio, enc, dec in codec_rows(samples, repeat) if "codecs" in parts else []:
         lines.append(f"| {label} | {name} | {ratio:.2f} | {enc:.0f} | {dec:.0f} |")
+    with tempfile.TemporaryDirectory(prefix="bench_storage_kernels_") as kernels_tmp:
+        # more rounds than elsewhere: the speed-ups against the baseline are the figures of interest
+        rounds = 5 if args.quick else 9
+        hist = histogram_rows(rounds, args.histogram_baseline, kernels_tmp) if "histogram" in parts else []
+    base = args.histogram_baseline
     lines += [
         "",
-        "| dose e-/px | bytes v1 | bytes v2 | v2/v1 size | decode v1 | decode v2 | v2 to events | encode v2 |",
+        "| dose e-/px | bytes v1 | bytes v2 | v2/v1 size | decode v1 | decode v2 | v2 to events | encode v2 |"
+        + (
+            f" decode v2, {base} | v2 to events, {base} | encode v2, {base} | decode speed-up | events speed-up |"
+            if base
+            else ""
+        ),
     ]
-    lines += ["|---|---|---|---|---|---|---|---|"]
-    for dose, s1, s2, d1, d2, ev, enc in histogram_rows(repeat) if "histogram" in parts else []:
-        lines.append(f"| {dose} | {s1} | {s2} | {s2 / s1 - 1:+.2%} | {d1:.0f} | {d2:.0f} | {ev:.0f} | {enc:.0f} |")
+    lines += ["|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|" if base else "")]
+    for dose, s1, s2, d1, d2, ev, enc, old_d, old_ev, old_enc in hist:
+        row = f"| {dose} | {s1} | {s2} | {s2 / s1 - 1:+.2%} | {d1:.0f} | {d2:.0f} | {ev:.0f} | {enc:.0f} |"
+        if base:
+            row += f" {old_d:.0f} | {old_ev:.0f} | {old_enc:.0f} | {d2 / old_d:.2f}x | {ev / old_ev:.2f}x |"
+        lines.append(row)
     with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp:
         lines += ["", "| read a whole store, one process | MB/s wall | MB per CPU-s |", "|---|---|---|"]
         if "read" in parts:

@@ -103,6 +103,56 @@ def test_many_frames_per_chunk(rng):
     assert 8 * len(data) < 1.02 * _empirical_entropy_bits(x) + 8 * 200
 
 
+def _decoder_paths_chunk(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Counts of shape (frames // 50, 50, 3, 4) whose pixels take every path of the self-contained decoder."""
+    x = np.zeros((frames, 12), np.uint16)
+    x[-1, 1] = 1  # one non-zero frame: the last gap is uniform
+    x[[3, frames - 2], 2] = 1  # two, far apart: the exact law of two gaps, or the geometric law past 4096
+    x[[0, frames // 2, frames - 1], 3] = 2  # three, gaps beyond the geometric table (escapes)
+    x[rng.choice(frames, frames // 5, replace=False), 4] = rng.integers(1, 4, frames // 5)  # sparse, 3 bins
+    x[:, 5] = rng.poisson(1.1, frames)  # dense, 5-10 bins (the branch-free count)
+    x[:, 6] = rng.poisson(12.0, frames)  # dense, > 10 bins (the search)
+    x[:, 7] = rng.poisson(12.0, frames) + 30 * (rng.random(frames) < 0.05)  # dense, with escapes
+    x[rng.choice(frames, 2, replace=False), 8] = 5  # two gaps anywhere
+    x[rng.choice(frames, 7, replace=False), 9] = 1
+    x[:, 10] = rng.random(frames) < 0.3  # just sparse (3 k <= n), one value
+    x[:, 11] = rng.random(frames) < 0.4  # just dense, two values
+    return x.reshape(frames // 50, 50, 3, 4)
+
+
+@pytest.mark.parametrize("frames", [250, 3000, 4100, 5000])
+def test_every_decoder_path_round_trips_and_decodes_to_events(rng, frames):
+    """Large chunks reach the paths tiny hypothesis chunks cannot: gap laws, escapes, many bins."""
+    from stemdask.events.block import EventBlock
+
+    x = _decoder_paths_chunk(rng, frames)
+    counts = x.reshape(frames, 12).astype(np.int64)
+    indices = np.concatenate([np.repeat(np.arange(12), f) for f in counts])
+    offsets = np.concatenate([[0], np.cumsum(counts.sum(axis=1))])
+    for version in FORMAT_VERSIONS:
+        data = encode_chunk(x, max_symbols=40, format_version=version)
+        np.testing.assert_array_equal(decode_chunk(data), x)
+        events = decode_chunk_events(data)
+        assert isinstance(events, EventBlock)
+        np.testing.assert_array_equal(events.indices, indices)
+        np.testing.assert_array_equal(events.offsets, offsets)
+
+
+@pytest.mark.parametrize("dose", [0.0, 0.01, 0.1, 1.0, 10.0])
+def test_counted_data_round_trips_at_every_dose(rng, dose):
+    """256 frames of a disc with a dark-field falloff (sparse and dense pixels), dense and as events."""
+    yy, xx = np.mgrid[:16, :16]
+    lam = dose * np.where(np.hypot(yy - 7.5, xx - 7.5) < 4, 10.0, 0.3)
+    x = rng.poisson(lam, size=(16, 16, 16, 16)).astype(np.uint16)
+    for version in FORMAT_VERSIONS:
+        data = encode_chunk(x, format_version=version)
+        np.testing.assert_array_equal(decode_chunk(data), x)
+        np.testing.assert_array_equal(decode_chunk_events(data).to_dense(), x)
+    one = x[:1, :1]  # one frame
+    np.testing.assert_array_equal(decode_chunk(encode_chunk(one)), one)
+    np.testing.assert_array_equal(decode_chunk_events(encode_chunk(one)).to_dense(), one)
+
+
 def test_counted_data_compresses_near_the_entropy(rng):
     """Sparse Poisson frames (256 frames) code within a few % of the per-pixel entropy, far below zlib."""
     lam = np.linspace(0.02, 1.0, 32 * 32).reshape(32, 32)
@@ -303,6 +353,41 @@ def test_decoder_survives_garbage_with_valid_checksum(data):
     except ChunkCorruptError:
         return
     assert y.shape == (6, 5, 7) and y.dtype == np.int16
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_decoder_survives_garbage_in_large_chunks(data):
+    """The same on 400-frame chunks, whose pixels take the gap laws and the many-bin paths."""
+    x = _decoder_paths_chunk(np.random.default_rng(5), 400)
+    good = encode_chunk(x, max_symbols=40, format_version=data.draw(st.sampled_from(FORMAT_VERSIONS)))
+    header_len = 8 + 4 * 4 + 24
+    payload = bytearray(good[header_len:-4])
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(payload) - 1))
+        payload[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        payload = payload[: data.draw(st.integers(0, len(payload)))]
+    chunk = _with_crc(good[:header_len] + bytes(payload))
+    for decode in (decode_chunk, decode_chunk_events):
+        try:
+            y = decode(chunk)
+        except ChunkCorruptError:
+            continue
+        assert y.shape == x.shape
+
+
+def test_events_decoder_refuses_an_escape_below_the_minimum():
+    """A header edited (checksum recomputed) so that an escaped count decodes below 0: an error, not a crash."""
+    x = np.zeros((2, 2, 4, 4), np.int16)
+    x[1, 0, 2, 3] = 300  # an escape with max_symbols=16
+    good = encode_chunk(x, max_symbols=16)
+    head = 8 + 4 * 4
+    assert struct.unpack_from("<qq", good, head) == (0, 0)  # base, emin
+    bad = _with_crc(good[:head] + struct.pack("<qq", 0, -1000) + good[head + 16 : -4])
+    with pytest.raises(ChunkCorruptError):
+        decode_chunk_events(bad)
+    np.testing.assert_array_equal(decode_chunk_events(good).to_dense(), x)
 
 
 def test_wrong_model_or_missing_model_raises():

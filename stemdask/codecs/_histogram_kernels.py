@@ -272,9 +272,12 @@ def _dec_number(code, rng, ipos, inp, freq, tot, ctx):
     return code, rng, ipos, (np.int64(1) << nb) + m
 
 
-# The escape-or-store step after each decoded symbol stays written out in both decoders:
-# a helper returning the decoder state (code, range, position, value, ok) made decoding
-# 5x slower under numba (measured 322 -> 60 MB/s), even with inline="always".
+# In decode_local every range-coder step of the histograms, gaps and bins is written out in
+# the loop: a helper returning the decoder state (code, range, position, value) costs more
+# than the step itself under numba, even with inline="always" (the escape-or-store step as a
+# helper: 322 -> 60 MB/s; the gap and histogram-count steps as helpers, as before issue 13
+# item 6: decoding 1.4-2.3x slower).  The helpers below remain for the rare escapes and for
+# the shared-model decoder.
 @njit(cache=True, nogil=True)
 def _dec_start(inp):
     """Decoder state at the start of a stream: (code from its first 5 bytes, range, position)."""
@@ -470,6 +473,12 @@ GAP_LEVELS = 176
 GAP_EXACT2 = 4096
 #: a pixel is coded sparse when SPARSE_RATIO * (frames outside bin 0) <= frames
 SPARSE_RATIO = 3
+#: how the decoder finds the bin of a frame: a pixel with at most BRANCHLESS_BINS bins by a search
+#: (bins sorted by count, it usually stops at once), with up to BRANCHLESS_MAX by a branch-free count
+#: over its bins, with more by a branch-free count over groups of four bins, then within the group
+#: (measured faster than the search there: a mispredicted exit costs more than the counts)
+BRANCHLESS_BINS = 4
+BRANCHLESS_MAX = 10
 
 
 def _gap_level_bounds(lev: int) -> tuple[int, int]:
@@ -561,52 +570,6 @@ def _enc_gap(low, rng, pos, out, g, k, n, gcum, gcount, rec):
         low, rng, pos = _enc_r(low, rng, pos, out, gcum[lev, G], GAP_TOT - gcum[lev, G], r)
         g -= G
         n -= G
-
-
-@njit(cache=True, inline="always")
-def _dec_gap(code, rng, ipos, inp, k, n, gcum, gcount, gstart, rec):
-    """Inverse of :func:`_enc_gap`; the gap is -1 on corrupted input."""
-    total = np.int64(0)
-    while True:
-        if k == n:
-            return code, rng, ipos, total
-        if k == 1:
-            r = _scale(rng, n, rec)
-            v = code // r
-            if v >= n:
-                return code, rng, ipos, np.int64(-1)
-            code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, v, 1)
-            return code, rng, ipos, total + v
-        if k == 2 and n <= GAP_EXACT2:
-            tot = (n * (n - 1)) // 2
-            r, v = _dec_target(code, rng, tot)
-            lo = np.int64(0)
-            hi = n - 2
-            while lo < hi:  # the largest g with cum(g) <= v
-                mid = (lo + hi + 1) >> 1
-                if mid * (n - 1) - (mid * (mid - 1)) // 2 <= v:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            cum = lo * (n - 1) - (lo * (lo - 1)) // 2
-            code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, n - 1 - lo)
-            return code, rng, ipos, total + lo
-        lev = _gap_level(k, n, rec)
-        G = gcount[lev]
-        r = rng >> GAP_SHIFT
-        v = code // r
-        if v >= GAP_TOT:
-            return code, rng, ipos, np.int64(-1)
-        lo = gstart[lev, v >> 8]  # then the largest g with cum[g] <= v (g == G: the escape)
-        while lo < G and gcum[lev, lo + 1] <= v:
-            lo += 1
-        code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, gcum[lev, lo], gcum[lev, lo + 1] - gcum[lev, lo])
-        if lo < G:
-            return code, rng, ipos, total + lo
-        total += G
-        n -= G
-        if n < k:
-            return code, rng, ipos, np.int64(-1)
 
 
 @njit(cache=True, nogil=True)
@@ -730,6 +693,7 @@ def decode_local(
     binval = np.empty(K + 1, dtype=np.int64)
     bincnt = np.empty(K + 1, dtype=np.int64)
     hist = np.zeros(K + 1, dtype=np.int64)
+    cumul = np.zeros(K + 2, dtype=np.int64)
     rec = _reciprocals(n)
     cap = ev_t.size
     ne = 0
@@ -739,20 +703,73 @@ def decode_local(
         y = p // W
         xx = p - y * W
         cur = y & 1
-        code, rng, ipos, lastb = _dec_number(code, rng, ipos, inp, freq, tot, _last_ctx(last, cur, y, xx, W))
-        if lastb > K:
-            return CORRUPT
+        # the histogram: the highest non-empty bin (b == 0), then the counts of bins 1 .. lastb, each an
+        # adaptive number; the range-coder steps are written out here (a helper returning the decoder
+        # state costs more than the step itself under numba)
         remaining = np.int64(n)
-        for b in range(1, lastb + 1):
-            ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
-            code, rng, ipos, c = _dec_number(code, rng, ipos, inp, freq, tot, ctx)
-            if b == lastb:
-                c += 1
-            if c > remaining:
-                return CORRUPT
-            hist[b] = c
-            remaining -= c
-            rows[cur, xx, b] = c
+        lastb = np.int64(0)
+        b = np.int64(0)
+        while True:
+            if b == 0:
+                ctx = _last_ctx(last, cur, y, xx, W)
+            else:
+                ctx = _neighbour_ctx(rows, last, cur, y, xx, b, K, W, remaining)
+            tc = tot[ctx]
+            r = rng // tc
+            v = code // r
+            if v >= tc:
+                v = tc - 1
+            cum = np.int64(0)
+            s = 0
+            while s < NSYM - 1 and cum + freq[ctx, s] <= v:
+                cum += freq[ctx, s]
+                s += 1
+            code -= cum * r
+            rng = freq[ctx, s] * r
+            nb = np.int64(rng < RMIN)
+            code = ((code << (8 * nb)) | (_byte(inp, ipos) * nb)) & (ONE40 - 1)
+            ipos += nb
+            rng <<= 8 * nb
+            while rng < RMIN:
+                code = ((code << 8) | _byte(inp, ipos)) & (ONE40 - 1)
+                ipos += 1
+                rng <<= 8
+            _update(freq, tot, ctx, s)
+            value = np.int64(s)
+            if s >= 16:  # 11 + bit length: the mantissa follows as raw bits
+                nb = s - 12
+                mant = np.int64(0)
+                while nb > 0:
+                    kb = nb if nb < 16 else 16
+                    nb -= kb
+                    r = rng >> kb
+                    v = code // r
+                    if v >= np.int64(1) << kb:
+                        v = (np.int64(1) << kb) - 1
+                    code -= v * r
+                    rng = r
+                    while rng < RMIN:
+                        code = ((code << 8) | _byte(inp, ipos)) & (ONE40 - 1)
+                        ipos += 1
+                        rng <<= 8
+                    mant = (mant << kb) | v
+                value = (np.int64(1) << (s - 12)) + mant
+            if b == 0:
+                lastb = value
+                if lastb > K:
+                    return CORRUPT
+                if lastb == 0:
+                    break
+            else:
+                c = value + 1 if b == lastb else value
+                if c > remaining:
+                    return CORRUPT
+                hist[b] = c
+                remaining -= c
+                rows[cur, xx, b] = c
+                if b == lastb:
+                    break
+            b += 1
         hist[0] = remaining
         rows[cur, xx, 0] = remaining
         last[cur, xx] = lastb
@@ -776,8 +793,75 @@ def decode_local(
             nleft = np.int64(n)
             t = np.int64(-1)
             for j in range(k):
-                code, rng, ipos, g = _dec_gap(code, rng, ipos, inp, k - j, nleft, gcum, gcount, gstart, rec)
-                if g < 0 or g > nleft - (k - j):
+                kk = k - j
+                g = np.int64(0)
+                nn = nleft
+                while True:  # the inverse of _enc_gap: one pass, more after escapes of the geometric law
+                    if kk == nn:
+                        break
+                    if kk == 1:  # uniform over the nn positions
+                        r = _scale(rng, nn, rec)
+                        v = code // r
+                        if v >= nn:
+                            return CORRUPT
+                        code -= v * r
+                        rng = r
+                        while rng < RMIN:
+                            code = ((code << 8) | _byte(inp, ipos)) & (ONE40 - 1)
+                            ipos += 1
+                            rng <<= 8
+                        g += v
+                        break
+                    if kk == 2 and nn <= GAP_EXACT2:  # P(g) = (nn - 1 - g) / C(nn, 2)
+                        tt = (nn * (nn - 1)) // 2
+                        r = rng // tt
+                        v = code // r
+                        if v >= tt:
+                            v = tt - 1
+                        # the largest h with cum(h) = h (nn - 1) - h (h - 1) / 2 <= v: the root of the
+                        # quadratic, then exact integer corrections
+                        d = np.float64(2 * nn - 1)
+                        h = np.int64((d - np.sqrt(max(d * d - 8.0 * v, 0.0))) * 0.5)
+                        h = min(max(h, np.int64(0)), nn - 2)
+                        while h < nn - 2 and (h + 1) * (nn - 1) - ((h + 1) * h) // 2 <= v:
+                            h += 1
+                        while h > 0 and h * (nn - 1) - (h * (h - 1)) // 2 > v:
+                            h -= 1
+                        code -= (h * (nn - 1) - (h * (h - 1)) // 2) * r
+                        rng = (nn - 1 - h) * r
+                        while rng < RMIN:
+                            code = ((code << 8) | _byte(inp, ipos)) & (ONE40 - 1)
+                            ipos += 1
+                            rng <<= 8
+                        g += h
+                        break
+                    lev = _gap_level(kk, nn, rec)
+                    G = gcount[lev]
+                    r = rng >> GAP_SHIFT
+                    v = code // r
+                    if v >= GAP_TOT:
+                        return CORRUPT
+                    h = np.int64(gstart[lev, v >> 8])
+                    while h < G and gcum[lev, h + 1] <= v:
+                        h += 1
+                    c0 = np.int64(gcum[lev, h])
+                    code -= c0 * r
+                    rng = (np.int64(gcum[lev, h + 1]) - c0) * r
+                    nb = np.int64(rng < RMIN)
+                    code = ((code << (8 * nb)) | (_byte(inp, ipos) * nb)) & (ONE40 - 1)
+                    ipos += nb
+                    rng <<= 8 * nb
+                    while rng < RMIN:
+                        code = ((code << 8) | _byte(inp, ipos)) & (ONE40 - 1)
+                        ipos += 1
+                        rng <<= 8
+                    g += h
+                    if h < G:
+                        break
+                    nn -= G  # the escape: the rest of the gap among nn - G frames
+                    if nn < kk:
+                        return CORRUPT
+                if g > nleft - kk:
                     return CORRUPT
                 t += g + 1
                 nleft -= g + 1
@@ -801,6 +885,13 @@ def decode_local(
         nz = m
         left = steps
         only = 0
+        # how the bin of each frame is found: 0 a search (few bins, it stops early), 1 a branch-free count
+        # over the bins, 2 a branch-free count over groups of four bins, then within the group
+        search = 0 if m <= BRANCHLESS_BINS else (1 if m <= BRANCHLESS_MAX else 2)
+        if search != 0:
+            cumul[0] = 0
+            for i in range(m):
+                cumul[i + 1] = cumul[i] + bincnt[i]
         for j in range(steps):
             t = frames[j] if sparse else j
             if nz > 1:
@@ -808,14 +899,44 @@ def decode_local(
                 # multiplications (code >= k * r <=> code // r >= k) instead of a
                 # division; the bins are sorted by count, so this usually stops at once
                 r = _scale(rng, left, rec)
-                i = 0
-                cum = np.int64(0)
-                while i < m - 1 and (cum + bincnt[i]) * r <= code:
-                    cum += bincnt[i]
-                    i += 1
+                if search == 1:
+                    # count the cumulative bounds at or below the target without a branch per bin
+                    # (the same bin as the search below finds), then take one frame off the bin
+                    i = 0
+                    for jj in range(1, m):
+                        i += cumul[jj] * r <= code
+                    cum = cumul[i]
+                    for jj in range(1, m + 1):
+                        cumul[jj] -= jj > i
+                elif search == 2:  # the same count, over every fourth bound, then within the group
+                    g4 = 0
+                    for jj in range(4, m, 4):
+                        g4 += cumul[jj] * r <= code
+                    i = 4 * g4
+                    for jj in range(i + 1, min(i + 4, m)):
+                        i += cumul[jj] * r <= code
+                    cum = cumul[i]
+                    for jj in range(1, m + 1):
+                        cumul[jj] -= jj > i
+                else:
+                    i = 0
+                    cum = np.int64(0)
+                    while i < m - 1 and (cum + bincnt[i]) * r <= code:
+                        cum += bincnt[i]
+                        i += 1
                 if bincnt[i] == 0:  # only on corrupted input (code beyond the range)
                     return CORRUPT
-                code, rng, ipos = _dec_apply(code, rng, ipos, inp, r, cum, bincnt[i])
+                code -= cum * r
+                rng = bincnt[i] * r
+                # one byte in without a branch (the usual case), more in the loop
+                nb = np.int64(rng < RMIN)
+                code = ((code << (8 * nb)) | (_byte(inp, ipos) * nb)) & (ONE40 - 1)
+                ipos += nb
+                rng <<= 8 * nb
+                while rng < RMIN:
+                    code = ((code << 8) | _byte(inp, ipos)) & (ONE40 - 1)
+                    ipos += 1
+                    rng <<= 8
                 bincnt[i] -= 1
                 left -= 1
                 if bincnt[i] == 0:
@@ -835,10 +956,20 @@ def decode_local(
             else:
                 value = base + s
             if events:
-                if value != base:
-                    if ne + (value - base) > cap:
-                        return NEED_SPACE
-                    ne = _append(ev_t, ev_p, counts, ne, t, p, value - base)
+                c = value - base
+                if c < 0:  # only on corrupted input (an escaped value below the chunk's minimum)
+                    return CORRUPT
+                if ne + c >= cap:  # room for the write at ne below even when c == 0
+                    return NEED_SPACE
+                # the first electron is written whether or not there is one (then it is not
+                # counted, and the next overwrites it): no branch on whether the value is 0
+                ev_t[ne] = t
+                ev_p[ne] = p
+                for q in range(1, c):
+                    ev_t[ne + q] = t
+                    ev_p[ne + q] = p
+                ne += c
+                counts[t] += c
             else:
                 out[t, p] = value ^ flip
     if ipos != inp.size:
