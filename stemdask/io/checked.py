@@ -26,6 +26,7 @@ import zarr
 
 from ..errors import CorruptChunkError
 from ..worker_memory import keep_freed_memory
+from .local_read import reading_store, resolve_reader
 
 #: chunks named in one error message (the count is always given)
 _NAMED = 8
@@ -107,13 +108,16 @@ class CheckedZarrSource:
     """A stored array for ``dask.array.from_array``: reads that name a bad chunk.
 
     Picklable (holds the store and the array path; the zarr array is opened
-    once per process on first read).
+    once per process on first read). A local store is read through the zarr
+    store of ``reader`` (:mod:`stemdask.io.local_read`; chosen where the
+    source is made, so workers read as the client chose).
     """
 
     store: Any
     path: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    reader: str = field(default_factory=resolve_reader)
     _array: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -131,7 +135,9 @@ class CheckedZarrSource:
 
     def array(self) -> zarr.Array:
         if self._array is None:
-            self._array = zarr.open_array(self.store, path=self.path, mode="r", zarr_format=3)
+            self._array = zarr.open_array(
+                reading_store(self.store, self.reader), path=self.path, mode="r", zarr_format=3
+            )
         return self._array
 
     def __getitem__(self, index: Any) -> np.ndarray:

@@ -1,0 +1,201 @@
+"""How the bytes of a local zarr store are read: zarr's ``LocalStore`` or a zarr store that avoids its copies.
+
+zarr-python's ``LocalStore.get`` reads a file (or a byte range of a shard)
+into a new ``bytes`` object. For a large read those are freshly mapped
+4 KiB pages that the kernel faults in one by one while copying: 1.7-1.9 GB
+per CPU-second on this machine, where the same read into a NumPy array
+(which asks for transparent huge pages) runs at 9 GB/s and a memory map of
+the page cache at 15 GB/s (docs/storage.md, "Read path"). For an
+uncompressed store that copy is most of the read.
+
+The readers here are zarr ``Store`` classes (``LocalStore`` subclasses whose
+``get`` returns a zarr ``Buffer``), so the whole of zarr's codec pipeline
+still runs: every inner chunk's crc32c is verified by zarr's
+``Crc32cCodec`` as before, and stores stay plain zarr v3. Only where the
+bytes come from changes:
+
+``"zarr"``
+    zarr's own ``LocalStore``.
+``"numpy"``
+    reads each file or byte range with ``readinto`` into a new NumPy array.
+``"mmap"`` (the default)
+    returns a read-only view of a memory map of the file (no copy of the
+    file; the pages are mapped with ``MAP_POPULATE`` where Linux has it). A
+    file truncated by another process while it is mapped ends the reader
+    with ``SIGBUS``; zarr and stemdask replace files by renaming, which
+    leaves a mapping valid.
+
+The setting is the environment variable ``STEMDASK_ZARR_READER`` (default
+``"mmap"``), read when a store is opened (``stemdask.open_dataset``): the
+opened dataset's reads use that reader in every process, workers included.
+:func:`use_reader` sets it in this process and, given a ``distributed``
+client, on its workers. It changes only the speed: every reader returns the
+same bytes (``tests/test_local_read.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.storage import LocalStore
+
+from ..errors import bad_value
+
+#: environment variable naming the reader of local stores (a key of :data:`READERS`)
+ENV_VAR = "STEMDASK_ZARR_READER"
+#: reader used when neither an argument nor :data:`ENV_VAR` chooses one
+DEFAULT_READER = "mmap"
+
+
+def _span(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:
+    """``(start, stop)`` of ``byte_range`` in a file of ``size`` bytes, clipped to the file as ``LocalStore`` does."""
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, RangeByteRequest):
+        start, stop = byte_range.start, byte_range.end
+    elif isinstance(byte_range, OffsetByteRequest):
+        start, stop = byte_range.offset, size
+    elif isinstance(byte_range, SuffixByteRequest):
+        start, stop = max(0, size - byte_range.suffix), size
+    else:
+        raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+    start = min(max(start, 0), size)
+    return start, min(max(stop, start), size)
+
+
+def _read_numpy(path: Path, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Buffer:
+    with open(path, "rb", buffering=0) as f:
+        start, stop = _span(os.fstat(f.fileno()).st_size, byte_range)
+        out = np.empty(stop - start, dtype=np.uint8)
+        f.seek(start)
+        done = 0
+        view = out.data
+        while done < out.size:
+            n = f.readinto(view[done:])
+            if not n:  # the file shrank since fstat
+                out = out[:done]
+                break
+            done += n
+    return prototype.buffer.from_array_like(out)
+
+
+_MMAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _read_mmap(path: Path, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Buffer:
+    with open(path, "rb", buffering=0) as f:
+        start, stop = _span(os.fstat(f.fileno()).st_size, byte_range)
+        if stop == start:
+            return prototype.buffer.from_array_like(np.empty(0, dtype=np.uint8))
+        offset = start - start % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(f.fileno(), stop - offset, flags=_MMAP_FLAGS, prot=mmap.PROT_READ, offset=offset)
+    # the array holds the map; it is unmapped when the last view of it goes
+    return prototype.buffer.from_array_like(np.frombuffer(mapped, dtype=np.uint8)[start - offset :])
+
+
+class _ReadingLocalStore(LocalStore):
+    """A ``LocalStore`` whose reads go through ``_read`` (a function like zarr's ``_get``)."""
+
+    _read: Any = None
+
+    async def get(
+        self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        if prototype is None:
+            prototype = default_buffer_prototype()
+        if not self._is_open:
+            await self._open()
+        try:
+            return await asyncio.to_thread(type(self)._read, self.root / key, prototype, byte_range)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, byte_range) for key, byte_range in key_ranges)))
+
+
+class NumpyReadLocalStore(_ReadingLocalStore):
+    """``LocalStore`` that reads each file or byte range into a new NumPy array (``readinto``)."""
+
+    _read = staticmethod(_read_numpy)
+
+
+class MmapLocalStore(_ReadingLocalStore):
+    """``LocalStore`` whose reads are read-only views of a memory map of the file."""
+
+    _read = staticmethod(_read_mmap)
+
+
+#: reader name -> zarr store class for a local directory
+READERS: dict[str, type[LocalStore]] = {
+    "zarr": LocalStore,
+    "numpy": NumpyReadLocalStore,
+    "mmap": MmapLocalStore,
+}
+
+
+def resolve_reader(reader: str | None = None) -> str:
+    """The reader to use: ``reader`` if given, else :data:`ENV_VAR`, else :data:`DEFAULT_READER`.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a name that is not a key of :data:`READERS`.
+    """
+    name = reader if reader is not None else os.environ.get(ENV_VAR, DEFAULT_READER)
+    if name not in READERS:
+        where = "reader" if reader is not None else ENV_VAR
+        raise bad_value(where, name, f"one of {sorted(READERS)}")
+    return name
+
+
+def reading_store(store: Any, reader: str | None = None) -> Any:
+    """A read-only zarr store for ``store`` read by ``reader``: a local path becomes that reader's store.
+
+    Anything else (a zarr store object, a URL) is returned unchanged.
+    """
+    name = resolve_reader(reader)
+    if isinstance(store, (str, os.PathLike)) and "://" not in str(store):
+        return READERS[name](os.fspath(store), read_only=True)
+    return store
+
+
+def use_reader(name: str, *, client: Any | None = None) -> str:
+    """Read local zarr stores opened from now on with reader ``name``; return the previous name.
+
+    Sets :data:`ENV_VAR` in this process and, given a ``distributed`` client,
+    on each of its workers (for stores opened there).
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a name that is not a key of :data:`READERS`.
+    """
+    previous = resolve_reader()
+    resolve_reader(name)
+    os.environ[ENV_VAR] = name
+    if client is not None:
+        client.run(os.environ.__setitem__, ENV_VAR, name)
+    return previous
+
+
+__all__ = [
+    "DEFAULT_READER",
+    "ENV_VAR",
+    "READERS",
+    "MmapLocalStore",
+    "NumpyReadLocalStore",
+    "reading_store",
+    "resolve_reader",
+    "use_reader",
+]

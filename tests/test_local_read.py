@@ -1,0 +1,124 @@
+"""Readers of local zarr stores (io/local_read): same bytes as zarr's LocalStore, checks kept."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+import stemdask
+from stemdask.errors import CorruptChunkError, InvalidArgumentError
+from stemdask.io import local_read
+from stemdask.io.checked import CheckedZarrSource
+
+READERS = sorted(local_read.READERS)
+pytestmark = pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")
+
+
+def _store(tmp_path, rng, codec):
+    # 5x7 positions with inner chunks 2x2 and shards 2x4: edge chunks and edge shards on both scan axes
+    values = rng.integers(0, 4096, size=(5, 7, 12, 10), dtype=np.uint16)
+    path = stemdask.save(
+        stemdask.from_array(values), tmp_path / f"{codec}.zarr", codec=codec, chunks=(2, 2), shards=(2, 4)
+    )
+    return Path(path), values
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_byte_ranges_equal_localstore(tmp_path, reader):
+    (tmp_path / "f").write_bytes(bytes(range(256)) * 40)
+    plain = zarr.storage.LocalStore(tmp_path, read_only=True)
+    store = local_read.READERS[reader](tmp_path, read_only=True)
+    proto = default_buffer_prototype()
+    requests = [
+        None,
+        RangeByteRequest(0, 10),
+        RangeByteRequest(4093, 8200),  # across a page boundary, unaligned start
+        RangeByteRequest(10000, 20000),  # past the end: clipped
+        RangeByteRequest(5, 5),
+        OffsetByteRequest(4097),
+        SuffixByteRequest(7),
+        SuffixByteRequest(100000),
+    ]
+    for request in requests:
+        want = sync(plain.get("f", proto, request)).to_bytes()
+        got = sync(store.get("f", proto, request))
+        assert got.to_bytes() == want, request
+    assert sync(store.get("missing", proto)) is None
+    got = sync(store.get_partial_values(proto, [("f", RangeByteRequest(1, 3)), ("f", SuffixByteRequest(1))]))
+    assert [g.to_bytes() for g in got] == [bytes([1, 2]), bytes([255])]
+
+
+@pytest.mark.parametrize("codec", ["none", None])  # None: the default codec
+@pytest.mark.parametrize("reader", READERS)
+def test_every_reader_round_trips_bitwise_threads(tmp_path, rng, monkeypatch, codec, reader):
+    path, values = _store(tmp_path, rng, codec)
+    monkeypatch.setenv(local_read.ENV_VAR, reader)
+    whole = stemdask.open_dataset(path)
+    assert whole.data.compute(scheduler="sync").tobytes() == values.tobytes()
+    tiles = stemdask.open_dataset(path, chunks=(3, 3))  # tiles across inner-chunk and shard edges
+    got = tiles.data.compute(scheduler="threads")
+    assert got.dtype == values.dtype and got.tobytes() == values.tobytes()
+    np.testing.assert_array_equal(tiles.data[1:4, 2:7].compute(scheduler="threads"), values[1:4, 2:7])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_every_reader_round_trips_bitwise_localcluster(tmp_path, rng, local_client, reader):
+    path, values = _store(tmp_path, rng, "none")
+    previous = local_read.use_reader(reader)  # chosen on the client only: the source carries it to the workers
+    try:
+        data = stemdask.open_dataset(path, chunks=(3, 3))
+    finally:
+        local_read.use_reader(previous)
+    got = local_client.compute(data.data).result()
+    assert got.tobytes() == values.tobytes()
+    (source,) = {
+        id(v): v for v in dict(data.data.__dask_graph__()).values() if isinstance(v, CheckedZarrSource)
+    }.values()
+    name, part = local_client.submit(_read_on_worker, source, pure=False).result()
+    assert name == local_read.READERS[reader].__name__ and part.tobytes() == values[1:4, 2:7].tobytes()
+
+
+def _read_on_worker(source):
+    return type(source.array().store).__name__, np.asarray(source[1:4, 2:7])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_corrupt_chunk_is_still_found(tmp_path, rng, monkeypatch, reader):
+    path, values = _store(tmp_path, rng, "none")
+    data = bytearray((path / "intensity" / "c" / "1" / "1" / "0" / "0").read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (path / "intensity" / "c" / "1" / "1" / "0" / "0").write_bytes(bytes(data))
+    monkeypatch.setenv(local_read.ENV_VAR, reader)
+    opened = stemdask.open_dataset(path)
+    np.testing.assert_array_equal(opened[:2].data.compute(scheduler="sync"), values[:2])
+    with pytest.raises(CorruptChunkError, match="intensity/c/1/1/0/0"):
+        opened.data.compute(scheduler="sync")
+
+
+def test_the_source_carries_its_reader(tmp_path, rng, monkeypatch):
+    path, values = _store(tmp_path, rng, "none")
+    monkeypatch.setenv(local_read.ENV_VAR, "numpy")
+    source = CheckedZarrSource(str(path), "intensity", values.shape, values.dtype)
+    monkeypatch.setenv(local_read.ENV_VAR, "zarr")
+    again = pickle.loads(pickle.dumps(source))
+    assert again.reader == "numpy" and type(again.array().store) is local_read.NumpyReadLocalStore
+    assert np.asarray(again[1:3, 2:5]).tobytes() == values[1:3, 2:5].tobytes()
+    monkeypatch.delenv(local_read.ENV_VAR)
+    assert local_read.resolve_reader() == local_read.DEFAULT_READER == "mmap"
+    store_object = zarr.storage.LocalStore(path, read_only=True)
+    assert local_read.reading_store(store_object, "mmap") is store_object  # store objects are used as given
+
+
+def test_unknown_reader_is_refused(monkeypatch):
+    with pytest.raises(InvalidArgumentError, match="reader='nope'.*mmap"):
+        local_read.resolve_reader("nope")
+    with pytest.raises(InvalidArgumentError, match="STEMDASK_ZARR_READER='nope'"):
+        monkeypatch.setenv(local_read.ENV_VAR, "nope")
+        local_read.resolve_reader()
+    with pytest.raises(InvalidArgumentError):
+        local_read.use_reader("nope")
