@@ -122,3 +122,21 @@ def test_unknown_reader_is_refused(monkeypatch):
         local_read.resolve_reader()
     with pytest.raises(InvalidArgumentError):
         local_read.use_reader("nope")
+
+
+def test_mmap_reader_sees_files_rewritten_after_a_read(tmp_path, rng, monkeypatch):
+    path, values = _store(tmp_path, rng, "none")
+    monkeypatch.setenv(local_read.ENV_VAR, "mmap")
+    assert stemdask.open_dataset(path).data.compute(scheduler="sync").tobytes() == values.tobytes()  # maps kept
+    new = (values[::-1] + 1).astype(np.uint16)
+    zarr.open_array(path / "intensity", mode="r+")[:] = new  # zarr replaces each shard file (a new inode)
+    assert stemdask.open_dataset(path).data.compute(scheduler="sync").tobytes() == new.tobytes()
+    shard = path / "intensity" / "c" / "1" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    with open(shard, "r+b") as f:  # in place: same inode and size, seen through the kept map
+        f.write(bytes(data))
+    with pytest.raises(CorruptChunkError, match="intensity/c/1/1/0/0"):
+        stemdask.open_dataset(path).data.compute(scheduler="sync")
+    local_read.clear_maps()
+    assert not local_read._maps
