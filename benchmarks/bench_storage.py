@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -609,7 +611,7 @@ def raw_shard_profile_rows(tmp, repeat):
 
     def mapped_crc():
         with open(shard, "rb") as f:
-            m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         google_crc32c.value(np.frombuffer(m, np.uint8))
 
     cases = []
@@ -623,18 +625,77 @@ def raw_shard_profile_rows(tmp, repeat):
     cases += [
         ("part: the shard file into a new bytes (zarr's LocalStore)", size, lambda: open(shard, "rb").read()),
         ("part: the shard file into a new NumPy array (readinto; reader 'numpy')", size, readinto),
-        ("part: map the shard file (MAP_POPULATE) and crc32c it (reader 'mmap' + check)", size, mapped_crc),
+        ("part: map the shard file and crc32c it (reader 'mmap', first read, + check)", size, mapped_crc),
         ("part: crc32c of the 16 chunks in memory", x.nbytes, lambda: [google_crc32c.value(c) for c in chunks]),
         ("part: copy the chunks into a new array (done twice by zarr)", x.nbytes, lambda: np.concatenate(chunks)),
     ]
+    # two threads at once, each reading one half of the shard as a dask task does (CheckedZarrSource)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stemdask.io.checked import CheckedZarrSource
+
+    pool = ThreadPoolExecutor(2)
+    for name in READERS:
+        source = CheckedZarrSource(path, "", shape, x.dtype, name)
+        halves = [np.s_[:16], np.s_[16:]]
+        cases.append(
+            (
+                f"read: reader {name!r}, two threads, one tile each",
+                x.nbytes,
+                lambda s=source: list(pool.map(s.__getitem__, halves)),
+            )
+        )
     rows = []
     for label, nbytes, fn in cases:
         t_wall, t_cpu = _cpu_wall_median(fn, repeat)
         rows.append((label, nbytes / 1e6 / t_wall, nbytes / 1e6 / max(t_cpu, 1e-6), t_cpu * 1e3))
+    pool.shutdown()
+    # one dask tile as stemdask's dask tasks read it (CheckedZarrSource), in a fresh process each: plain,
+    # and with the nanny's MALLOC_TRIM_THRESHOLD_ (mmap threshold fixed at 128 KiB) with and without
+    # keep_freed_memory (which CheckedZarrSource calls: mmap threshold 32 MiB)
+    for env_label, env, keep in (
+        ("plain process", {}, True),
+        (
+            "nanny's MALLOC_TRIM_THRESHOLD_, thresholds raised (as on a worker)",
+            {"MALLOC_TRIM_THRESHOLD_": "65536"},
+            True,
+        ),
+        ("nanny's MALLOC_TRIM_THRESHOLD_, thresholds not raised", {"MALLOC_TRIM_THRESHOLD_": "65536"}, False),
+    ):
+        for name in READERS:
+            probe = subprocess.run(
+                [sys.executable, __file__, "--tile-probe", path, name, str(max(repeat, 7)), str(int(keep))],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            t_wall, t_cpu = json.loads(probe.stdout.strip().splitlines()[-1])
+            nbytes = x.nbytes // 2
+            label = f"dask tile via CheckedZarrSource, reader {name!r}, {env_label}"
+            rows.append((label, nbytes / 1e6 / t_wall, nbytes / 1e6 / max(t_cpu, 1e-6), t_cpu * 1e3))
     return rows
 
 
+def _tile_probe(path: str, reader: str, repeat: int, keep: bool) -> tuple[float, float]:
+    """(wall, CPU) median seconds of reading the first 16x128 positions of ``path`` as a dask task does."""
+    import stemdask.worker_memory as wm
+    from stemdask.io.checked import CheckedZarrSource
+
+    if not keep:
+        wm._done = True  # as before the read path raised the thresholds itself
+    import zarr
+
+    shape = zarr.open_array(path, mode="r").shape
+    source = CheckedZarrSource(path, "", shape, np.dtype("uint16"), reader)
+    return _cpu_wall_median(lambda: source[:16, :, :, :], repeat)
+
+
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--tile-probe":
+        path, reader, repeat, keep = sys.argv[2:]
+        print(json.dumps(_tile_probe(path, reader, int(repeat), bool(int(keep)))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)

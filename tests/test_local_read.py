@@ -140,3 +140,20 @@ def test_mmap_reader_sees_files_rewritten_after_a_read(tmp_path, rng, monkeypatc
         stemdask.open_dataset(path).data.compute(scheduler="sync")
     local_read.clear_maps()
     assert not local_read._maps
+
+
+def test_mmap_reader_keeps_maps_within_its_budget(tmp_path, rng, monkeypatch):
+    path, values = _store(tmp_path, rng, "none")
+    shards = sorted(str(p) for p in (path / "intensity" / "c").rglob("*") if p.is_file())
+    monkeypatch.setenv(local_read.ENV_VAR, "mmap")
+    sizes = [Path(p).stat().st_size for p in shards]
+    for budget, kept in ((0, 0), (max(sizes), 1), (sum(sizes), len(shards))):
+        local_read.clear_maps()
+        monkeypatch.setenv(local_read.MAP_CACHE_ENV, str(budget))
+        assert stemdask.open_dataset(path).data.compute(scheduler="sync").tobytes() == values.tobytes()
+        assert len(local_read._maps) == kept and set(local_read._maps) <= set(shards)
+    monkeypatch.setenv(local_read.MAP_CACHE_ENV, "lots")
+    local_read.clear_maps()
+    with pytest.raises(InvalidArgumentError, match="STEMDASK_ZARR_MAP_CACHE_BYTES='lots'"):
+        local_read.MmapLocalStore._read(Path(shards[0]), default_buffer_prototype(), None)
+    local_read.clear_maps()

@@ -21,9 +21,12 @@ bytes come from changes:
 ``"mmap"`` (the default)
     returns a read-only view of a memory map of the file (no copy of the
     file). Each process keeps the maps of the files it read last, up to
-    :data:`MAP_CACHE_BYTES` (their pages count in its resident memory, as
-    the maps of ``.npy`` files do), and maps a file afresh when its inode,
-    size or modification time changed. A file truncated by another process
+    :data:`MAP_CACHE_BYTES` (128 MiB; the last file read is kept even when
+    larger; environment variable ``STEMDASK_ZARR_MAP_CACHE_BYTES``, ``0``
+    keeps none). The pages of kept maps count in the process's resident
+    memory, as the maps of ``.npy`` files do, though the kernel can drop
+    them. A file is mapped afresh when its inode, size or modification
+    time changed. A file truncated by another process
     while a read of it is under way ends the reader with ``SIGBUS``; zarr
     and stemdask replace files by renaming, which leaves a map valid.
 
@@ -91,8 +94,11 @@ def _read_numpy(path: Path, prototype: BufferPrototype, byte_range: ByteRequest 
     return prototype.buffer.from_array_like(out)
 
 
-#: bytes of file maps kept per process by the ``"mmap"`` reader (least recently used dropped first)
-MAP_CACHE_BYTES = 256 * 2**20
+#: bytes of file maps kept per process by the ``"mmap"`` reader (least recently used dropped first;
+#: the last file read is kept even when larger); environment variable :data:`MAP_CACHE_ENV` overrides it
+MAP_CACHE_BYTES = 128 * 2**20
+#: environment variable: bytes of file maps to keep per process, ``0`` to map each read afresh
+MAP_CACHE_ENV = "STEMDASK_ZARR_MAP_CACHE_BYTES"
 _maps: OrderedDict[str, tuple[tuple[int, int, int], np.ndarray]] = OrderedDict()
 _maps_lock = threading.Lock()
 
@@ -119,13 +125,27 @@ def _mapped(path: Path) -> np.ndarray:
             return np.empty(0, dtype=np.uint8)
         # the array holds the map; it is unmapped when the last view of it goes
         view = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+    budget = _map_cache_bytes()
     with _maps_lock:
+        if budget <= 0:
+            _maps.clear()
+            return view
         _maps[key] = (ident, view)
         _maps.move_to_end(key)
         total = sum(v.nbytes for _, v in _maps.values())
-        while total > MAP_CACHE_BYTES and len(_maps) > 1:
+        while total > budget and len(_maps) > 1:
             total -= _maps.popitem(last=False)[1][1].nbytes
     return view
+
+
+def _map_cache_bytes() -> int:
+    text = os.environ.get(MAP_CACHE_ENV)
+    if text is None:
+        return MAP_CACHE_BYTES
+    try:
+        return int(text)
+    except ValueError:
+        raise bad_value(MAP_CACHE_ENV, text, "a whole number of bytes (0: keep no maps)") from None
 
 
 def clear_maps() -> None:
@@ -232,6 +252,7 @@ __all__ = [
     "DEFAULT_READER",
     "ENV_VAR",
     "MAP_CACHE_BYTES",
+    "MAP_CACHE_ENV",
     "READERS",
     "MmapLocalStore",
     "NumpyReadLocalStore",
