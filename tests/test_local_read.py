@@ -157,3 +157,30 @@ def test_mmap_reader_keeps_maps_within_its_budget(tmp_path, rng, monkeypatch):
     with pytest.raises(InvalidArgumentError, match="STEMDASK_ZARR_MAP_CACHE_BYTES='lots'"):
         local_read.MmapLocalStore._read(Path(shards[0]), default_buffer_prototype(), None)
     local_read.clear_maps()
+
+
+def _resident_kib(path: str) -> int:
+    """Resident KiB of this process's maps of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isalnum() and "-" in line.split()[0] and ":" not in line.split()[0]:
+            inside = line.rstrip().endswith(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_kept_maps_leave_the_resident_memory_after_a_read(tmp_path, rng, monkeypatch):
+    path, values = _store(tmp_path, rng, "none")
+    shard = str((path / "intensity" / "c" / "0" / "0" / "0" / "0").resolve())
+    local_read.clear_maps()
+    store = local_read.MmapLocalStore(path, read_only=True)
+    sync(store.get("intensity/c/0/0/0/0", default_buffer_prototype())).as_numpy_array().sum()  # touch every page
+    assert shard in local_read._maps and _resident_kib(shard) > 0
+    local_read.release_pages()
+    assert _resident_kib(shard) == 0 and shard in local_read._maps  # the map stays, its pages left
+    source = CheckedZarrSource(str(path), "intensity", values.shape, values.dtype, "mmap")
+    assert np.asarray(source[0:2, 0:4]).tobytes() == values[0:2, 0:4].tobytes()
+    assert _resident_kib(shard) == 0  # CheckedZarrSource released them after its read
+    local_read.clear_maps()

@@ -154,6 +154,10 @@ class CheckedZarrSource:
             if not bad:
                 raise
             raise CorruptChunkError(describe_bad(self.store, array, bad)) from err
+        finally:
+            release = getattr(array.store, "release_pages", None)
+            if release is not None:
+                release()  # kept file maps out of the resident memory (io/local_read)
 
 
 __all__ = [

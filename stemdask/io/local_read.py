@@ -2,11 +2,12 @@
 
 zarr-python's ``LocalStore.get`` reads a file (or a byte range of a shard)
 into a new ``bytes`` object. For a large read those are freshly mapped
-4 KiB pages that the kernel faults in one by one while copying: 1.7-1.9 GB
-per CPU-second on this machine, where the same read into a NumPy array
-(which asks for transparent huge pages) runs at 9 GB/s and a memory map of
-the page cache at 15 GB/s (docs/storage.md, "Read path"). For an
-uncompressed store that copy is most of the read.
+4 KiB pages that the kernel faults in one by one while copying: 1.6-2.0 GB
+per CPU-second on the development machine, where the same read into a
+NumPy array (which asks for transparent huge pages) runs at 9-11 GB/s and
+a crc32c over a memory map of the page cache at 14-15 GB/s (docs/storage.md,
+"One uncompressed shard"). For an uncompressed store that copy was the
+largest part of the read.
 
 The readers here are zarr ``Store`` classes (``LocalStore`` subclasses whose
 ``get`` returns a zarr ``Buffer``), so the whole of zarr's codec pipeline
@@ -23,12 +24,13 @@ bytes come from changes:
     file). Each process keeps the maps of the files it read last, up to
     :data:`MAP_CACHE_BYTES` (128 MiB; the last file read is kept even when
     larger; environment variable ``STEMDASK_ZARR_MAP_CACHE_BYTES``, ``0``
-    keeps none). The pages of kept maps count in the process's resident
-    memory, as the maps of ``.npy`` files do, though the kernel can drop
-    them. A file is mapped afresh when its inode, size or modification
-    time changed. A file truncated by another process
-    while a read of it is under way ends the reader with ``SIGBUS``; zarr
-    and stemdask replace files by renaming, which leaves a map valid.
+    keeps none). After each read of a dense store the kept maps' pages are
+    taken out of the process's resident memory (:func:`release_pages`), so
+    they do not count against a dask worker's memory limit. A file is
+    mapped afresh when its inode, size or modification
+    time changed. A file truncated in place by another process while a
+    read of it is under way ends the reader with ``SIGBUS``; zarr and
+    stemdask replace files by renaming, which leaves a map valid.
 
 The setting is the environment variable ``STEMDASK_ZARR_READER`` (default
 ``"mmap"``), read when a store is opened (``stemdask.open_dataset``): the
@@ -50,8 +52,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from ..errors import bad_value
@@ -99,7 +102,7 @@ def _read_numpy(path: Path, prototype: BufferPrototype, byte_range: ByteRequest 
 MAP_CACHE_BYTES = 128 * 2**20
 #: environment variable: bytes of file maps to keep per process, ``0`` to map each read afresh
 MAP_CACHE_ENV = "STEMDASK_ZARR_MAP_CACHE_BYTES"
-_maps: OrderedDict[str, tuple[tuple[int, int, int], np.ndarray]] = OrderedDict()
+_maps: OrderedDict[str, tuple[tuple[int, int, int], np.ndarray, mmap.mmap]] = OrderedDict()
 _maps_lock = threading.Lock()
 
 
@@ -124,18 +127,39 @@ def _mapped(path: Path) -> np.ndarray:
         if st.st_size == 0:
             return np.empty(0, dtype=np.uint8)
         # the array holds the map; it is unmapped when the last view of it goes
-        view = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = np.frombuffer(mapped, dtype=np.uint8)
     budget = _map_cache_bytes()
     with _maps_lock:
         if budget <= 0:
             _maps.clear()
             return view
-        _maps[key] = (ident, view)
+        _maps[key] = (ident, view, mapped)
         _maps.move_to_end(key)
-        total = sum(v.nbytes for _, v in _maps.values())
+        total = sum(entry[1].nbytes for entry in _maps.values())
         while total > budget and len(_maps) > 1:
             total -= _maps.popitem(last=False)[1][1].nbytes
     return view
+
+
+def release_pages() -> None:
+    """Take the pages of the kept maps out of this process's resident memory (they stay in the page cache).
+
+    ``madvise(MADV_DONTNEED)`` on each kept map: the map stays, its next read
+    faults the pages back in from the page cache. Called after every read
+    of a dense store (``CheckedZarrSource``), so that the kept maps do not
+    count as the worker's memory: dask's memory monitor counts resident
+    file pages, and without this a worker with a small memory limit paused
+    on them (``bench_imaging.py --ooc``). Safe while another thread reads
+    the same map: a read-only shared map loses nothing.
+    """
+    with _maps_lock:
+        kept = [entry[2] for entry in _maps.values()]
+    for mapped in kept:
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except (ValueError, OSError, AttributeError):  # closed, or no madvise on this platform
+            pass
 
 
 def _map_cache_bytes() -> int:
@@ -193,6 +217,10 @@ class MmapLocalStore(_ReadingLocalStore):
     """``LocalStore`` whose reads are read-only views of a memory map of the file."""
 
     _read = staticmethod(_read_mmap)
+
+    def release_pages(self) -> None:
+        """:func:`release_pages`: called by ``CheckedZarrSource`` when a read is done."""
+        release_pages()
 
 
 #: reader name -> zarr store class for a local directory
@@ -257,6 +285,7 @@ __all__ = [
     "MmapLocalStore",
     "NumpyReadLocalStore",
     "clear_maps",
+    "release_pages",
     "reading_store",
     "resolve_reader",
     "use_reader",
