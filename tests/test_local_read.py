@@ -184,3 +184,20 @@ def test_kept_maps_leave_the_resident_memory_after_a_read(tmp_path, rng, monkeyp
     assert np.asarray(source[0:2, 0:4]).tobytes() == values[0:2, 0:4].tobytes()
     assert _resident_kib(shard) == 0  # CheckedZarrSource released them after its read
     local_read.clear_maps()
+
+
+@pytest.mark.parametrize("reader", ["mmap", "numpy"])
+def test_a_corrupt_chunk_is_found_on_the_localcluster(tmp_path, rng, local_client, reader):
+    path, values = _store(tmp_path, rng, "none")
+    shard = path / "intensity" / "c" / "2" / "1" / "0" / "0"  # an edge shard (scan_y 4, scan_x 4-6)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+    previous = local_read.use_reader(reader)
+    try:
+        opened = stemdask.open_dataset(path, chunks=(3, 3))
+    finally:
+        local_read.use_reader(previous)
+    assert local_client.compute(opened.data[:4]).result().tobytes() == values[:4].tobytes()
+    with pytest.raises(CorruptChunkError, match="intensity/c/2/1/0/0"):
+        local_client.compute(opened.data).result()
