@@ -201,3 +201,23 @@ def test_a_corrupt_chunk_is_found_on_the_localcluster(tmp_path, rng, local_clien
     assert local_client.compute(opened.data[:4]).result().tobytes() == values[:4].tobytes()
     with pytest.raises(CorruptChunkError, match="intensity/c/2/1/0/0"):
         local_client.compute(opened.data).result()
+
+
+def test_under_zarrs_the_source_reads_through_zarrs_and_back(tmp_path, rng, monkeypatch):
+    pytest.importorskip("zarrs")
+    from stemdask.io.pipeline import ENV_VAR, PIPELINES, use_codec_pipeline
+
+    monkeypatch.setenv(ENV_VAR, PIPELINES["zarr"])  # restored after the test
+    path, values = _store(tmp_path, rng, "none")
+    source = CheckedZarrSource(str(path), "intensity", values.shape, values.dtype, "mmap")
+    assert type(source.array().store) is local_read.MmapLocalStore
+    previous = use_codec_pipeline("zarrs")
+    try:
+        # zarrs reads local files itself and would silently fall back for a store class it does not know
+        pipeline = source.array()._async_array.codec_pipeline
+        assert type(pipeline).__name__ == "ZarrsCodecPipeline" and type(source.array().store) is zarr.storage.LocalStore
+        assert np.asarray(source[1:4, 2:7]).tobytes() == values[1:4, 2:7].tobytes()
+    finally:
+        use_codec_pipeline(previous)
+    assert type(source.array().store) is local_read.MmapLocalStore  # reopened for zarr-python's pipeline
+    assert np.asarray(source[1:4, 2:7]).tobytes() == values[1:4, 2:7].tobytes()

@@ -119,13 +119,14 @@ class CheckedZarrSource:
     dtype: np.dtype
     reader: str = field(default_factory=resolve_reader)
     _array: Any = field(default=None, repr=False, compare=False)
+    _pipeline: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_array": None, "_pipeline": None}
 
     def __dask_tokenize__(self) -> tuple:
         stamp = None
@@ -134,10 +135,12 @@ class CheckedZarrSource:
         return ("stemdask-checked-zarr", str(self.store), self.path, self.shape, str(self.dtype), stamp)
 
     def array(self) -> zarr.Array:
-        if self._array is None:
-            self._array = zarr.open_array(
-                reading_store(self.store, self.reader), path=self.path, mode="r", zarr_format=3
-            )
+        """The zarr array, opened once per process and again when zarr's codec pipeline setting changed."""
+        pipeline = str(zarr.config.get("codec_pipeline.path"))
+        if self._array is None or self._pipeline != pipeline:
+            store = reading_store(self.store, self.reader)
+            self._array = zarr.open_array(store, path=self.path, mode="r", zarr_format=3)
+            self._pipeline = pipeline
         return self._array
 
     def __getitem__(self, index: Any) -> np.ndarray:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.buffer import default_buffer_prototype
@@ -246,13 +247,23 @@ def resolve_reader(reader: str | None = None) -> str:
     return name
 
 
+#: zarr-python's own codec pipeline: the one that reads through a store's ``get`` (and so through these readers)
+ZARR_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+
+
 def reading_store(store: Any, reader: str | None = None) -> Any:
     """A read-only zarr store for ``store`` read by ``reader``: a local path becomes that reader's store.
 
-    Anything else (a zarr store object, a URL) is returned unchanged.
+    Anything else (a zarr store object, a URL) is returned unchanged. Under
+    another codec pipeline than zarr-python's (``zarrs``, which reads local
+    files with its own Rust store and falls back to zarr-python's pipeline,
+    silently, for a store class it does not know) a local path becomes
+    zarr's own ``LocalStore`` whatever ``reader`` says.
     """
     name = resolve_reader(reader)
     if isinstance(store, (str, os.PathLike)) and "://" not in str(store):
+        if str(zarr.config.get("codec_pipeline.path")) != ZARR_PIPELINE:
+            name = "zarr"
         return READERS[name](os.fspath(store), read_only=True)
     return store
 
@@ -282,6 +293,7 @@ __all__ = [
     "MAP_CACHE_BYTES",
     "MAP_CACHE_ENV",
     "READERS",
+    "ZARR_PIPELINE",
     "MmapLocalStore",
     "NumpyReadLocalStore",
     "clear_maps",
