@@ -67,7 +67,8 @@ def test_every_reader_round_trips_bitwise_threads(tmp_path, rng, monkeypatch, co
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_every_reader_round_trips_bitwise_localcluster(tmp_path, rng, local_client, reader):
+def test_every_reader_round_trips_bitwise_localcluster(tmp_path, rng, local_client, monkeypatch, reader):
+    monkeypatch.delenv(local_read.ENV_VAR, raising=False)  # restored after use_reader below
     path, values = _store(tmp_path, rng, "none")
     previous = local_read.use_reader(reader)  # chosen on the client only: the source carries it to the workers
     try:
@@ -187,7 +188,8 @@ def test_kept_maps_leave_the_resident_memory_after_a_read(tmp_path, rng, monkeyp
 
 
 @pytest.mark.parametrize("reader", ["mmap", "numpy"])
-def test_a_corrupt_chunk_is_found_on_the_localcluster(tmp_path, rng, local_client, reader):
+def test_a_corrupt_chunk_is_found_on_the_localcluster(tmp_path, rng, local_client, monkeypatch, reader):
+    monkeypatch.delenv(local_read.ENV_VAR, raising=False)  # restored after use_reader below
     path, values = _store(tmp_path, rng, "none")
     shard = path / "intensity" / "c" / "2" / "1" / "0" / "0"  # an edge shard (scan_y 4, scan_x 4-6)
     data = bytearray(shard.read_bytes())
