@@ -13,7 +13,7 @@ through a LocalCluster, reporting peak worker memory.
     python3 benchmarks/bench_imaging.py --scan 64 --reps 3 --skip-peers
     python3 benchmarks/bench_imaging.py --kernels-only   # the fused kernels on one block, CPU time
     python3 benchmarks/bench_imaging.py --store-vs-npy --json benchmarks/_work/store_vs_npy.json
-        # 1 mask and CoM: default-codec store against the same .npy (threads, 2-worker cluster)
+        # 1 mask and CoM: default-codec and uncompressed store against the same .npy (threads, 2-worker cluster)
 
 Set up the peers once (see benchmarks/README.md)::
 
@@ -229,16 +229,18 @@ def _interleaved(cases, reps):
 
 
 def store_vs_npy(args):
-    """1 mask and CoM from a default-codec store and from the same data as ``.npy``, same run.
+    """1 mask and CoM from a default-codec store, an uncompressed store and the same data as ``.npy``, same run.
 
-    Threads (2) and a 2-worker LocalCluster (processes, 1 thread each); the store is read
-    with zarr-python's pipeline and, where the package ``zarrs`` imports, with zarrs too.
+    Threads (2) and a 2-worker LocalCluster (processes, 1 thread each); each store is read
+    with zarr-python's pipeline through stemdask's default reader (``mmap``) and through
+    zarr's own ``LocalStore``, and, where the package ``zarrs`` imports, with zarrs too.
     Results are checked equal between the sources and, for the virtual image, against NumPy.
     """
     import importlib.util
 
     from distributed import Client, LocalCluster
 
+    from stemdask.io.local_read import use_reader
     from stemdask.io.pipeline import use_codec_pipeline
     from stemdask.io.sources import clear_map_cache
 
@@ -251,22 +253,45 @@ def store_vs_npy(args):
     mask = adf.values[0].astype(np.float64)
     reference = np.stack([np.tensordot(row.astype(np.float64), mask, axes=2) for row in arr])
     del arr
-    store = WORK / "imaging-default.zarr"
-    if store.exists():
-        shutil.rmtree(store)
-    stemdask.save(npy_data, store)  # the default codec: blosc lz4 bitshuffle + crc32c, sharded
-    on_disk = stemdask.open_dataset(store)
-    stored = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
-    pipes = {"store": "zarr", "npy": None}
+
+    def saved(name, codec, reader):
+        """The data saved as ``name`` with ``codec`` (None: the default), opened to be read by ``reader``."""
+        path = WORK / name
+        if not path.exists():
+            stemdask.save(npy_data, path, codec=codec)
+        previous = use_reader(reader)  # the opened source keeps its reader (io/local_read)
+        try:
+            return stemdask.open_dataset(path), sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        finally:
+            use_reader(previous)
+
+    for name in ("imaging-default.zarr", "imaging-none.zarr"):
+        if (WORK / name).exists():
+            shutil.rmtree(WORK / name)
+    # the default codec (blosc lz4 bitshuffle + crc32c) and "none" (crc32c only), both sharded as save makes them
+    on_disk, stored = saved("imaging-default.zarr", None, "mmap")
+    on_disk_lstore, _ = saved("imaging-default.zarr", None, "zarr")
+    raw, stored_raw = saved("imaging-none.zarr", "none", "mmap")
+    raw_lstore, _ = saved("imaging-none.zarr", "none", "zarr")
+    # case -> (dataset, codec pipeline or None); "reader zarr": zarr's own LocalStore, else stemdask's mmap reader
+    sources = {
+        "npy": (npy_data, None),
+        "store": (on_disk, "zarr"),
+        "store, reader zarr": (on_disk_lstore, "zarr"),
+        "store none": (raw, "zarr"),
+        "store none, reader zarr": (raw_lstore, "zarr"),
+    }
     if importlib.util.find_spec("zarrs") is not None:
-        pipes["store (zarrs)"] = "zarrs"
+        sources["store (zarrs)"] = (on_disk, "zarrs")
+        sources["store none (zarrs)"] = (raw, "zarrs")
     # "npy, fresh map": the map cache of io/sources dropped before each compute (in this process
     # and on the workers), as every read mapped the file afresh before the cache: its pages fault in again
-    pipes["npy, fresh map"] = None
-    sources = {"store": on_disk, "npy": npy_data, "store (zarrs)": on_disk, "npy, fresh map": npy_data}
+    sources["npy, fresh map"] = (npy_data, None)
+    pipes = {name: pipe for name, (_, pipe) in sources.items()}
     results: dict = {
         "nbytes": nbytes,
         "stored_bytes": stored,
+        "stored_bytes_none": stored_raw,
         "shape": list(npy_data.shape),
         "store_chunks": list(on_disk.data.chunksize),
         "npy_chunks": list(npy_data.data.chunksize),
@@ -274,11 +299,8 @@ def store_vs_npy(args):
     }
 
     def case(name, task, scheduler, client=None):
-        lazy = (
-            virtual_image(sources[name], adf, dtype="float64")
-            if task == "1 mask"
-            else center_of_mass(sources[name], dtype="float64")
-        )
+        data = sources[name][0]
+        lazy = virtual_image(data, adf, dtype="float64") if task == "1 mask" else center_of_mass(data, dtype="float64")
 
         def run():
             if pipes[name] is not None:
@@ -304,7 +326,11 @@ def store_vs_npy(args):
         if "store (zarrs)" in pipes:
             use_codec_pipeline("zarr", client=client)
 
-    print(f"data {results['shape']} uint16, {nbytes / 2**20:.0f} MiB; store {stored / 2**20:.0f} MiB", flush=True)
+    print(
+        f"data {results['shape']} uint16, {nbytes / 2**20:.0f} MiB; store {stored / 2**20:.0f} MiB, "
+        f"uncompressed store {stored_raw / 2**20:.0f} MiB",
+        flush=True,
+    )
     measure("threads", {"scheduler": "threads", "num_workers": 2})
     results["load_threads_end"] = os.getloadavg()
     with (
@@ -413,7 +439,9 @@ def main():
     parser.add_argument("--ooc-limit-mib", type=int, default=512, help="memory limit per worker (MiB)")
     parser.add_argument("--ooc-only", action="store_true", help="run only the out-of-core test")
     parser.add_argument(
-        "--store-vs-npy", action="store_true", help="only 1 mask and CoM from a default-codec store and the .npy"
+        "--store-vs-npy",
+        action="store_true",
+        help="only 1 mask and CoM from a default-codec store, an uncompressed one and the .npy",
     )
     parser.add_argument(
         "--keep-freed-memory",

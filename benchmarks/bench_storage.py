@@ -23,7 +23,10 @@ Rows:
   the same rounds (interleaved, so their ratio holds on a loaded machine);
 * raw read of an uncompressed sharded store with zarr-python, one thread,
   against reading the same bytes from the page cache (``np.fromfile``), for
-  zarr's default settings and a tuned ``zarr.config``;
+  zarr's default settings and a tuned ``zarr.config``, and through
+  stemdask's readers of local stores (``stemdask.io.local_read``);
+* ``--parts profile``: one default-codec shard written and read, and one
+  uncompressed shard read by each reader, against their parts by hand;
 * ``stemdask.save`` on a 2-worker LocalCluster with the default codec;
 * ``--parts events``: a virtual image from a histogram-coded counted store
   opened as events (each chunk decoded straight into an EventBlock) against
@@ -36,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -227,6 +232,7 @@ def raw_read_rows(tmp, repeat, quick):
     import zarr
 
     from stemdask.codecs import DEFAULT_CODEC, resolve_codec, with_checksum
+    from stemdask.io.local_read import READERS
 
     shape = (16, 32, 128, 128) if quick else (32, 64, 128, 128)  # 128 / 512 MiB uint16
     x = np.random.default_rng(0).poisson(1.0, size=shape).astype(np.uint16)
@@ -268,6 +274,12 @@ def raw_read_rows(tmp, repeat, quick):
                 assert np.array_equal(arr[:], x)
                 t_wall, t_cpu = _cpu_wall_median(lambda a=arr: a[:], repeat)
                 rows.append((f"{store_name} store: {label}", mb / t_wall, mb / t_cpu))
+        # zarr-python's pipeline reading through stemdask's stores (io/local_read): where the bytes come from
+        for reader in ("numpy", "mmap"):
+            arr = zarr.open_array(READERS[reader](path, read_only=True), mode="r")
+            assert np.array_equal(arr[:], x)
+            t_wall, t_cpu = _cpu_wall_median(lambda a=arr: a[:], repeat)
+            rows.append((f"{store_name} store: zarr-python, stemdask reader {reader!r}", mb / t_wall, mb / t_cpu))
         if _has("tensorstore") and _has("ml_dtypes"):
             import tensorstore as ts
 
@@ -629,7 +641,136 @@ def merlin_samples():
     return out
 
 
+def raw_shard_profile_rows(tmp, repeat):
+    """Where the time of reading one uncompressed shard goes: each reader of io/local_read, and its parts.
+
+    One shard of the imaging benchmark's layout (32x128 positions x 128x128 uint16 = 134 MB,
+    16 inner chunks of 2x128 positions, 8 MiB; codec "none": crc32c only), uniform 12-bit
+    values; the dask tile is half the shard (16x128). CPU time of the whole process (zarr
+    decodes on its own threads). Returns (label, MB/s wall, MB per CPU-s, CPU ms).
+    """
+    import mmap
+
+    import google_crc32c
+    import zarr
+
+    from stemdask.io.local_read import READERS
+
+    shape, inner = (32, 128, 128, 128), (2, 128, 128, 128)
+    x = np.random.default_rng(0).integers(0, 4096, size=shape, dtype=np.uint16)
+    path = os.path.join(tmp, "raw-shard.zarr")
+    z = zarr.create_array(
+        path, shape=shape, chunks=inner, shards=shape, dtype="uint16", compressors=[zarr.codecs.Crc32cCodec()]
+    )
+    z[:] = x
+    shard = os.path.join(path, "c", "0", "0", "0", "0")
+    size = os.path.getsize(shard)
+    chunks = [np.ascontiguousarray(x[i : i + 2]) for i in range(0, 32, 2)]
+    tile = np.s_[:16]
+
+    def readinto():
+        out = np.empty(size, np.uint8)
+        with open(shard, "rb", buffering=0) as f:
+            f.readinto(out)
+
+    def mapped_crc():
+        with open(shard, "rb") as f:
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        google_crc32c.value(np.frombuffer(m, np.uint8))
+
+    from zarr.buffer import default_buffer_prototype
+
+    out = default_buffer_prototype().nd_buffer.from_numpy_array(np.empty_like(x[tile]))
+    cases = []
+    for name, cls in READERS.items():
+        arr = zarr.open_array(cls(path, read_only=True), mode="r")
+        # zarr's public out= (an NDBuffer) against a new output: the sharding codec's own intermediate stays
+        cases.append(
+            (
+                f"read: reader {name!r}, one dask tile into a preallocated out= (get_basic_selection)",
+                x.nbytes // 2,
+                lambda a=arr: a.get_basic_selection(tile, out=out),
+            )
+        )
+        assert arr[:].tobytes() == x.tobytes() and arr[tile].tobytes() == x[tile].tobytes()
+        cases.append((f"read: reader {name!r}, whole shard", x.nbytes, lambda a=arr: a[:]))
+        cases.append(
+            (f"read: reader {name!r}, one dask tile (16x128, half the shard)", x.nbytes // 2, lambda a=arr: a[tile])
+        )
+    cases += [
+        ("part: the shard file into a new bytes (zarr's LocalStore)", size, lambda: open(shard, "rb").read()),
+        ("part: the shard file into a new NumPy array (readinto; reader 'numpy')", size, readinto),
+        ("part: map the shard file and crc32c it (reader 'mmap', first read, + check)", size, mapped_crc),
+        ("part: crc32c of the 16 chunks in memory", x.nbytes, lambda: [google_crc32c.value(c) for c in chunks]),
+        ("part: copy the chunks into a new array (done twice by zarr)", x.nbytes, lambda: np.concatenate(chunks)),
+    ]
+    # two threads at once, each reading one half of the shard as a dask task does (CheckedZarrSource)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stemdask.io.checked import CheckedZarrSource
+
+    pool = ThreadPoolExecutor(2)
+    for name in READERS:
+        source = CheckedZarrSource(path, "", shape, x.dtype, name)
+        halves = [np.s_[:16], np.s_[16:]]
+        cases.append(
+            (
+                f"read: reader {name!r}, two threads, one tile each",
+                x.nbytes,
+                lambda s=source: list(pool.map(s.__getitem__, halves)),
+            )
+        )
+    rows = []
+    for label, nbytes, fn in cases:
+        t_wall, t_cpu = _cpu_wall_median(fn, repeat)
+        rows.append((label, nbytes / 1e6 / t_wall, nbytes / 1e6 / max(t_cpu, 1e-6), t_cpu * 1e3))
+    pool.shutdown()
+    # one dask tile as stemdask's dask tasks read it (CheckedZarrSource), in a fresh process each: plain,
+    # and with the nanny's MALLOC_TRIM_THRESHOLD_ (mmap threshold fixed at 128 KiB) with and without
+    # keep_freed_memory (which CheckedZarrSource calls: mmap threshold 32 MiB)
+    for env_label, env, keep in (
+        ("plain process", {}, True),
+        (
+            "nanny's MALLOC_TRIM_THRESHOLD_, thresholds raised (as on a worker)",
+            {"MALLOC_TRIM_THRESHOLD_": "65536"},
+            True,
+        ),
+        ("nanny's MALLOC_TRIM_THRESHOLD_, thresholds not raised", {"MALLOC_TRIM_THRESHOLD_": "65536"}, False),
+    ):
+        for name in READERS:
+            probe = subprocess.run(
+                [sys.executable, __file__, "--tile-probe", path, name, str(max(repeat, 7)), str(int(keep))],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            t_wall, t_cpu = json.loads(probe.stdout.strip().splitlines()[-1])
+            nbytes = x.nbytes // 2
+            label = f"dask tile via CheckedZarrSource, reader {name!r}, {env_label}"
+            rows.append((label, nbytes / 1e6 / t_wall, nbytes / 1e6 / max(t_cpu, 1e-6), t_cpu * 1e3))
+    return rows
+
+
+def _tile_probe(path: str, reader: str, repeat: int, keep: bool) -> tuple[float, float]:
+    """(wall, CPU) median seconds of reading the first 16x128 positions of ``path`` as a dask task does."""
+    import stemdask.worker_memory as wm
+    from stemdask.io.checked import CheckedZarrSource
+
+    if not keep:
+        wm._done = True  # as before the read path raised the thresholds itself
+    import zarr
+
+    shape = zarr.open_array(path, mode="r").shape
+    source = CheckedZarrSource(path, "", shape, np.dtype("uint16"), reader)
+    return _cpu_wall_median(lambda: source[:16, :, :, :], repeat)
+
+
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--tile-probe":
+        path, reader, repeat, keep = sys.argv[2:]
+        print(json.dumps(_tile_probe(path, reader, int(repeat), bool(int(keep)))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
@@ -683,6 +824,13 @@ def main() -> None:
         lines += ["", "| one shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |", "|---|---|---|---|"]
         if "profile" in parts:
             for label, v, c, ms in shard_profile_rows(tmp, repeat):
+                lines.append(f"| {label} | {v:.0f} | {c:.0f} | {ms:.1f} |")
+            lines += [
+                "",
+                "| one uncompressed shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |",
+                "|---|---|---|---|",
+            ]
+            for label, v, c, ms in raw_shard_profile_rows(tmp, repeat):
                 lines.append(f"| {label} | {v:.0f} | {c:.0f} | {ms:.1f} |")
         lines += [
             "",

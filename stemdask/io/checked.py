@@ -26,6 +26,7 @@ import zarr
 
 from ..errors import CorruptChunkError
 from ..worker_memory import keep_freed_memory
+from .local_read import reading_store, resolve_reader
 
 #: chunks named in one error message (the count is always given)
 _NAMED = 8
@@ -107,21 +108,25 @@ class CheckedZarrSource:
     """A stored array for ``dask.array.from_array``: reads that name a bad chunk.
 
     Picklable (holds the store and the array path; the zarr array is opened
-    once per process on first read).
+    once per process on first read). A local store is read through the zarr
+    store of ``reader`` (:mod:`stemdask.io.local_read`; chosen where the
+    source is made, so workers read as the client chose).
     """
 
     store: Any
     path: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    reader: str = field(default_factory=resolve_reader)
     _array: Any = field(default=None, repr=False, compare=False)
+    _pipeline: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_array": None, "_pipeline": None}
 
     def __dask_tokenize__(self) -> tuple:
         stamp = None
@@ -130,8 +135,12 @@ class CheckedZarrSource:
         return ("stemdask-checked-zarr", str(self.store), self.path, self.shape, str(self.dtype), stamp)
 
     def array(self) -> zarr.Array:
-        if self._array is None:
-            self._array = zarr.open_array(self.store, path=self.path, mode="r", zarr_format=3)
+        """The zarr array, opened once per process and again when zarr's codec pipeline setting changed."""
+        pipeline = str(zarr.config.get("codec_pipeline.path"))
+        if self._array is None or self._pipeline != pipeline:
+            store = reading_store(self.store, self.reader)
+            self._array = zarr.open_array(store, path=self.path, mode="r", zarr_format=3)
+            self._pipeline = pipeline
         return self._array
 
     def __getitem__(self, index: Any) -> np.ndarray:
@@ -148,6 +157,10 @@ class CheckedZarrSource:
             if not bad:
                 raise
             raise CorruptChunkError(describe_bad(self.store, array, bad)) from err
+        finally:
+            release = getattr(array.store, "release_pages", None)
+            if release is not None:
+                release()  # kept file maps out of the resident memory (io/local_read)
 
 
 __all__ = [
