@@ -40,6 +40,7 @@ from ..checks import tile as check_tile
 from ..codecs import resolve_codec, with_checksum
 from ..dataset import DIMS, dask_data, default_chunks, from_array, validate
 from ..errors import FileFormatError, IncompleteStoreError, bad_type, bad_value
+from ..worker_memory import keep_freed_memory
 from .checked import CheckedZarrSource
 from .layouts import Layout, get_layout, layout_for, register_layout
 from .publish import (
@@ -81,7 +82,11 @@ def for_writing(array: zarr.Array) -> zarr.Array:
     """``array`` with :data:`WRITE_ARRAY_CONFIG` (every chunk stored; no fill-value pass before encoding).
 
     ``open_array(config=...)`` is ignored for an existing array (zarr 3.1), hence ``with_config``.
+    On a dask worker it also sets the process's malloc thresholds
+    (:func:`stemdask.worker_memory.keep_freed_memory`): a write's chunk copies and encoded chunks
+    are large temporaries.
     """
+    keep_freed_memory()
     return array.with_config(WRITE_ARRAY_CONFIG)
 
 
@@ -227,6 +232,10 @@ def _write_region(
     ``config`` is the zarr array config of the write (:data:`WRITE_ARRAY_CONFIG`, read on the
     client when the graph is built).
     """
+    # the inner chunks zarr copies out of the block and the encoded chunks are 8 MiB temporaries: on a
+    # worker (nanny's MALLOC_TRIM_THRESHOLD_) each was a fresh mmap whose pages were faulted in, a
+    # third of the write's CPU as system time (docs/storage.md, "Write path")
+    keep_freed_memory()
     with write_guard(guard) as alive:
         if not alive:
             return 0
