@@ -219,6 +219,54 @@ def save(
     return layout.write(data, store, codec=codec, chunks=chunks, shards=shards, overwrite=overwrite, progress=progress)
 
 
+def write_tile(
+    data: xr.DataArray, *, codec: Any = None, chunks: Sequence[int] | None = None, shards: Any = None
+) -> tuple[int, int] | None:
+    """The (scan_y, scan_x) tile of one write task of :func:`save` (a shard), or None for a non-dense layout.
+
+    Data whose dask blocks are this tile are written without a rechunk (no copy, no transfer between
+    workers); :func:`open_for_save` opens a file that way.
+    """
+    if layout_for(data).name != LAYOUT:
+        return None
+    return _encoding(data, str(data.name or "intensity"), codec, chunks, shards)[1][:2]
+
+
+def open_for_save(
+    path: str | os.PathLike | Any,
+    *,
+    codec: Any = None,
+    chunks: Sequence[int] | None = None,
+    shards: Sequence[int] | bool | None = None,
+    **reader_options: Any,
+) -> xr.DataArray:
+    """Open a file to convert it with :func:`save`: its dask blocks are the store's shards.
+
+    ``stemdask convert`` reads this way. With the reader's own blocks (64 MiB) every shard of the
+    store (128 MiB) was a rechunk of two reads, often from two workers: a copy and a transfer, about
+    20 % more worker CPU on a 2-worker LocalCluster (docs/storage.md, "Write path").
+
+    Parameters
+    ----------
+    path : path or zarr store
+        Any file :func:`stemdask.open_dataset` reads.
+    codec, chunks, shards
+        As they will be passed to :func:`save` (they set the shard tile).
+    **reader_options
+        Passed to :func:`stemdask.open_dataset` (calibration, ``dataset=``, ``shape=`` ...; the
+        dask blocks are chosen here: use :func:`stemdask.open_dataset` for others).
+    """
+    from . import open_dataset  # the package imports this module
+
+    data = open_dataset(path, **reader_options)
+    if not isinstance(data.data, da.Array):
+        return data
+    tile = write_tile(data, codec=codec, chunks=chunks, shards=shards)
+    if tile is None or all(set(c[:-1]) <= {t} and c[-1] <= t for c, t in zip(data.data.chunks[:2], tile)):
+        return data  # not dense, or already in whole shards
+    return open_dataset(path, chunks=tile, **reader_options)
+
+
 def _to_host(block: Any) -> np.ndarray:
     # zarr encodes host buffers; a cupy block (GPU worker) is copied to the host here
     return block.get() if hasattr(block, "__cuda_array_interface__") else np.asarray(block)
@@ -659,10 +707,12 @@ __all__ = [
     "atomic_directory",
     "atomic_path",
     "jsonable",
+    "open_for_save",
     "open_zarr",
     "read_group_attrs",
     "save",
     "storage_layout",
     "store_nbytes",
     "write_blocks",
+    "write_tile",
 ]
