@@ -243,8 +243,10 @@ def open_for_save(
     """Open a file to convert it with :func:`save`: its dask blocks are the store's shards.
 
     ``stemdask convert`` reads this way. With the reader's own blocks (64 MiB) every shard of the
-    store (128 MiB) was a rechunk of two reads, often from two workers: a copy and a transfer, about
-    20 % more worker CPU on a 2-worker LocalCluster (docs/storage.md, "Write path").
+    store (128 MiB) was a rechunk of two reads, often from two workers: a copy and a transfer. On a
+    2-worker LocalCluster reading in shards wrote 10-30 % more MB per worker-CPU-second in most runs
+    with the default codec (within the noise in two of seven), 30-110 % more uncompressed
+    (docs/storage.md, "Write path").
 
     Parameters
     ----------
