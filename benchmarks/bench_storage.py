@@ -425,6 +425,7 @@ def write_rows(tmp, repeat, quick):
         zs.WRITE_ARRAY_CONFIG.clear()
         zs.WRITE_ARRAY_CONFIG.update(saved)
         use_codec_pipeline("zarr", client=client)
+        del datas[other]  # the rechunked copy is not needed below: its memory goes back to the workers
 
         def row(label, codec, key, per_task=None):
             med = {k: statistics.median(times[(k, *key)]) for k in ("save", "cpu", "client")}
