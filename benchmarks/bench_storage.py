@@ -27,7 +27,8 @@ Rows:
   stemdask's readers of local stores (``stemdask.io.local_read``);
 * ``--parts profile``: one default-codec shard written and read, and one
   uncompressed shard read by each reader, against their parts by hand;
-* ``stemdask.save`` on a 2-worker LocalCluster with the default codec;
+* ``stemdask.save``, convert and ``DatasetWriter`` on a 2-worker LocalCluster (data persisted on the
+  workers first, a warm-up save, 2 or 4 shards per worker; see ``write_rows``);
 * ``--parts events``: a virtual image from a histogram-coded counted store
   opened as events (each chunk decoded straight into an EventBlock) against
   the same store opened dense, in GB/s of equivalent dense bytes: per core
@@ -414,16 +415,24 @@ def _simulated_on_workers(scan, tile, dose=1.0):
 
 
 def write_rows(tmp, repeat, quick):
-    """save / convert / DatasetWriter on a 2-worker LocalCluster: zarr's old write config against the new one."""
-    from distributed import Client, LocalCluster, get_task_stream
+    """save / convert / DatasetWriter on a 2-worker LocalCluster: zarr's old write config against the new one.
+
+    What is timed is the write only: the data are made and persisted on the workers first (evenly,
+    one block per shard), one untimed save warms the workers up (imports, first-task costs), and
+    there are 2 (``--quick``: 537 MB) or 4 (1 GiB) shards per worker, so both workers stay busy.
+    Each row gives wall MB/s, the median write task, MB per worker-CPU-second (user + system of
+    both worker processes) and the client process's CPU (the scheduler runs there too).
+    """
+    from distributed import Client, LocalCluster, get_task_stream, wait
 
     import stemdask
     import stemdask.io.zarr_store as zs
     from stemdask.codecs import DEFAULT_CODEC
     from stemdask.io.pipeline import use_codec_pipeline
 
-    scan = (64, 128) if quick else (128, 128)  # 268 / 537 MB uint16, 2 / 4 shards of 128 MiB
+    scan = (128, 128) if quick else (256, 128)  # 537 MB / 1.07 GB uint16: 4 / 8 shards of 128 MiB
     shard = zs.storage_layout((*scan, 128, 128), 2)[1][:2]  # the default shard tile (32, 128)
+    n_shards = math.ceil(scan[0] / shard[0]) * math.ceil(scan[1] / shard[1])
     tile = (64, 64)  # a tile that is not the shard's: save rechunks (copies, moves between workers)
     rows, profile = [], []
     had = "MALLOC_TRIM_THRESHOLD_" in os.environ
@@ -434,16 +443,25 @@ def write_rows(tmp, repeat, quick):
         Client(cluster) as client,
     ):
         arr = client.persist(_simulated_on_workers(scan, shard))
+        wait(arr)
         x = arr.compute()
         datas = {
             f"data in shard tiles {shard}": stemdask.from_array(arr),
             f"data in {tile} tiles": stemdask.from_array(client.persist(arr.rechunk((*tile, 128, 128)))),
         }
         aligned, other = datas
-        assert np.array_equal(datas[other].data.compute(), x)
+        wait(datas[other].data)
+        assert bool(da_equal(datas[other].data, arr))
+
+        def same_on_workers(path):
+            return bool(da_equal(stemdask.open_dataset(path).data, arr))
+
         npy = os.path.join(tmp, "source.npy")
         np.save(npy, x)
         saved = dict(zs.WRITE_ARRAY_CONFIG)
+        warm = os.path.join(tmp, "warm.zarr")
+        stemdask.save(datas[aligned], warm)  # untimed: imports and first-task costs on both workers
+        __import__("shutil").rmtree(warm)
         times: dict = {}
         cases = [
             (c, cfg, pipe, aligned)
@@ -451,18 +469,24 @@ def write_rows(tmp, repeat, quick):
             for c in dict.fromkeys([DEFAULT_CODEC, "none"])
             for cfg in configs
         ] + [(DEFAULT_CODEC, "new", "zarr", other)]
+
+        def timed(key, fn):
+            """Run ``fn()``; record its wall, worker CPU and client CPU seconds under ``key``."""
+            cpu0, client0 = _workers_cpu(client), time.process_time()
+            t0 = time.perf_counter()
+            fn()
+            times.setdefault(("save", *key), []).append(time.perf_counter() - t0)
+            times.setdefault(("client", *key), []).append(time.process_time() - client0)
+            times.setdefault(("cpu", *key), []).append(_workers_cpu(client) - cpu0)
+
         for rep in range(repeat):  # interleaved: every case sees the same load
             for codec, cfg, pipe, layout in cases:
                 use_codec_pipeline(pipe, client=client)
                 zs.WRITE_ARRAY_CONFIG.clear()
                 zs.WRITE_ARRAY_CONFIG.update(configs[cfg])
                 path = os.path.join(tmp, f"w{rep}.zarr")
-                cpu0 = _workers_cpu(client)
                 with get_task_stream() as stream:
-                    t0 = time.perf_counter()
-                    stemdask.save(datas[layout], path, codec=codec)
-                    times.setdefault(("save", codec, cfg, pipe, layout), []).append(time.perf_counter() - t0)
-                times.setdefault(("cpu", codec, cfg, pipe, layout), []).append(_workers_cpu(client) - cpu0)
+                    timed((codec, cfg, pipe, layout), lambda: stemdask.save(datas[layout], path, codec=codec))
                 tasks = [
                     s["stop"] - s["start"]
                     for t in stream.data
@@ -472,25 +496,29 @@ def write_rows(tmp, repeat, quick):
                 ]
                 times.setdefault(("task", codec, cfg, pipe, layout), []).append(statistics.median(tasks))
                 if rep == repeat - 1 and cfg == "new":
-                    assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
+                    assert same_on_workers(path)
                 __import__("shutil").rmtree(path)
         zs.WRITE_ARRAY_CONFIG.clear()
         zs.WRITE_ARRAY_CONFIG.update(saved)
         use_codec_pipeline("zarr", client=client)
-        for codec, cfg, pipe, layout in cases:
-            t_save = statistics.median(times[("save", codec, cfg, pipe, layout)])
-            t_task = statistics.median(times[("task", codec, cfg, pipe, layout)])
-            per_task = x.nbytes / math.ceil(scan[0] / shard[0]) / math.ceil(scan[1] / shard[1])
-            t_cpu = statistics.median(times[("cpu", codec, cfg, pipe, layout)])
+        del datas[other]  # the rechunked copy is not needed below: its memory goes back to the workers
+
+        def row(label, codec, key, per_task=None):
+            med = {k: statistics.median(times[(k, *key)]) for k in ("save", "cpu", "client")}
+            task = statistics.median(times[("task", *key)]) if ("task", *key) in times else None
             rows.append(
                 (
-                    f"save, {pipe}, {cfg} config, {layout}",
+                    label,
                     codec,
-                    x.nbytes / 1e6 / t_save,
-                    per_task / 1e6 / t_task,
-                    x.nbytes / 1e6 / t_cpu,
+                    x.nbytes / 1e6 / med["save"],
+                    None if task is None else x.nbytes / n_shards / 1e6 / task,
+                    None if key[0] == "writer" else x.nbytes / 1e6 / med["cpu"],  # writer: the client
+                    med["client"] * 1e3,
                 )
             )
+
+        for codec, cfg, pipe, layout in cases:
+            row(f"save, {pipe}, {cfg} config, {layout}", codec, (codec, cfg, pipe, layout))
         # the same data written by dask itself (da.to_zarr into an array with the same layout and codecs)
         import dask.array as da
         import zarr
@@ -499,62 +527,56 @@ def write_rows(tmp, repeat, quick):
 
         inner, shard_shape = zs.storage_layout(x.shape, 2)
         compressors = list(with_checksum(resolve_codec(DEFAULT_CODEC).compressors))
-        plain = []
         for rep in range(repeat):
             path = os.path.join(tmp, f"d{rep}.zarr")
             z = zarr.create_array(
                 path, shape=x.shape, chunks=inner, shards=shard_shape, dtype="uint16", compressors=compressors
             )
-            cpu0 = _workers_cpu(client)
-            t0 = time.perf_counter()
-            da.to_zarr(datas[aligned].data, z)
-            plain.append((time.perf_counter() - t0, _workers_cpu(client) - cpu0))
+            timed(("to_zarr",), lambda: da.to_zarr(datas[aligned].data, z))
             if rep == repeat - 1:
-                assert np.array_equal(zarr.open_array(path, mode="r")[:], x)
+                assert bool(da_equal(da.from_zarr(path), arr))
             __import__("shutil").rmtree(path)
-        rows.append(
-            (
-                f"dask.array.to_zarr (zarr defaults), {aligned}",
-                DEFAULT_CODEC,
-                x.nbytes / 1e6 / statistics.median(t for t, _ in plain),
-                None,
-                x.nbytes / 1e6 / statistics.median(c for _, c in plain),
-            )
-        )
-        # convert = open_dataset(file) + save (the CLI's path), DatasetWriter = rows from the client
+        row(f"dask.array.to_zarr (zarr defaults), {aligned}", DEFAULT_CODEC, ("to_zarr",))
+        # convert = the CLI's path (zarr_store.open_for_save: the file read in whole shards) + save;
+        # "reader's chunks" = open_dataset + save (what convert did before: a rechunk of the reads)
+        # DatasetWriter = rows from the client (its CPU is the client column)
+        open_for_save = getattr(zs, "open_for_save", None)
+        converts = {"reader's chunks (open_dataset + save)": stemdask.open_dataset}
+        if open_for_save is not None:
+            converts["shard tiles (open_for_save + save, the CLI)"] = open_for_save
         for codec in dict.fromkeys([DEFAULT_CODEC, "none"]):
-            conv, writer = [], []
             for rep in range(repeat):
-                path = os.path.join(tmp, f"c{rep}.zarr")
-                t0 = time.perf_counter()
-                stemdask.save(stemdask.open_dataset(npy), path, codec=codec)
-                conv.append(time.perf_counter() - t0)
-                __import__("shutil").rmtree(path)
-                t0 = time.perf_counter()
-                with stemdask.DatasetWriter(
-                    path, scan_shape=(0, scan[1]), detector_shape=(128, 128), dtype="uint16", codec=codec
-                ) as w:
-                    for y in range(0, scan[0], 16):
-                        w.append(x[y : y + 16])
-                writer.append(time.perf_counter() - t0)
+                for how, opener in converts.items():
+                    path = os.path.join(tmp, f"c{rep}.zarr")
+                    timed(("convert", how, codec), lambda: stemdask.save(opener(npy), path, codec=codec))
+                    if rep == repeat - 1:
+                        assert same_on_workers(path)
+                    __import__("shutil").rmtree(path)
+
+                def write_rows_from_client():
+                    with stemdask.DatasetWriter(
+                        path, scan_shape=(0, scan[1]), detector_shape=(128, 128), dtype="uint16", codec=codec
+                    ) as w:
+                        for y in range(0, scan[0], 16):
+                            w.append(x[y : y + 16])
+
+                timed(("writer", codec), write_rows_from_client)
                 if rep == repeat - 1:
-                    assert np.array_equal(stemdask.open_dataset(path).data.compute(), x)
+                    assert same_on_workers(path)
                 __import__("shutil").rmtree(path)
-            rows.append(
-                ("convert (.npy -> store), zarr, new", codec, x.nbytes / 1e6 / statistics.median(conv), None, None)
-            )
-            rows.append(
-                (
-                    "DatasetWriter (client, 16 rows per append)",
-                    codec,
-                    x.nbytes / 1e6 / statistics.median(writer),
-                    None,
-                    None,
-                )
-            )
+            for how in converts:
+                row(f"convert (.npy -> store), {how}", codec, ("convert", how, codec))
+            row("DatasetWriter (client, 16 rows per append)", codec, ("writer", codec))
     if not had:
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     return rows, profile
+
+
+def da_equal(a, b) -> bool:
+    """Whether two dask arrays are equal, computed where their blocks are (nothing gathered to the client)."""
+    import dask.array as da
+
+    return bool(da.all(a == b).compute())
 
 
 def _process_cpu() -> float:
@@ -835,13 +857,13 @@ def main() -> None:
         lines += [
             "",
             "| write, 2-worker LocalCluster (median) | codec | MB/s total, wall | one write task MB/s, wall"
-            " | MB per worker-CPU-s |",
-            "|---|---|---|---|---|",
+            " | MB per worker-CPU-s | client CPU ms |",
+            "|---|---|---|---|---|---|",
         ]
         if "write" in parts:
             rows, _ = write_rows(tmp, 3, args.quick)
-            for label, codec, total, task, cpu in rows:
-                extra = " | ".join("" if v is None else f"{v:.0f}" for v in (task, cpu))
+            for label, codec, total, task, cpu, client_ms in rows:
+                extra = " | ".join("" if v is None else f"{v:.0f}" for v in (task, cpu, client_ms))
                 lines.append(f"| {label} | {codec} | {total:.0f} | {extra} |")
         if "events" in parts:
             lines += [

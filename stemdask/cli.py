@@ -251,11 +251,16 @@ def _tile(values: list[int] | None) -> tuple[int, int] | None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from . import open_dataset, save
+    from . import save
     from .cluster import session
     from .io import store_nbytes
+    from .io.zarr_store import open_for_save
 
-    data = open_dataset(args.input, **_reader_options(args))
+    shards = False if args.no_shards else _tile(args.shards)
+    # dask blocks = the store's shards: no rechunk between reading and writing
+    data = open_for_save(
+        args.input, codec=args.codec, chunks=_tile(args.chunks), shards=shards, **_reader_options(args)
+    )
     started = time.perf_counter()
     with (
         session(args.scheduler, n_workers=args.workers, dashboard_address=":0")
@@ -267,7 +272,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             args.output,
             codec=args.codec,
             chunks=_tile(args.chunks),
-            shards=False if args.no_shards else _tile(args.shards),
+            shards=shards,
             overwrite=args.overwrite,
             progress=not args.quiet,
         )

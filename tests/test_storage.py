@@ -339,3 +339,23 @@ def test_codec_pipeline_choice_reaches_running_workers(local_client, monkeypatch
     finally:
         use_codec_pipeline(previous, client=local_client)
     assert set(local_client.run(worker_path).values()) == {PIPELINES["zarr"]}
+
+
+@pytest.mark.parametrize("chunks, shards", [((1, 5), (3, 5)), ((2, 5), None), ((1, 5), False)])
+def test_open_for_save_reads_in_shards_and_converts_exactly(tmp_path, rng, chunks, shards):
+    from stemdask.io.zarr_store import open_for_save, write_tile
+
+    arr = rng.integers(0, 1000, size=(7, 5, 13, 9), dtype="uint16")
+    np.save(tmp_path / "a.npy", arr)
+    data = open_for_save(tmp_path / "a.npy", chunks=chunks, shards=shards, scan_step_A=0.5)
+    tile = write_tile(data, chunks=chunks, shards=shards)
+    expected = (
+        (3, 5) if shards == (3, 5) else chunks if shards is False else storage_layout(arr.shape, 2, chunks)[1][:2]
+    )
+    assert tile == expected
+    # every dask block but the last along each scan axis is one write tile: save does not rechunk
+    assert all(set(c[:-1]) <= {t} and c[-1] <= t for c, t in zip(data.data.chunks[:2], tile))
+    assert data.attrs["scan_step_A"] == [0.5, 0.5]
+    with dask.config.set(scheduler="sync"):
+        store = stemdask.save(data, tmp_path / "a.zarr", chunks=chunks, shards=shards)
+        np.testing.assert_array_equal(stemdask.open_dataset(store).values, arr)

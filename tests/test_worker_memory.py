@@ -41,3 +41,23 @@ def test_a_store_read_on_a_worker_sets_it(tmp_path):
         assert int(total) == int(arr.sum())
         # the read already set it on the worker: a second call has nothing to do
         assert set(client.run(keep_freed_memory).values()) == {False}
+
+
+def test_a_save_on_a_worker_sets_it(tmp_path):
+    """The write tasks of ``save`` set it too (their chunk copies and encoded chunks are large temporaries)."""
+    from distributed import Client, LocalCluster
+
+    from stemdask.worker_memory import keep_freed_memory
+
+    arr = np.random.default_rng(1).integers(0, 50, size=(4, 4, 16, 16), dtype=np.uint16)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", local_directory=str(tmp_path)
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        # nothing on the worker has set it yet (the data are sent from the client, not read from a store)
+        assert set(client.run(lambda: "MALLOC_TRIM_THRESHOLD_" in os.environ).values()) == {True}
+        store = stemdask.save(stemdask.from_array(arr, chunks=(2, 4)), tmp_path / "s.zarr")
+        assert set(client.run(keep_freed_memory).values()) == {False}
+    np.testing.assert_array_equal(stemdask.open_dataset(store).data.compute(scheduler="sync"), arr)

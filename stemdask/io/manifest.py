@@ -59,16 +59,25 @@ def arrays_of(group: zarr.Group) -> dict[str, zarr.Array]:
     return out
 
 
+def _prefix(group: zarr.Group, path: str) -> str:
+    return f"{group.path}/{path}/" if group.path else f"{path}/"
+
+
 def stored_objects(group: zarr.Group, path: str) -> dict[str, int]:
     """Data objects (chunk or shard files) of the array at ``path``: key inside the array -> bytes."""
-    prefix = f"{group.path}/{path}/" if group.path else f"{path}/"
-    return _sync(_objects(group.store, prefix))
+    return _sync(_objects(group.store, _prefix(group, path)))
+
+
+async def _all_objects(group: zarr.Group, paths: list[str]) -> list[dict[str, int]]:
+    return list(await asyncio.gather(*(_objects(group.store, _prefix(group, p)) for p in paths)))
 
 
 def record(store: Any) -> dict[str, Any]:
     """Write the manifest of a store whose data are all written; return it."""
     group = zarr.open_group(store, mode="r+", zarr_format=3)
-    arrays = {path: stored_objects(group, path) for path in arrays_of(group)}
+    paths = list(arrays_of(group))
+    # every array listed at once (one round trip to the store's event loop, not one per array)
+    arrays = dict(zip(paths, _sync(_all_objects(group, paths))))
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "n_objects": sum(len(v) for v in arrays.values()),

@@ -40,6 +40,7 @@ from ..checks import tile as check_tile
 from ..codecs import resolve_codec, with_checksum
 from ..dataset import DIMS, dask_data, default_chunks, from_array, validate
 from ..errors import FileFormatError, IncompleteStoreError, bad_type, bad_value
+from ..worker_memory import keep_freed_memory
 from .checked import CheckedZarrSource
 from .layouts import Layout, get_layout, layout_for, register_layout
 from .publish import (
@@ -81,7 +82,11 @@ def for_writing(array: zarr.Array) -> zarr.Array:
     """``array`` with :data:`WRITE_ARRAY_CONFIG` (every chunk stored; no fill-value pass before encoding).
 
     ``open_array(config=...)`` is ignored for an existing array (zarr 3.1), hence ``with_config``.
+    On a dask worker it also sets the process's malloc thresholds
+    (:func:`stemdask.worker_memory.keep_freed_memory`): a write's chunk copies and encoded chunks
+    are large temporaries.
     """
+    keep_freed_memory()
     return array.with_config(WRITE_ARRAY_CONFIG)
 
 
@@ -214,6 +219,56 @@ def save(
     return layout.write(data, store, codec=codec, chunks=chunks, shards=shards, overwrite=overwrite, progress=progress)
 
 
+def write_tile(
+    data: xr.DataArray, *, codec: Any = None, chunks: Sequence[int] | None = None, shards: Any = None
+) -> tuple[int, int] | None:
+    """The (scan_y, scan_x) tile of one write task of :func:`save` (a shard), or None for a non-dense layout.
+
+    Data whose dask blocks are this tile are written without a rechunk (no copy, no transfer between
+    workers); :func:`open_for_save` opens a file that way.
+    """
+    if layout_for(data).name != LAYOUT:
+        return None
+    return _encoding(data, str(data.name or "intensity"), codec, chunks, shards)[1][:2]
+
+
+def open_for_save(
+    path: str | os.PathLike | Any,
+    *,
+    codec: Any = None,
+    chunks: Sequence[int] | None = None,
+    shards: Sequence[int] | bool | None = None,
+    **reader_options: Any,
+) -> xr.DataArray:
+    """Open a file to convert it with :func:`save`: its dask blocks are the store's shards.
+
+    ``stemdask convert`` reads this way. With the reader's own blocks (64 MiB) every shard of the
+    store (128 MiB) was a rechunk of two reads, often from two workers: a copy and a transfer. On a
+    2-worker LocalCluster reading in shards wrote 10-30 % more MB per worker-CPU-second in most runs
+    with the default codec (within the noise in two of seven), 30-110 % more uncompressed
+    (docs/storage.md, "Write path").
+
+    Parameters
+    ----------
+    path : path or zarr store
+        Any file :func:`stemdask.open_dataset` reads.
+    codec, chunks, shards
+        As they will be passed to :func:`save` (they set the shard tile).
+    **reader_options
+        Passed to :func:`stemdask.open_dataset` (calibration, ``dataset=``, ``shape=`` ...; the
+        dask blocks are chosen here: use :func:`stemdask.open_dataset` for others).
+    """
+    from . import open_dataset  # the package imports this module
+
+    data = open_dataset(path, **reader_options)
+    if not isinstance(data.data, da.Array):
+        return data
+    tile = write_tile(data, codec=codec, chunks=chunks, shards=shards)
+    if tile is None or all(set(c[:-1]) <= {t} and c[-1] <= t for c, t in zip(data.data.chunks[:2], tile)):
+        return data  # not dense, or already in whole shards
+    return open_dataset(path, chunks=tile, **reader_options)
+
+
 def _to_host(block: Any) -> np.ndarray:
     # zarr encodes host buffers; a cupy block (GPU worker) is copied to the host here
     return block.get() if hasattr(block, "__cuda_array_interface__") else np.asarray(block)
@@ -227,6 +282,10 @@ def _write_region(
     ``config`` is the zarr array config of the write (:data:`WRITE_ARRAY_CONFIG`, read on the
     client when the graph is built).
     """
+    # the inner chunks zarr copies out of the block and the encoded chunks are 8 MiB temporaries: on a
+    # worker (nanny's MALLOC_TRIM_THRESHOLD_) each was a fresh mmap whose pages were faulted in, a
+    # third of the write's CPU as system time (docs/storage.md, "Write path")
+    keep_freed_memory()
     with write_guard(guard) as alive:
         if not alive:
             return 0
@@ -650,10 +709,12 @@ __all__ = [
     "atomic_directory",
     "atomic_path",
     "jsonable",
+    "open_for_save",
     "open_zarr",
     "read_group_attrs",
     "save",
     "storage_layout",
     "store_nbytes",
     "write_blocks",
+    "write_tile",
 ]
