@@ -539,7 +539,8 @@ def write_rows(tmp, repeat, quick):
         row(f"dask.array.to_zarr (zarr defaults), {aligned}", DEFAULT_CODEC, ("to_zarr",))
         # convert = the CLI's path (zarr_store.open_for_save: the file read in whole shards) + save;
         # "reader's chunks" = open_dataset + save (what convert did before: a rechunk of the reads)
-        # DatasetWriter = rows from the client (its CPU is the client column)
+        # DatasetWriter = rows from the client (its CPU is the client column); with client= the rows are
+        # scattered to the workers and written there (worker CPU and client CPU both count)
         open_for_save = getattr(zs, "open_for_save", None)
         converts = {"reader's chunks (open_dataset + save)": stemdask.open_dataset}
         if open_for_save is not None:
@@ -564,9 +565,27 @@ def write_rows(tmp, repeat, quick):
                 if rep == repeat - 1:
                     assert same_on_workers(path)
                 __import__("shutil").rmtree(path)
+
+                def write_rows_on_workers():
+                    with stemdask.DatasetWriter(
+                        path,
+                        scan_shape=(0, scan[1]),
+                        detector_shape=(128, 128),
+                        dtype="uint16",
+                        codec=codec,
+                        client=client,
+                    ) as w:
+                        for y in range(0, scan[0], 16):
+                            w.append(x[y : y + 16])
+
+                timed(("workers writer", codec), write_rows_on_workers)
+                if rep == repeat - 1:
+                    assert same_on_workers(path)
+                __import__("shutil").rmtree(path)
             for how in converts:
                 row(f"convert (.npy -> store), {how}", codec, ("convert", how, codec))
             row("DatasetWriter (client, 16 rows per append)", codec, ("writer", codec))
+            row("DatasetWriter on the workers (client=, 16 rows per append)", codec, ("workers writer", codec))
     if not had:
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     return rows, profile

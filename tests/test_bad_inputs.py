@@ -294,6 +294,14 @@ API = [
         ITE,
         "store",
     ),
+    (
+        "writer client address",
+        lambda f: DatasetWriter(
+            f.d / "w3.zarr", scan_shape=(1, 2), detector_shape=(4, 4), dtype="u2", client="tcp://127.0.0.1:8786"
+        ),
+        ITE,
+        "client",
+    ),
     # verify
     ("verify missing", lambda f: stemdask.verify(f.d / "nothing.zarr"), FileNotFoundError, "nothing.zarr"),
     ("verify folder", lambda f: stemdask.verify(f.d / "plain"), FFE, "plain"),

@@ -169,6 +169,62 @@ def test_writer_appends_rows_and_crash_stays_incomplete(tmp_path, rng):
         stemdask.open_dataset(tmp_path / "b.zarr")
 
 
+def _writer_ops(writer, arr, other):
+    """Appends of 3 rows into shards of 4 rows (each splits a shard), then regions across shards."""
+    for y in range(0, arr.shape[0], 3):
+        writer.append(arr[y : y + 3])
+    writer.write(other[2:7, 1:3], scan_y=slice(2, 7), scan_x=slice(1, 3))
+    writer.write(other[9:10], scan_y=9)
+    writer.write(other[3:5, :1], scan_y=slice(3, 5), scan_x=slice(0, 1))
+
+
+def _chunk_files(path):
+    root = path / "intensity" / "c"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_writer_on_workers_matches_the_in_process_writer(tmp_path, rng, local_client):
+    arr = rng.poisson(2.0, size=(24, 3, 8, 8)).astype("uint16")
+    other = rng.poisson(5.0, size=arr.shape).astype("uint16")
+    expected = arr.copy()
+    for ys, xs in [(slice(2, 7), slice(1, 3)), (slice(9, 10), slice(None)), (slice(3, 5), slice(0, 1))]:
+        expected[ys, xs] = other[ys, xs]
+    kw = dict(scan_shape=(0, 3), detector_shape=(8, 8), dtype="uint16", shards=(4, 3), scan_step_A=0.5)
+    with stemdask.DatasetWriter(tmp_path / "here.zarr", **kw) as writer:
+        _writer_ops(writer, arr, other)
+    with stemdask.DatasetWriter(tmp_path / "workers.zarr", client=local_client, **kw) as writer:
+        _writer_ops(writer, arr, other)
+        assert len(writer._pending) > 1  # several writes in flight when close() waits for them
+    here, workers = (stemdask.open_dataset(tmp_path / n) for n in ("here.zarr", "workers.zarr"))
+    np.testing.assert_array_equal(workers.values, expected)
+    np.testing.assert_array_equal(here.values, expected)
+    np.testing.assert_allclose(workers.scan_y.values, np.arange(24) * 0.5)
+    files = _chunk_files(tmp_path / "workers.zarr")
+    assert len(files) == 6 and files == _chunk_files(tmp_path / "here.zarr")  # bitwise identical shards
+
+
+def test_writer_on_workers_failure_is_raised_by_close_and_store_stays_incomplete(tmp_path, rng, local_client):
+    arr = rng.poisson(2.0, size=(6, 3, 8, 8)).astype("uint16")
+    path = tmp_path / "bad.zarr"
+    writer = stemdask.DatasetWriter(
+        path, scan_shape=(0, 3), detector_shape=(8, 8), dtype="uint16", shards=(4, 3), client=local_client
+    )
+    # a damaged first shard on disk: the worker's read-modify-write of it fails its index checksum
+    shard = path / "intensity" / "c" / "0" / "0" / "0" / "0"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"\x00" * 100)
+    writer.append(arr[:3])
+    writer.append(arr[3:])  # touches the damaged shard (after the failed write) and the next one
+    with pytest.raises(IncompleteStoreError, match="scan_y 0:3, scan_x 0:3.*checksum") as info:
+        writer.close()
+    assert isinstance(info.value.__cause__, ValueError)
+    assert not writer.closed
+    with pytest.raises(IncompleteStoreError):
+        stemdask.open_dataset(path)
+    with pytest.raises(IncompleteStoreError, match="scan_y 0:3"):
+        writer.close()  # still refused
+
+
 def test_writer_rejects_wrong_frames(tmp_path):
     writer = stemdask.DatasetWriter(tmp_path / "r.zarr", scan_shape=(2, 3), detector_shape=(4, 4), dtype="uint8")
     with pytest.raises(InvalidArgumentError, match="shape"):
