@@ -114,6 +114,30 @@ def test_histogram_store_opens_as_events_equal_to_counting(tmp_path, rng, stored
     np.testing.assert_array_equal(events.to_dense(opened).values, arr)
 
 
+def test_histogram_store_auto_decodes_sparse_counts_straight_to_events(tmp_path, rng, monkeypatch):
+    from stemdask.codecs import histogram
+
+    sparse = _counted_frames(rng, scan=(16, 16), det=(16, 16), dose=0.02)
+    busy = rng.poisson(3.0, size=(4, 4, 16, 16)).astype("uint16")
+    low = _hist_store(tmp_path, sparse, "low.zarr", chunks=(4, 4), shards=(8, 8))
+    high = _hist_store(tmp_path, busy, "high.zarr", chunks=(2, 4))
+    assert events.choose_representation(float(sparse.mean())) == "events"
+    assert events.choose_representation(float(busy.mean())) == "dense"
+    dense_calls = []
+    decode = histogram.decode_chunk
+    monkeypatch.setattr(histogram, "decode_chunk", lambda *a, **k: dense_calls.append(1) or decode(*a, **k))
+    auto = stemdask.open_dataset(low, representation="auto", chunks=(4, 8))
+    assert len(dense_calls) == 2  # the chooser reads the first tile dense (2 of the 16 inner chunks), only that
+    sampled = len(dense_calls)
+    assert events.is_counted(auto) and auto.data.name.startswith("histogram-events-")
+    got = events.to_dense(auto).values  # every block from its events, not through a dense decode
+    assert len(dense_calls) == sampled
+    np.testing.assert_array_equal(got, sparse)
+    auto_high = stemdask.open_dataset(high, representation="auto")
+    assert not events.is_counted(auto_high)
+    np.testing.assert_array_equal(auto_high.values, busy)
+
+
 def test_histogram_store_analyses_as_events_equal_dense(tmp_path, rng):
     from stemdask import imaging
 

@@ -54,6 +54,7 @@ from ..io.zarr_store import LAYOUT as DENSE_LAYOUT
 from ..worker_memory import keep_freed_memory
 from .array import event_meta, wrap_events
 from .block import EventBlock, concatenate_blocks
+from .choose import choose_representation
 
 #: an empty inner chunk in a shard index (both offset and length)
 _EMPTY = np.uint64(2**64 - 1)
@@ -361,6 +362,22 @@ def open_histogram_events(
     return wrap_events(events, like)
 
 
+def open_histogram_auto(
+    store: Any, attrs: dict[str, Any], *, chunks: Any = None, allow_incomplete: bool = False
+) -> xr.DataArray:
+    """A histogram-coded dense store in the cheaper representation (``representation="auto"``).
+
+    The sparsity is measured on the first dask block of the store opened
+    dense (:func:`stemdask.events.choose_representation`); below the
+    crossover the store is opened with :func:`open_histogram_events`, so the
+    other blocks decode straight to events, never dense; above it, dense.
+    """
+    dense = get_layout(DENSE_LAYOUT, store).open(store, attrs, chunks=chunks, allow_incomplete=allow_incomplete)
+    if choose_representation(dense) == "dense":
+        return dense
+    return open_histogram_events(store, attrs, chunks=chunks, allow_incomplete=allow_incomplete)
+
+
 register_store_reader(
     StoreReader(
         "histogram-events",
@@ -370,5 +387,21 @@ register_store_reader(
         open=open_histogram_events,
     )
 )
+register_store_reader(
+    StoreReader(
+        "histogram-auto",
+        layout=DENSE_LAYOUT,
+        representation="auto",
+        detect=decodes_to_events,
+        open=open_histogram_auto,
+    )
+)
 
-__all__ = ["HistogramCoding", "HistogramEventSource", "decodes_to_events", "histogram_coding", "open_histogram_events"]
+__all__ = [
+    "HistogramCoding",
+    "HistogramEventSource",
+    "decodes_to_events",
+    "histogram_coding",
+    "open_histogram_auto",
+    "open_histogram_events",
+]

@@ -71,7 +71,9 @@ def open_dataset(path: str | os.PathLike | Any, *, representation: str | None = 
         cheaper one from the measured sparsity (see
         :func:`stemdask.events.choose_representation`). A store coded with
         the histogram codec opens as ``"events"`` without being dense: each
-        inner chunk decodes straight into an event block.
+        inner chunk decodes straight into an event block (with ``"auto"`` too,
+        when the first tile, decoded dense to measure the sparsity, is below
+        the crossover).
     **kwargs
         Passed to the reader: ``chunks`` for all; calibration keywords
         (``energy_ev``, ``semiangle_mrad``, ``scan_step_A``,
