@@ -1,5 +1,6 @@
 """open_dataset routes every layout to its reader and converts representations on request."""
 
+import dask
 import numpy as np
 import pytest
 
@@ -105,7 +106,7 @@ def test_histogram_store_opens_as_events_equal_to_counting(tmp_path, rng, stored
     blocks = opened.data.to_delayed().ravel()
     edges = [np.cumsum((0,) + c) for c in opened.data.chunks[:2]]
     for (i, j), block in zip(np.ndindex(*opened.data.numblocks[:2]), blocks):
-        got = block.compute()
+        got = block.compute(scheduler="sync")  # here, where decode_chunk is patched
         assert isinstance(got, events.EventBlock)
         tile = arr[edges[0][i] : edges[0][i + 1], edges[1][j] : edges[1][j + 1]]
         indices, offsets = _reference_events(tile)
@@ -126,6 +127,8 @@ def test_histogram_store_auto_decodes_sparse_counts_straight_to_events(tmp_path,
     dense_calls = []
     decode = histogram.decode_chunk
     monkeypatch.setattr(histogram, "decode_chunk", lambda *a, **k: dense_calls.append(1) or decode(*a, **k))
+    # in this process, where decode_chunk is patched (not on a default client's workers)
+    monkeypatch.setitem(dask.config.config, "scheduler", "sync")
     auto = stemdask.open_dataset(low, representation="auto", chunks=(4, 8))
     assert len(dense_calls) == 2  # the chooser reads the first tile dense (2 of the 16 inner chunks), only that
     sampled = len(dense_calls)
