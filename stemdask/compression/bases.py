@@ -43,10 +43,17 @@ import numpy as np
 import xarray as xr
 
 from ..backend import to_numpy
-from ..checks import close, integer
+from ..checks import integer
 from ..dataset import DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames
 from ..errors import bad_type, bad_value
-from .regions import REGIONS, detector_regions, polar_mrad, region_mask, require_calibrated_detector
+from .regions import (
+    REGIONS,
+    detector_regions,
+    polar_mrad,
+    region_mask,
+    require_calibrated_detector,
+    require_same_detector_as,
+)
 
 #: the Zernike index convention of this module
 ZERNIKE_CONVENTION = "OSA/ANSI"
@@ -344,22 +351,15 @@ def require_same_detector(samples: Any, data: xr.DataArray, *, name: str = "samp
     if not isinstance(samples, xr.DataArray) or any(d not in samples.dims for d in (*SCAN_DIMS, *DETECTOR_DIMS)):
         raise bad_type(name, samples, "a (scan_y, scan_x, k_y, k_x) xarray.DataArray of the same detector")
     require_calibrated_detector(samples)
-    want = tuple(int(data.sizes[d]) for d in DETECTOR_DIMS)
-    have = tuple(int(samples.sizes[d]) for d in DETECTOR_DIMS)
-    if want != have:
-        raise bad_value(name, f"<scan of detector shape {have}>", f"a scan of data's detector shape {want}")
-    for dim in DETECTOR_DIMS:
-        mine, theirs = samples.coords[dim], data.coords[dim]
-        same = mine.attrs.get("units") == theirs.attrs.get("units") and close(
-            mine.values, theirs.values, rtol=1e-6, atol=1e-9
-        )
-        if not same:
-            raise bad_value(
-                f"{name}.coords[{dim!r}]",
-                f"<{mine.attrs.get('units')} {np.asarray(mine.values)[:3]}...>",
-                f"data's {dim} ({theirs.attrs.get('units')} {np.asarray(theirs.values)[:3]}...): "
-                "patterns recorded with the same calibration and beam centre",
-            )
+    require_same_detector_as(
+        name,
+        samples,
+        data,
+        kind="scan",
+        shape_expected="a scan of data's",
+        coords_expected="data's",
+        hint="patterns recorded with the same calibration and beam centre",
+    )
     return samples
 
 

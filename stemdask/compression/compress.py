@@ -46,13 +46,12 @@ import xarray as xr
 from dask.utils import Dispatch
 
 from ..backend import array_module, to_numpy
-from ..checks import close
 from ..dataset import CALIBRATION_ATTRS, DETECTOR_DIMS, SCAN_DIMS, dask_data, require_whole_frames, validate
 from ..errors import bad_type, bad_value
 from ..imaging.project import BATCH_BYTES, back_project, block_meta, resolve_dtype, whole_frames
 from .bases import basis_regions, check_mode
 from .plan import BasisOperator
-from .regions import REGIONS, require_calibrated_detector
+from .regions import REGIONS, require_calibrated_detector, require_same_detector_as
 
 #: largest |M M^T - I| a basis may have
 ORTHONORMAL_ATOL = 1e-6
@@ -73,21 +72,15 @@ def check_basis(basis: Any, data: xr.DataArray | None = None) -> xr.DataArray:
         if coord not in basis.coords:
             raise bad_value("basis", f"<basis without coordinate {coord!r}>", "a basis from stemdask.compression.bases")
     if data is not None:
-        want = tuple(int(data.sizes[d]) for d in DETECTOR_DIMS)
-        have = tuple(int(basis.sizes[d]) for d in DETECTOR_DIMS)
-        if want != have:
-            raise bad_value("basis", f"<basis of detector shape {have}>", f"the dataset's detector shape {want}")
-        for dim in DETECTOR_DIMS:
-            mine, theirs = basis.coords[dim], data.coords[dim]
-            if mine.attrs.get("units") != theirs.attrs.get("units") or not close(
-                mine.values, theirs.values, rtol=1e-6, atol=1e-9
-            ):
-                raise bad_value(
-                    f"basis.coords[{dim!r}]",
-                    f"<{mine.attrs.get('units')} {np.asarray(mine.values)[:3]}...>",
-                    f"the dataset's {dim} ({theirs.attrs.get('units')} {np.asarray(theirs.values)[:3]}...): "
-                    "a basis made for another calibration or beam centre; build it from this dataset",
-                )
+        require_same_detector_as(
+            "basis",
+            basis,
+            data,
+            kind="basis",
+            shape_expected="the dataset's",
+            coords_expected="the dataset's",
+            hint="a basis made for another calibration or beam centre; build it from this dataset",
+        )
     values = np.asarray(to_numpy(basis.values), dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise bad_value("basis", "<basis with non-finite weights>", "finite weights")

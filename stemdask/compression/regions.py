@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..checks import number
+from ..checks import close, number
 from ..dataset import DETECTOR_DIMS, require
 from ..errors import MissingCalibrationError, bad_type, bad_value
 from ..imaging import detectors
@@ -49,6 +49,38 @@ def require_calibrated_detector(data: Any, name: str = "data") -> None:
             raise MissingCalibrationError(
                 f"{name} has an uncalibrated detector ({dim} in {units!r}, not 'mrad'): compression regions "
                 f"and bases are in mrad; set detector_pixel_mrad with stemdask.calibrate(data, detector_pixel_mrad=...)"
+            )
+
+
+def require_same_detector_as(
+    name: str,
+    other: xr.DataArray,
+    data: xr.DataArray,
+    *,
+    kind: str,
+    shape_expected: str,
+    coords_expected: str,
+    hint: str,
+) -> None:
+    """Raise unless ``other`` has ``data``'s detector: its shape, and ``k_y``/``k_x`` with their units.
+
+    The error names ``name`` (a basis, a prior scan: ``kind``); ``shape_expected``
+    and ``coords_expected`` begin the expected text for a wrong shape and
+    wrong coordinates, ``hint`` ends the latter.
+    """
+    want = tuple(int(data.sizes[d]) for d in DETECTOR_DIMS)
+    have = tuple(int(other.sizes[d]) for d in DETECTOR_DIMS)
+    if want != have:
+        raise bad_value(name, f"<{kind} of detector shape {have}>", f"{shape_expected} detector shape {want}")
+    for dim in DETECTOR_DIMS:
+        mine, theirs = other.coords[dim], data.coords[dim]
+        if mine.attrs.get("units") != theirs.attrs.get("units") or not close(
+            mine.values, theirs.values, rtol=1e-6, atol=1e-9
+        ):
+            raise bad_value(
+                f"{name}.coords[{dim!r}]",
+                f"<{mine.attrs.get('units')} {np.asarray(mine.values)[:3]}...>",
+                f"{coords_expected} {dim} ({theirs.attrs.get('units')} {np.asarray(theirs.values)[:3]}...): {hint}",
             )
 
 
