@@ -42,13 +42,13 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import dask  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402
 
 import stemdask  # noqa: E402
 import stemdask.events as ev  # noqa: E402
@@ -62,19 +62,6 @@ def simulate(rate, scan=(64, 64), det=(128, 128), seed=0):
     lam *= rate / lam.mean()
     rng = np.random.default_rng(seed)
     return rng.poisson(lam, (*scan, *det)).astype(np.uint16)
-
-
-def timed(fns, repeats):
-    """Median wall time of each function, runs interleaved so both see the same load."""
-    for fn in fns:
-        fn()  # warm-up: numba compilation, caches
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def check_equal(name, dense, events):
@@ -142,10 +129,10 @@ def main():
             row = [f"{rate:g}", f"{n_e / dense_np.shape[0] / dense_np.shape[1]:.0f}"]
             for name, (dense_fn, event_fn) in ops.items():
                 check_equal(name, dense_fn(), event_fn())
-                td, te = timed([dense_fn, event_fn], repeats)
+                td, te = interleaved_medians([dense_fn, event_fn], repeats)
                 speedups[name].append(td / te)
                 row += [f"{td * 1e3:.1f} / {te * 1e3:.1f}", f"**{td / te:.1f}x**"]
-            (engine,) = timed([lambda: imaging.pacbed(counted, "sum").compute()], repeats)
+            (engine,) = interleaved_medians([lambda: imaging.pacbed(counted, "sum").compute()], repeats)
             row += [f"{engine * 1e3:.1f}", f"{convert:.2f}"]
             speed_rows.append(row)
 

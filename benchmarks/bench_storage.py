@@ -58,38 +58,22 @@ SHARED = next(
     (p / "shared" / "data" for p in (ROOT.parent, ROOT.parent.parent) if (p / "shared" / "data").exists()), ROOT
 )
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import interleaved_medians  # noqa: E402  (a sibling module of this script)
 
 
 def cpu_median(fn, repeat: int) -> float:
     """Median thread CPU seconds of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.thread_time()
-        fn()
-        times.append(time.thread_time() - t0)
-    return statistics.median(times)
+    return interleaved_medians([fn], repeat, clock=time.thread_time)[0]
 
 
 def process_median(fn, repeat: int) -> float:
     """Median process CPU seconds (all threads) of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
+    return interleaved_medians([fn], repeat, clock=time.process_time)[0]
 
 
 def wall_median(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median wall seconds of ``fn()`` after one warm-up call."""
+    return interleaved_medians([fn], repeat)[0]
 
 
 def candidate_codecs():
@@ -143,23 +127,6 @@ def _baseline_kernels(rev, folder):
     return importlib.import_module(name)
 
 
-def interleaved_cpu_medians(fns, repeat):
-    """Median thread CPU seconds of each of ``fns``, called in turn in every round (after a warm-up of each).
-
-    On a loaded machine the ratio of two medians measured this way is steadier
-    than that of two separate runs.
-    """
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, acc in zip(fns, times):
-            t0 = time.thread_time()
-            fn()
-            acc.append(time.thread_time() - t0)
-    return [statistics.median(t) for t in times]
-
-
 def histogram_rows(repeat, baseline=None, folder=None):
     """Histogram codec on one simulated chunk per dose: sizes, decode (dense, to events), encode, MB/s per CPU-s.
 
@@ -205,7 +172,7 @@ def histogram_rows(repeat, baseline=None, folder=None):
                 with_kernels(old, hc.decode_chunk_events, v2),
                 with_kernels(old, hc.encode_chunk, x),
             ]
-        t = interleaved_cpu_medians(fns, repeat)
+        t = interleaved_medians(fns, repeat, clock=time.thread_time)
         speeds = [mb / v for v in t]
         rows.append((dose, len(v1), len(v2), *speeds[:4], *(speeds[4:] if old is not None else (None,) * 3)))
     return rows
@@ -554,34 +521,24 @@ def write_rows(tmp, repeat, quick):
                         assert same_on_workers(path)
                     __import__("shutil").rmtree(path)
 
-                def write_rows_from_client():
-                    with stemdask.DatasetWriter(
-                        path, scan_shape=(0, scan[1]), detector_shape=(128, 128), dtype="uint16", codec=codec
-                    ) as w:
-                        for y in range(0, scan[0], 16):
-                            w.append(x[y : y + 16])
+                for key, writer_client in (("writer", None), ("workers writer", client)):
 
-                timed(("writer", codec), write_rows_from_client)
-                if rep == repeat - 1:
-                    assert same_on_workers(path)
-                __import__("shutil").rmtree(path)
+                    def append_rows(writer_client=writer_client):
+                        with stemdask.DatasetWriter(
+                            path,
+                            scan_shape=(0, scan[1]),
+                            detector_shape=(128, 128),
+                            dtype="uint16",
+                            codec=codec,
+                            client=writer_client,
+                        ) as w:
+                            for y in range(0, scan[0], 16):
+                                w.append(x[y : y + 16])
 
-                def write_rows_on_workers():
-                    with stemdask.DatasetWriter(
-                        path,
-                        scan_shape=(0, scan[1]),
-                        detector_shape=(128, 128),
-                        dtype="uint16",
-                        codec=codec,
-                        client=client,
-                    ) as w:
-                        for y in range(0, scan[0], 16):
-                            w.append(x[y : y + 16])
-
-                timed(("workers writer", codec), write_rows_on_workers)
-                if rep == repeat - 1:
-                    assert same_on_workers(path)
-                __import__("shutil").rmtree(path)
+                    timed((key, codec), append_rows)
+                    if rep == repeat - 1:
+                        assert same_on_workers(path)
+                    __import__("shutil").rmtree(path)
             for how in converts:
                 row(f"convert (.npy -> store), {how}", codec, ("convert", how, codec))
             row("DatasetWriter (client, 16 rows per append)", codec, ("writer", codec))
