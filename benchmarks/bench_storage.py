@@ -43,6 +43,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -428,7 +429,7 @@ def write_rows(tmp, repeat, quick):
         saved = dict(zs.WRITE_ARRAY_CONFIG)
         warm = os.path.join(tmp, "warm.zarr")
         stemdask.save(datas[aligned], warm)  # untimed: imports and first-task costs on both workers
-        __import__("shutil").rmtree(warm)
+        shutil.rmtree(warm)
         times: dict = {}
         cases = [
             (c, cfg, pipe, aligned)
@@ -464,7 +465,7 @@ def write_rows(tmp, repeat, quick):
                 times.setdefault(("task", codec, cfg, pipe, layout), []).append(statistics.median(tasks))
                 if rep == repeat - 1 and cfg == "new":
                     assert same_on_workers(path)
-                __import__("shutil").rmtree(path)
+                shutil.rmtree(path)
         zs.WRITE_ARRAY_CONFIG.clear()
         zs.WRITE_ARRAY_CONFIG.update(saved)
         use_codec_pipeline("zarr", client=client)
@@ -502,7 +503,7 @@ def write_rows(tmp, repeat, quick):
             timed(("to_zarr",), lambda: da.to_zarr(datas[aligned].data, z))
             if rep == repeat - 1:
                 assert bool(da_equal(da.from_zarr(path), arr))
-            __import__("shutil").rmtree(path)
+            shutil.rmtree(path)
         row(f"dask.array.to_zarr (zarr defaults), {aligned}", DEFAULT_CODEC, ("to_zarr",))
         # convert = the CLI's path (zarr_store.open_for_save: the file read in whole shards) + save;
         # "reader's chunks" = open_dataset + save (what convert did before: a rechunk of the reads)
@@ -519,7 +520,7 @@ def write_rows(tmp, repeat, quick):
                     timed(("convert", how, codec), lambda: stemdask.save(opener(npy), path, codec=codec))
                     if rep == repeat - 1:
                         assert same_on_workers(path)
-                    __import__("shutil").rmtree(path)
+                    shutil.rmtree(path)
 
                 for key, writer_client in (("writer", None), ("workers writer", client)):
 
@@ -538,7 +539,7 @@ def write_rows(tmp, repeat, quick):
                     timed((key, codec), append_rows)
                     if rep == repeat - 1:
                         assert same_on_workers(path)
-                    __import__("shutil").rmtree(path)
+                    shutil.rmtree(path)
             for how in converts:
                 row(f"convert (.npy -> store), {how}", codec, ("convert", how, codec))
             row("DatasetWriter (client, 16 rows per append)", codec, ("writer", codec))
