@@ -765,6 +765,42 @@ def _tile_probe(path: str, reader: str, repeat: int, keep: bool) -> tuple[float,
     return _cpu_wall_median(lambda: source[:16, :, :, :], repeat)
 
 
+PARTS = ("codecs", "histogram", "read", "profile", "write", "events")
+
+
+def _table(header: str, rows: list[str]) -> list[str]:
+    """A markdown table: header, its rule, rows; after a blank line."""
+    return ["", header, "|" + "---|" * (header.count("|") - 1), *rows]
+
+
+def codec_lines(repeat: int) -> list[str]:
+    from bench_codec import simulate
+
+    samples = [(f"simulated {d} e-/px", simulate(d, scan=(16, 16), det=(128, 128))[0]) for d in (0.1, 1.0)]
+    samples += merlin_samples()
+    rows = [
+        f"| {label} | {name} | {ratio:.2f} | {enc:.0f} | {dec:.0f} |"
+        for label, name, ratio, enc, dec in codec_rows(samples, repeat)
+    ]
+    return _table("| data | codec (+ crc32c) | ratio | encode MB/s/core | decode MB/s/core |", rows)
+
+
+def histogram_lines(quick: bool, base: str | None) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="bench_storage_kernels_") as kernels_tmp:
+        # more rounds than elsewhere: the speed-ups against the baseline are the figures of interest
+        hist = histogram_rows(5 if quick else 9, base, kernels_tmp)
+    header = "| dose e-/px | bytes v1 | bytes v2 | v2/v1 size | decode v1 | decode v2 | v2 to events | encode v2 |"
+    if base:
+        header += f" decode v2, {base} | v2 to events, {base} | encode v2, {base} | decode speed-up | events speed-up |"
+    rows = []
+    for dose, s1, s2, d1, d2, ev, enc, old_d, old_ev, old_enc in hist:
+        row = f"| {dose} | {s1} | {s2} | {s2 / s1 - 1:+.2%} | {d1:.0f} | {d2:.0f} | {ev:.0f} | {enc:.0f} |"
+        if base:
+            row += f" {old_d:.0f} | {old_ev:.0f} | {old_enc:.0f} | {d2 / old_d:.2f}x | {ev / old_ev:.2f}x |"
+        rows.append(row)
+    return _table(header, rows)
+
+
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--tile-probe":
         path, reader, repeat, keep = sys.argv[2:]
@@ -773,11 +809,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--parts",
-        default="codecs,histogram,read,profile,write,events",
-        help="comma-separated subset (events: see above)",
-    )
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument(
         "--histogram-baseline",
         default=None,
@@ -785,72 +817,43 @@ def main() -> None:
         help="also time the histogram decoders of git revision REV, in the same rounds (same chunks)",
     )
     args = parser.parse_args()
-    from bench_codec import simulate
-
-    repeat = 3 if args.quick else 5
-    lines = [f"load average at start {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores", ""]
     parts = set(args.parts.split(","))
-    samples = [(f"simulated {d} e-/px", simulate(d, scan=(16, 16), det=(128, 128))[0]) for d in (0.1, 1.0)]
-    samples += merlin_samples()
-    lines += ["| data | codec (+ crc32c) | ratio | encode MB/s/core | decode MB/s/core |", "|---|---|---|---|---|"]
-    for label, name, ratio, enc, dec in codec_rows(samples, repeat) if "codecs" in parts else []:
-        lines.append(f"| {label} | {name} | {ratio:.2f} | {enc:.0f} | {dec:.0f} |")
-    with tempfile.TemporaryDirectory(prefix="bench_storage_kernels_") as kernels_tmp:
-        # more rounds than elsewhere: the speed-ups against the baseline are the figures of interest
-        rounds = 5 if args.quick else 9
-        hist = histogram_rows(rounds, args.histogram_baseline, kernels_tmp) if "histogram" in parts else []
-    base = args.histogram_baseline
-    lines += [
-        "",
-        "| dose e-/px | bytes v1 | bytes v2 | v2/v1 size | decode v1 | decode v2 | v2 to events | encode v2 |"
-        + (
-            f" decode v2, {base} | v2 to events, {base} | encode v2, {base} | decode speed-up | events speed-up |"
-            if base
-            else ""
-        ),
-    ]
-    lines += ["|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|" if base else "")]
-    for dose, s1, s2, d1, d2, ev, enc, old_d, old_ev, old_enc in hist:
-        row = f"| {dose} | {s1} | {s2} | {s2 / s1 - 1:+.2%} | {d1:.0f} | {d2:.0f} | {ev:.0f} | {enc:.0f} |"
-        if base:
-            row += f" {old_d:.0f} | {old_ev:.0f} | {old_enc:.0f} | {d2 / old_d:.2f}x | {ev / old_ev:.2f}x |"
-        lines.append(row)
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}; expected a comma-separated subset of {PARTS}")
+    repeat = 3 if args.quick else 5
+    lines = [f"load average at start {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores"]
+    if "codecs" in parts:
+        lines += codec_lines(repeat)
+    if "histogram" in parts:
+        lines += histogram_lines(args.quick, args.histogram_baseline)
     with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp:
-        lines += ["", "| read a whole store, one process | MB/s wall | MB per CPU-s |", "|---|---|---|"]
         if "read" in parts:
-            for label, v, c in raw_read_rows(tmp, repeat, args.quick):
-                lines.append(f"| {label} | {v:.0f} | {c:.0f} |")
-        lines += ["", "| one shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |", "|---|---|---|---|"]
+            rows = [f"| {label} | {v:.0f} | {c:.0f} |" for label, v, c in raw_read_rows(tmp, repeat, args.quick)]
+            lines += _table("| read a whole store, one process | MB/s wall | MB per CPU-s |", rows)
         if "profile" in parts:
-            for label, v, c, ms in shard_profile_rows(tmp, repeat):
-                lines.append(f"| {label} | {v:.0f} | {c:.0f} | {ms:.1f} |")
-            lines += [
-                "",
-                "| one uncompressed shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |",
-                "|---|---|---|---|",
-            ]
-            for label, v, c, ms in raw_shard_profile_rows(tmp, repeat):
-                lines.append(f"| {label} | {v:.0f} | {c:.0f} | {ms:.1f} |")
-        lines += [
-            "",
-            "| write, 2-worker LocalCluster (median) | codec | MB/s total, wall | one write task MB/s, wall"
-            " | MB per worker-CPU-s | client CPU ms |",
-            "|---|---|---|---|---|---|",
-        ]
+            rows = [f"| {lb} | {v:.0f} | {c:.0f} | {ms:.1f} |" for lb, v, c, ms in shard_profile_rows(tmp, repeat)]
+            lines += _table("| one shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |", rows)
+            rows = [f"| {lb} | {v:.0f} | {c:.0f} | {ms:.1f} |" for lb, v, c, ms in raw_shard_profile_rows(tmp, repeat)]
+            lines += _table(
+                "| one uncompressed shard (134 MB), one process | MB/s wall | MB per CPU-s | CPU ms |", rows
+            )
         if "write" in parts:
-            rows, _ = write_rows(tmp, 3, args.quick)
-            for label, codec, total, task, cpu, client_ms in rows:
+            rows = []
+            for label, codec, total, task, cpu, client_ms in write_rows(tmp, 3, args.quick)[0]:
                 extra = " | ".join("" if v is None else f"{v:.0f}" for v in (task, cpu, client_ms))
-                lines.append(f"| {label} | {codec} | {total:.0f} | {extra} |")
+                rows.append(f"| {label} | {codec} | {total:.0f} | {extra} |")
+            header = (
+                "| write, 2-worker LocalCluster (median) | codec | MB/s total, wall | one write task MB/s, wall"
+                " | MB per worker-CPU-s | client CPU ms |"
+            )
+            lines += _table(header, rows)
         if "events" in parts:
-            lines += [
-                "",
-                "| dose e-/px | scheduler | histogram store opened as | virtual image, GB/s of dense bytes |",
-                "|---|---|---|---|",
-            ]
-            lines += [
+            rows = [
                 f"| {d} | {sched} | {kind} | {v:.2f} |" for d, sched, kind, v in events_store_rows(tmp, 3, args.quick)
             ]
+            lines += _table(
+                "| dose e-/px | scheduler | histogram store opened as | virtual image, GB/s of dense bytes |", rows
+            )
     lines += ["", f"load average at end {os.getloadavg()[0]:.2f}"]
     text = "\n".join(lines)
     print(text)

@@ -3,8 +3,10 @@
 For a codec, a small counted dataset is saved (several shards, several inner
 chunks each); then, case by case, one stored chunk/shard file is damaged in
 place — cut at a random length, 1-16 random bytes XOR-ed, deleted, grown by
-random bytes, or a run of bytes zeroed — the store is opened and read in full,
-and the file restored. Each case is one of:
+random bytes, or a run of bytes zeroed — the store is opened and read in full
+(dense, or with ``--representation events`` through the reader that decodes
+histogram chunks straight to electron events, a read path of its own), and
+the file restored. Each case is one of:
 
 * clear error: a stemdask ``FileFormatError`` (``CorruptChunkError``,
   ``MissingChunkError``) whose message names the store;
@@ -13,7 +15,7 @@ and the file restored. Each case is one of:
 * silent wrong output: values returned that differ from the original;
 * unchanged: values returned equal to the original (the damage did not matter).
 
-Run: ``python benchmarks/fuzz_corruption.py --cases 2000`` (both codecs); the
+Run: ``python benchmarks/fuzz_corruption.py --cases 2000`` (every codec); the
 CI test ``tests/test_fuzz_corruption.py`` runs a small seeded set.
 """
 
@@ -78,15 +80,25 @@ def mutate(path: Path, original: bytes, kind: str, rng: np.random.Generator) -> 
     path.write_bytes(bytes(data))
 
 
-def classify(store: Path, reference: np.ndarray, timeout_s: float) -> str:
-    """Open and read ``store``: "clear error", "crash", "hang", "silent wrong output" or "unchanged"."""
+def read_store(store: Path, representation: str) -> np.ndarray:
+    """Every value of ``store``'s dataset, read as ``representation`` ("dense", or "events" then made dense)."""
     import stemdask
+
+    if representation == "events":
+        from stemdask import events
+
+        return events.to_dense(stemdask.open_dataset(store, representation="events")).values
+    return stemdask.open_dataset(store).values
+
+
+def classify(store: Path, reference: np.ndarray, timeout_s: float, representation: str = "dense") -> str:
+    """Open and read ``store``: "clear error", "crash", "hang", "silent wrong output" or "unchanged"."""
     from stemdask.errors import FileFormatError
 
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        values = stemdask.open_dataset(store).values
+        values = read_store(store, representation)
     except _Hang:
         return "hang"
     except FileFormatError as err:
@@ -107,6 +119,7 @@ def fuzz(
     manifest: bool = True,
     timeout_s: float = 60.0,
     folder: Path | None = None,
+    representation: str = "dense",
 ) -> Counter:
     """Run ``cases`` seeded corruption cases against a store written with ``codec``; count the outcomes.
 
@@ -114,6 +127,9 @@ def fuzz(
     before manifests), so cut and grown files must be caught by the shard
     index's and the chunks' checksums alone; deleting a file is then left out
     (without a record, a missing shard is indistinguishable from an empty one).
+    ``representation="events"`` reads every case as electron events (for
+    ``"histogram"``: each chunk decoded straight to events by
+    ``stemdask.events.histogram_store``, which parses the shard index itself).
     """
     import shutil
 
@@ -131,7 +147,7 @@ def fuzz(
             kind = kinds[int(rng.integers(len(kinds)))]
             mutate(path, pristine[path], kind, rng)
             try:
-                counts[classify(store, reference, timeout_s)] += 1
+                counts[classify(store, reference, timeout_s, representation)] += 1
                 counts[f"mutation {kind}"] += 1
             finally:
                 path.write_bytes(pristine[path])
@@ -158,11 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-manifest", action="store_true", help="remove the manifest: checksums alone")
+    parser.add_argument(
+        "--representation",
+        choices=("dense", "events"),
+        default="dense",
+        help="read each case dense, or as electron events (histogram stores: decoded straight to events)",
+    )
     args = parser.parse_args(argv)
     bad = 0
     for codec in args.codecs:
-        counts = fuzz(codec, args.cases, seed=args.seed, manifest=not args.no_manifest)
+        counts = fuzz(
+            codec, args.cases, seed=args.seed, manifest=not args.no_manifest, representation=args.representation
+        )
         label = f"{codec}{' (no manifest)' if args.no_manifest else ''}"
+        label += " as events" if args.representation == "events" else ""
         print(summary(label, args.cases, counts), flush=True)
         bad += counts["crash"] + counts["hang"] + counts["silent wrong output"]
     return 1 if bad else 0
