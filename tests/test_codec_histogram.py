@@ -335,21 +335,26 @@ def test_corrupted_or_truncated_chunks_raise(data):
         decode_chunk(bad)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_decoder_survives_garbage_with_valid_checksum(data):
-    """Fuzz the payload decoder itself (checksum recomputed): an error or an array, never a crash or hang."""
-    x = np.random.default_rng(3).poisson(data.draw(st.sampled_from([0.05, 0.7])), size=(6, 5, 7)).astype(np.int16)
-    good = encode_chunk(x, max_symbols=3, format_version=data.draw(st.sampled_from(FORMAT_VERSIONS)))
-    header_len = 8 + 4 * 3 + 24
+def _garbled_payload(data, good: bytes, ndim: int) -> bytes:
+    """``good`` with 1-4 bytes of its range-coded payload overwritten, maybe cut short, and its CRC recomputed."""
+    header_len = 8 + 4 * ndim + 24
     payload = bytearray(good[header_len:-4])
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(payload) - 1))
         payload[pos] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
         payload = payload[: data.draw(st.integers(0, len(payload)))]
+    return _with_crc(good[:header_len] + bytes(payload))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_decoder_survives_garbage_with_valid_checksum(data):
+    """Fuzz the payload decoder itself (checksum recomputed): an error or an array, never a crash or hang."""
+    x = np.random.default_rng(3).poisson(data.draw(st.sampled_from([0.05, 0.7])), size=(6, 5, 7)).astype(np.int16)
+    good = encode_chunk(x, max_symbols=3, format_version=data.draw(st.sampled_from(FORMAT_VERSIONS)))
     try:
-        y = decode_chunk(_with_crc(good[:header_len] + bytes(payload)))
+        y = decode_chunk(_garbled_payload(data, good, x.ndim))
     except ChunkCorruptError:
         return
     assert y.shape == (6, 5, 7) and y.dtype == np.int16
@@ -361,14 +366,7 @@ def test_decoder_survives_garbage_in_large_chunks(data):
     """The same on 400-frame chunks, whose pixels take the gap laws and the many-bin paths."""
     x = _decoder_paths_chunk(np.random.default_rng(5), 400)
     good = encode_chunk(x, max_symbols=40, format_version=data.draw(st.sampled_from(FORMAT_VERSIONS)))
-    header_len = 8 + 4 * 4 + 24
-    payload = bytearray(good[header_len:-4])
-    for _ in range(data.draw(st.integers(1, 4))):
-        pos = data.draw(st.integers(0, len(payload) - 1))
-        payload[pos] = data.draw(st.integers(0, 255))
-    if data.draw(st.booleans()):
-        payload = payload[: data.draw(st.integers(0, len(payload)))]
-    chunk = _with_crc(good[:header_len] + bytes(payload))
+    chunk = _garbled_payload(data, good, x.ndim)
     for decode in (decode_chunk, decode_chunk_events):
         try:
             y = decode(chunk)
