@@ -16,8 +16,10 @@ into two, and decoded:
 Every decode is checked against the data.  A second table splits the codec's
 own decode of the whole chunk (``decode_chunk``) between its dense and its
 sparse pixels: the same chunk with the sparse pixels set to 0, with the
-dense ones set to 0, and all 0 (what every pixel costs at least).  Thread
-CPU time, interleaved rounds, medians::
+dense ones set to 0, and all 0 (what every pixel costs at least); a third
+the cost of one non-zero frame of a sparse pixel (its gap, with the pixel's
+one histogram count and the write), on chunks whose every pixel has ``k``
+frames of value 1 at random.  Thread CPU time, interleaved rounds, medians::
 
     python benchmarks/experiments/interleaved_lanes.py [--repeat 15]
 """
@@ -282,11 +284,35 @@ def whole_chunk_split(repeat: int) -> None:
         print(f"| {dose} | " + " | ".join(f"{1e3 * v:.1f}" for v in t) + " |", flush=True)
 
 
+def sparse_frame_cost(repeat: int) -> None:
+    """ns per non-zero frame of pixels with k frames of value 1 (and nothing else), beyond an all-zero chunk."""
+    rng = np.random.default_rng(0)
+    n, shape = 256, (16, 16, 128, 128)
+    pixels = shape[2] * shape[3]
+    ks = (1, 2, 4, 8, 16, 32, 64)
+    chunks = []
+    for k in ks:
+        x = np.zeros((n, pixels), np.uint16)
+        for p in range(pixels):
+            x[rng.choice(n, k, replace=False), p] = 1
+        chunks.append(hc.encode_chunk(x.reshape(shape)))
+        if not np.array_equal(hc.decode_chunk(chunks[-1]).reshape(n, pixels), x):
+            raise SystemExit("decode_chunk is not exact")
+    chunks.append(hc.encode_chunk(np.zeros(shape, np.uint16)))
+    t = interleaved_medians([lambda c=c: hc.decode_chunk(c) for c in chunks], repeat, clock=time.thread_time)
+    print("| non-zero frames per pixel (of 256) | " + " | ".join(map(str, ks)) + " |")
+    print("|---|" + "---|" * len(ks))
+    costs = [f"{1e9 * (v - t[-1]) / (k * pixels):.0f}" for k, v in zip(ks, t)]
+    print("| ns per non-zero frame | " + " | ".join(costs) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     whole_chunk_split(args.repeat)
+    print()
+    sparse_frame_cost(args.repeat)
     print()
     print(
         "| dose e-/px | dense pixels | bytes, 1 / 2 streams | ns per frame: 1 stream, groups of 4 "
