@@ -74,29 +74,18 @@ def pixel_bins(x, pix, binvals, bincnts, ms):
 
 
 @njit(cache=True)
-def encode(x, pix, lanes, outs, rec):
-    """Frames of the pixels ``pix`` with decrementing counts; pixel ``j`` into stream ``j % lanes``."""
+def encode(x, pix, lanes, outs, rec, binvals, bincnts0, ms):
+    """Frames of the pixels ``pix`` (their bins from :func:`pixel_bins`) with decrementing counts; pixel ``j``
+    into stream ``j % lanes``."""
     n = x.shape[0]
+    bincnts = bincnts0.copy()
     low = np.zeros(lanes, np.int64)
     rng = np.full(lanes, ONE40, np.int64)
     pos = np.zeros(lanes, np.int64)
-    binval = np.empty(MAXBIN, np.int64)
-    bincnt = np.empty(MAXBIN, np.int64)
     slot = np.empty(MAXBIN, np.int64)
-    hist = np.zeros(MAXBIN, np.int64)
     for jj in range(pix.size):
-        p = pix[jj]
+        p, m, bincnt, binval = pix[jj], ms[jj], bincnts[jj], binvals[jj]
         lane = jj % lanes
-        for t in range(n):
-            hist[x[t, p]] += 1
-        m = 0
-        for b in range(MAXBIN):
-            if hist[b] > 0:
-                binval[m] = b
-                bincnt[m] = hist[b]
-                m += 1
-            hist[b] = 0
-        _sort_bins(binval, bincnt, m)
         for j in range(m):
             slot[binval[j]] = j
         left = np.int64(n)
@@ -335,7 +324,7 @@ def main() -> None:
         streams = {}
         for lanes in (1, 2):
             outs = np.zeros((lanes, 16 * n * pix.size + 64), np.uint8)
-            pos = encode(frames, pix, lanes, outs, rec)
+            pos = encode(frames, pix, lanes, outs, rec, binvals, bincnts, ms)
             streams[lanes] = [outs[lane, : pos[lane]].copy() for lane in range(lanes)]
         out = np.zeros_like(frames, dtype=np.uint16)
         fns = [
